@@ -1,0 +1,138 @@
+"""Config and sample-sheet validation with messages that name the key, row and column.
+
+The Snakefile calls these at parse time so a bad config or sheet fails before any job runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import pandas as pd
+import yaml
+
+SAMPLE_COLUMNS = ["slide_id", "path", "center", "patient", "split", "label", "annotation", "mpp"]
+OPTIONAL_COLUMNS = ["label", "annotation", "mpp"]
+
+
+class ConfigError(ValueError):
+    """A configuration or sample-sheet problem, with a message naming where it is."""
+
+
+def _load_schema(schema: str | Path | dict) -> dict:
+    if isinstance(schema, dict):
+        return schema
+    with open(schema) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate_config(config: dict, schema: str | Path | dict, source: str = "config") -> None:
+    """Validate ``config`` against a JSON schema; raise ConfigError listing every bad key."""
+    validator = jsonschema.Draft202012Validator(_load_schema(schema))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  - key '{_key_path(e)}': {e.message}" for e in errors]
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
+
+
+def _clean(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and pd.isna(value):
+        return None
+    if isinstance(value, str) and value.strip() == "":
+        return None
+    return value
+
+
+def read_sample_sheet(path: str | Path) -> pd.DataFrame:
+    """Read a TSV sample sheet as strings (mpp as float), empty cells as None."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sample sheet '{path}' does not exist")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    unknown = [c for c in df.columns if c not in SAMPLE_COLUMNS]
+    if unknown:
+        raise ConfigError(
+            f"sample sheet '{path}': unknown column(s) {unknown}; allowed columns are {SAMPLE_COLUMNS}"
+        )
+    for col in OPTIONAL_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    return df[SAMPLE_COLUMNS]
+
+
+def validate_sample_sheet(
+    df: pd.DataFrame,
+    schema: str | Path | dict,
+    sheet: str | Path = "sample sheet",
+    base_dir: str | Path = ".",
+    generated_prefixes: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Validate every row of a sample sheet; return it indexed by slide_id.
+
+    Checks: schema per row (errors name row number and column), unique slide_id, and that each
+    ``path``/``annotation`` exists (relative to ``base_dir``) unless it lies under one of
+    ``generated_prefixes`` (files another rule produces, e.g. the synthetic demo slides).
+    """
+    schema = _load_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    base_dir = Path(base_dir)
+    prefixes = tuple(str(Path(p)) + "/" for p in generated_prefixes)
+    problems: list[str] = []
+    records = []
+    for i, raw in enumerate(df.to_dict("records")):
+        row_no = i + 2  # 1-based, after the header line
+        rec = {k: _clean(v) for k, v in raw.items()}
+        if rec.get("mpp") is not None:
+            try:
+                rec["mpp"] = float(rec["mpp"])
+            except ValueError:
+                problems.append(f"  - row {row_no}, column 'mpp': '{rec['mpp']}' is not a number")
+                rec["mpp"] = None
+        for err in validator.iter_errors({k: v for k, v in rec.items() if v is not None or k in OPTIONAL_COLUMNS}):
+            col = _key_path(err)
+            if err.validator == "required":
+                col = err.message.split("'")[1] if "'" in err.message else col
+            problems.append(f"  - row {row_no} (slide_id={rec.get('slide_id')!r}), column '{col}': {err.message}")
+        for col in ("path", "annotation"):
+            value = rec.get(col)
+            if not value:
+                continue
+            p = Path(value)
+            full = p if p.is_absolute() else base_dir / p
+            generated = any(str(p).startswith(pref) for pref in prefixes)
+            if not generated and not full.exists():
+                problems.append(
+                    f"  - row {row_no} (slide_id={rec.get('slide_id')!r}), column '{col}': file '{value}' does not exist"
+                )
+        records.append(rec)
+    ids = [r.get("slide_id") for r in records]
+    seen: dict[str, int] = {}
+    for i, sid in enumerate(ids):
+        if sid in seen:
+            problems.append(
+                f"  - row {i + 2}, column 'slide_id': duplicate slide_id {sid!r} (first at row {seen[sid] + 2})"
+            )
+        else:
+            seen[sid] = i
+    if problems:
+        raise ConfigError(f"invalid sample sheet '{sheet}':\n" + "\n".join(problems))
+    out = pd.DataFrame.from_records(records, columns=SAMPLE_COLUMNS)
+    return out.set_index("slide_id", drop=False)
+
+
+def load_sample_sheet(
+    path: str | Path,
+    schema: str | Path | dict,
+    base_dir: str | Path = ".",
+    generated_prefixes: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Read and validate a sample sheet (see :func:`validate_sample_sheet`)."""
+    return validate_sample_sheet(
+        read_sample_sheet(path), schema, sheet=path, base_dir=base_dir, generated_prefixes=generated_prefixes
+    )

@@ -1,0 +1,128 @@
+"""Config and sample-sheet validation: every error names the key / row / column."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stainshift.validation import ConfigError, load_sample_sheet, validate_config
+from workflow_helpers import REPO, make_workdir, run_snakemake
+
+SCHEMAS = REPO / "workflow" / "schemas"
+
+
+def _default_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def _write_sheet(tmp_path: Path, rows: list[dict]) -> Path:
+    path = tmp_path / "slides.tsv"
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def _row(slide_id: str, path: str, **kw) -> dict:
+    return {"slide_id": slide_id, "path": path, "center": "c1", "patient": "p1", "split": "train", **kw}
+
+
+def test_default_config_is_valid() -> None:
+    validate_config(_default_config(), SCHEMAS / "config.schema.yaml")
+
+
+def test_bad_config_key_is_named() -> None:
+    cfg = _default_config()
+    cfg["tiling"]["filter"] = "magic"
+    cfg["tiling"]["patch_sise"] = 64  # typo
+    with pytest.raises(ConfigError) as exc:
+        validate_config(cfg, SCHEMAS / "config.schema.yaml")
+    msg = str(exc.value)
+    assert "tiling.filter" in msg and "magic" in msg
+    assert "patch_sise" in msg
+
+
+def test_unknown_top_level_key_is_named() -> None:
+    cfg = _default_config()
+    cfg["tilling"] = {}
+    with pytest.raises(ConfigError, match="tilling"):
+        validate_config(cfg, SCHEMAS / "config.schema.yaml")
+
+
+def test_valid_sheet_loads(tmp_path: Path) -> None:
+    (tmp_path / "s1.tiff").write_bytes(b"x")
+    sheet = _write_sheet(tmp_path, [_row("s1", "s1.tiff", mpp=0.25)])
+    df = load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+    assert list(df.index) == ["s1"]
+    assert df.loc["s1", "mpp"] == 0.25
+    assert df.loc["s1", "annotation"] is None
+
+
+def test_missing_file_names_row_and_column(tmp_path: Path) -> None:
+    sheet = _write_sheet(tmp_path, [_row("s1", "nope.svs")])
+    with pytest.raises(ConfigError) as exc:
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+    msg = str(exc.value)
+    assert "row 2" in msg and "'path'" in msg and "nope.svs" in msg
+
+
+def test_generated_paths_are_allowed(tmp_path: Path) -> None:
+    sheet = _write_sheet(tmp_path, [_row("s1", "results/synth/s1.tiff")])
+    df = load_sample_sheet(
+        sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path, generated_prefixes=["results/synth"]
+    )
+    assert len(df) == 1
+
+
+def test_duplicate_slide_id(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff"), _row("s1", "a.tiff")])
+    with pytest.raises(ConfigError, match=r"row 3, column 'slide_id': duplicate slide_id 's1' \(first at row 2\)"):
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+
+
+def test_unknown_split(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff", split="training")])
+    with pytest.raises(ConfigError) as exc:
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+    msg = str(exc.value)
+    assert "row 2" in msg and "'split'" in msg and "training" in msg
+
+
+def test_bad_mpp_and_unknown_column(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff", mpp="fast")])
+    with pytest.raises(ConfigError, match=r"row 2, column 'mpp': 'fast' is not a number"):
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+    sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff", stain="he")])
+    with pytest.raises(ConfigError, match=r"unknown column\(s\) \['stain'\]"):
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+
+
+def test_missing_required_column_value(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff", center="")])
+    with pytest.raises(ConfigError, match=r"row 2 \(slide_id='s1'\), column 'center'"):
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda cfg, sheet: cfg["tiling"].update(filter="magic"), "tiling.filter"),
+        (lambda cfg, sheet: sheet.loc.__setitem__((1, "split"), "holdout"), "column 'split'"),
+        (lambda cfg, sheet: sheet.loc.__setitem__((2, "slide_id"), "a_train"), "duplicate slide_id 'a_train'"),
+    ],
+    ids=["bad-key", "unknown-split", "duplicate-id"],
+)
+def test_snakemake_fails_at_parse_time(tmp_path: Path, mutate, expected: str) -> None:
+    work = make_workdir(tmp_path)
+    cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    sheet = pd.read_csv(work / "config" / "slides.tsv", sep="\t", dtype=str, keep_default_na=False)
+    mutate(cfg, sheet)
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    sheet.to_csv(work / "config" / "slides.tsv", sep="\t", index=False)
+    proc = run_snakemake(work, "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
