@@ -59,3 +59,68 @@ def log_path(stage, name="{slide}"):
 
 def bench_path(stage, name="{slide}"):
     return f"{RESULTS}/benchmarks/{stage}/{name}.tsv"
+
+
+# --- Cluster resources (issue 8; docs/cluster.md) -------------------------------------------------
+# Every rule takes its threads and resources from config['resources'], so one config change moves a
+# stage between partitions or gives it GPUs; profiles hold no per-rule numbers. Usage in a rule body -
+#     threads: stage_threads("tile")
+#     resources: **stage_resources("tile")
+# Precedence per key: resources.<stage>  >  resources.gpu (only when the stage asks for gpus > 0)
+#                     >  resources.default.
+# Keys understood (all optional except what `default` sets):
+#   mem_mb, runtime (minutes), cpus          -> mem_mb, runtime, cpus_per_task (sbatch --mem/-t/-c)
+#   partition                                -> slurm_partition (-p); null = the cluster's default
+#   gpus (int)                               -> gpu (sbatch --gpus=N); 0 = a CPU job
+#   gpu_model, constraint, slurm_extra       -> gpu_model (--gpus=model:N), constraint (-C), slurm_extra
+# Locally these resources constrain nothing (Snakemake only limits resources given with
+# --resources, e.g. `--resources gpu=1` on a one-GPU workstation); the GPU scripts fall back to CPU
+# themselves when torch sees no CUDA device.
+os.environ.setdefault("STAINSHIFT_ROOT", str(Path(workflow.basedir).parent))  # for envs/*.yaml `-e ${STAINSHIFT_ROOT}`
+
+
+def stage_config(stage):
+    """Merged resource settings of a stage (default < gpu class when gpus > 0 < the stage's own)."""
+    table = config["resources"]
+    merged = dict(table["default"])
+    own = table.get(stage, {})
+    if int(own.get("gpus", merged.get("gpus", 0)) or 0) > 0:
+        merged.update(table.get("gpu", {}))
+    merged.update(own)
+    return merged
+
+
+def stage_gpus(stage):
+    """GPUs a stage asks for (0 = CPU job). > 1 means one job running torchrun over that many GPUs."""
+    return int(stage_config(stage).get("gpus", 0) or 0)
+
+
+def stage_resources(stage):
+    """Resources for the rules of `stage`, to be unpacked: resources= **stage_resources(stage)."""
+    cfg = stage_config(stage)
+    out = {"mem_mb": int(cfg["mem_mb"]), "runtime": int(cfg["runtime"]), "cpus_per_task": int(cfg.get("cpus", 1))}
+    if cfg.get("partition"):
+        out["slurm_partition"] = cfg["partition"]
+    gpus = stage_gpus(stage)
+    if gpus > 0:
+        out["gpu"] = gpus
+        if cfg.get("gpu_model"):
+            out["gpu_model"] = cfg["gpu_model"]
+    if cfg.get("constraint"):
+        out["constraint"] = cfg["constraint"]
+    if cfg.get("slurm_extra"):
+        out["slurm_extra"] = cfg["slurm_extra"]
+    return out
+
+
+def stage_threads(stage):
+    """Threads for the rules of `stage` (its merged `cpus`; Snakemake caps it at --cores locally)."""
+    return int(stage_config(stage).get("cpus", 1))
+
+
+def torchrun_prefix(stage):
+    """How a GPU stage launches Python: plain `python` for <= 1 GPU, else one-node torchrun over all GPUs."""
+    gpus = stage_gpus(stage)
+    if gpus <= 1:
+        return "python"
+    return f"torchrun --standalone --nnodes=1 --nproc_per_node={gpus}"

@@ -1,0 +1,166 @@
+"""Embedding files (HDF5, CLAM-style) and the predictions table: the one module owning both formats.
+
+**Embeddings** — ``{R}/embeddings/{method}/{store}.h5`` for every tile store and
+``{R}/embeddings/{method}/variants/{store}/{stain_method}/{target}.h5`` for every normalized variant
+(mirroring ``{R}/variants/{store}/{stain_method}/{target}.zarr``). Datasets:
+
+- ``features`` (N, D) float32 — the pretrained encoder's pooled features, no augmentation;
+- ``coords``   (N, 2) int64   — level-0 x, y of the tile (from the store);
+- ``label``    (N,)   int64   — tile label (−1 unknown);
+- ``index``    (N,)   int64   — tile index in the store (row i of features = store tile index[i]).
+
+attrs: ``method, store, slide_id, center, split, patient, encoder, encoder_path, feature_dim,
+variant_method, variant_target, source_store, software_version``. For raw stores
+``variant_method = variant_target = "raw"``; for variants they are the stain method and target id
+and ``store`` is the source (test) store id.
+
+**Predictions** — one CSV per method: ``{R}/predictions/{method}.csv``, one row per
+(train_center head, tile of a test store or test variant store). Columns:
+
+``method, train, store, slide_id, test, split, variant_method, variant_target, index, label,
+p0 … p{C−1}, pred``
+
+``train`` is the fine-tuning center (a center id or ``all``), ``test`` the tile's center,
+``p{k}`` the softmax probability of class k, ``pred`` the argmax. Raw test stores have
+``variant_method = variant_target = "raw"`` (cf. :data:`stainshift.metrics.variants.RAW`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import pandas as pd
+
+import stainshift
+
+RAW = "raw"
+ATTR_KEYS = ("method", "store", "slide_id", "center", "split", "patient", "encoder", "encoder_path",
+             "feature_dim", "variant_method", "variant_target", "source_store", "software_version")
+PREDICTION_COLUMNS = ["method", "train", "store", "slide_id", "test", "split", "variant_method",
+                      "variant_target", "index", "label"]
+
+
+def _attr(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (list, tuple, dict)):
+        return str(value)
+    return value
+
+
+def write_embeddings(path: str | os.PathLike, features: np.ndarray, *, coords: np.ndarray, label: np.ndarray,
+                     index: np.ndarray, attrs: Mapping[str, Any]) -> Path:
+    """Write one embeddings file atomically (temp file + os.replace). Returns ``path``."""
+    path = Path(path)
+    features = np.asarray(features, dtype=np.float32)
+    n = len(features)
+    arrays = {"coords": np.asarray(coords, np.int64).reshape(-1, 2), "label": np.asarray(label, np.int64).reshape(-1),
+              "index": np.asarray(index, np.int64).reshape(-1)}
+    if features.ndim != 2:
+        raise ValueError(f"{path}: 'features' must be (N, D), got {features.shape}")
+    for key, arr in arrays.items():
+        if len(arr) != n:
+            raise ValueError(f"{path}: '{key}' has {len(arr)} rows, features has {n}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("features", data=features, compression="gzip" if n > 1024 else None)
+            for key, arr in arrays.items():
+                fh.create_dataset(key, data=arr)
+            merged = {"software_version": stainshift.__version__, "feature_dim": features.shape[1], **dict(attrs)}
+            for key, value in merged.items():
+                fh.attrs[key] = _attr(value)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_embeddings(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"features", "coords", "label", "index", "attrs"}`` of an embeddings file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings file not found: {path}")
+    with h5py.File(path, "r") as fh:
+        missing = [k for k in ("features", "coords", "label", "index") if k not in fh]
+        if missing:
+            raise KeyError(f"{path}: missing dataset(s) {', '.join(missing)}")
+        out = {k: fh[k][...] for k in ("features", "coords", "label", "index")}
+        out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
+    return out
+
+
+def embedding_path(results: str, method: str, store: str, variant_method: str | None = None,
+                   variant_target: str | None = None) -> str:
+    """Path of the embeddings of a raw store or of one of its variants."""
+    if variant_method in (None, "", RAW):
+        return f"{results}/embeddings/{method}/{store}.h5"
+    return f"{results}/embeddings/{method}/variants/{store}/{variant_method}/{variant_target}.h5"
+
+
+def prediction_frame(probs: np.ndarray, *, method: str, train: str, meta: Mapping[str, Any], index: np.ndarray,
+                     label: np.ndarray) -> pd.DataFrame:
+    """Rows of the predictions table for one (head, store): ``meta`` gives store, slide_id, test,
+    split, variant_method, variant_target."""
+    n = len(probs)
+    df = pd.DataFrame({
+        "method": method, "train": train, "store": meta["store"], "slide_id": meta.get("slide_id", meta["store"]),
+        "test": meta["test"], "split": meta.get("split", ""), "variant_method": meta.get("variant_method") or RAW,
+        "variant_target": meta.get("variant_target") or RAW, "index": np.asarray(index, np.int64),
+        "label": np.asarray(label, np.int64),
+    }, index=range(n))
+    for k in range(probs.shape[1]):
+        df[f"p{k}"] = probs[:, k].astype(np.float32)
+    df["pred"] = probs.argmax(1) if n else np.zeros(0, np.int64)
+    return df
+
+
+def write_predictions(path: str | os.PathLike, frames: list[pd.DataFrame]) -> Path:
+    """Concatenate ``frames`` and write the predictions CSV atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """The predictions table (``variant_target`` kept as a string)."""
+    return pd.read_csv(path, dtype={"variant_target": str, "store": str, "slide_id": str, "train": str, "test": str})
+
+
+def embed_store(encoder: Any, store_path: str | os.PathLike, out_path: str | os.PathLike, *, attrs: Mapping[str, Any],
+                device: Any = "cpu", batch_size: int = 128) -> dict[str, Any]:
+    """Features of every tile of one patch store → an embeddings file (store attrs copied in).
+
+    Returns the file's attrs plus ``path`` and ``n`` (tiles)."""
+    import torch
+
+    from stainshift.store import PatchStore
+    from stainshift.train import encode_images
+
+    store = PatchStore.open(store_path)
+    device = torch.device(device)
+    feats = []
+    for start in range(0, len(store), batch_size):
+        tiles = store.read(slice(start, min(len(store), start + batch_size)))
+        feats.append(encode_images(encoder, tiles, device, batch_size))
+    features = np.concatenate(feats) if feats else np.zeros((0, int(encoder.out_dim)), np.float32)
+    sa = store.attrs
+    merged = {
+        "slide_id": sa.get("slide_id"), "center": sa.get("center"), "split": sa.get("split"),
+        "patient": sa.get("patient"), "variant_method": sa.get("stain_method") or RAW,
+        "variant_target": sa.get("stain_target") or RAW, "source_store": str(store_path), **dict(attrs),
+    }
+    write_embeddings(out_path, features, coords=store.coords, label=store.label, index=np.arange(len(store)),
+                     attrs=merged)
+    return {"path": str(out_path), "n": len(store), **merged}

@@ -1,0 +1,351 @@
+"""The pretraining-method interface, its registry, optimizers (incl. LARS) and LR schedules.
+
+A *method* is an ``nn.Module`` that owns its encoder, its heads, its views and its loss. The shared
+loop in :mod:`stainshift.train` drives every method the same way:
+
+    method = build_method("simclr", cfg, num_classes)          # cfg: merged pretrain config
+    opts = method.configure_optimizers(steps_per_epoch, epochs) # {"main": (optimizer, scheduler)}
+    for batch in loader:                                        # batch dict, see below
+        out = method(batch, ctx)   # == method.training_step(batch, ctx), called through DDP if any
+        # automatic optimization: loop does backward(out["loss"]), clip, step, sched.step()
+    encoder = method.export_encoder()                           # saved as models/{method}/encoder.pt
+
+**Batch dict** (all tensors already on ``ctx.device``):
+``image`` uint8 (B, 3, H, W); ``label`` int64 (B,) (−1 = unknown); ``slide`` int64 (B,) slide id
+(index into ``TileDataset.slide_ids``); ``center`` int64 (B,) (index into ``TileDataset.centers``);
+``index`` int64 (B,) tile index inside its store; ``store`` int64 (B,) store index.
+Use :func:`stainshift.augment.to_float` to get float images in [0, 1]; encoders take float [0, 1]
+images (they normalise internally).
+
+**Subclass contract**
+- class attributes: ``supervised`` (needs labels ≥ 0; the loop skips unlabelled tiles' loss via
+  ``ignore_index=-1`` in the method itself), ``slide_balanced`` (ask the loop for the
+  slide-balanced sampler: ≥ ``tiles_per_slide`` tiles per slide per batch), ``automatic_optimization``.
+- ``__init__(cfg, num_classes)``: build ``self.encoder`` with :func:`stainshift.models.build_encoder`
+  (it carries ``.spec`` and ``.out_dim``) and any heads.
+- ``training_step(batch, ctx) -> dict``: returns ``{"loss": scalar tensor, **other scalars to log}``.
+  With ``automatic_optimization = True`` the loop back-propagates ``loss`` through the single or
+  several optimizers (all are stepped). With ``automatic_optimization = False`` (e.g. SASSL's
+  adversarial min–max) the method does its own updates inside ``training_step`` with
+  ``ctx.backward_step(loss, "name")`` (AMP scaling, gradient all-reduce under DDP, clipping,
+  optimizer step, scheduler step, zero_grad — in that order) and returns its scalars for logging;
+  ``"loss"`` is still required (the NaN/inf guard checks it).
+- ``optimizer_params() -> {name: params or param-groups}``: default ``{"main": all parameters}``;
+  override to get several optimizers (e.g. ``{"encoder": ..., "disc": ...}``). Per-optimizer settings
+  come from ``cfg["optimizers"][name]`` merged over the method's top-level optimizer keys.
+- ``export_encoder() -> nn.Module``: the module saved as the pretrained encoder (default
+  ``self.encoder``); it must have ``.spec`` (a dict accepted by ``build_encoder``) and ``.out_dim``.
+- optional ``on_epoch_end(epoch)``.
+- ``seed_defaults``: the seed paper's parameters (DESIGN.md "Methods"); the config overlays them
+  (:func:`stainshift.train.method_config`: seed_defaults ← ``pretrain.defaults`` ← ``pretrain.<name>``).
+
+Register with ``@register_method("name")``; ``build_method(name, cfg, num_classes)`` instantiates.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: register a :class:`Method` subclass under ``name``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method '{name}' is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods (importing stainshift.methods registers the built-ins)."""
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type["Method"]:
+    """The registered class for ``name``; the error lists what is available."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method '{name}'; registered: {', '.join(available_methods()) or '(none)'}")
+    return _REGISTRY[name]
+
+
+def build_method(name: str, cfg: dict[str, Any], num_classes: int) -> "Method":
+    """Instantiate the registered method ``name`` with its merged config ``cfg``."""
+    return get_method_class(name)(cfg, num_classes)
+
+
+@dataclass
+class StepContext:
+    """What a method may use inside ``training_step``: device, counters, optimizers, AMP state."""
+
+    device: torch.device
+    epoch: int = 0
+    step: int = 0  # global optimizer step (counts batches)
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+    rank: int = 0
+    world_size: int = 1
+    grad_clip: float | None = None
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    schedulers: dict[str, Any] = field(default_factory=dict)
+    scaler: torch.amp.GradScaler | None = None
+    params: dict[str, list[nn.Parameter]] = field(default_factory=dict)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> torch.autocast:
+        """Autocast context for the forward pass (no-op unless AMP is on)."""
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def backward_step(self, loss: torch.Tensor, name: str, retain_graph: bool = False) -> None:
+        """Manual optimization: backward ``loss`` and update the optimizer ``name`` only.
+
+        Scales for AMP, averages gradients over DDP ranks (manual methods are not wrapped in
+        DistributedDataParallel), clips to ``grad_clip``, steps optimizer and scheduler, zeroes grads.
+        Gradients accumulated on parameters of *other* optimizers are left for the caller to zero
+        (call ``ctx.zero_grad(other)``).
+        """
+        opt = self.optimizers[name]
+        params = self.params[name]
+        scaler = self.scaler
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward(retain_graph=retain_graph)
+            scaler.unscale_(opt)
+        else:
+            loss.backward(retain_graph=retain_graph)
+        if self.distributed:
+            all_reduce_grads(params, self.world_size)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if scaler is not None and scaler.is_enabled():
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched = self.schedulers.get(name)
+        if sched is not None:
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    def zero_grad(self, name: str) -> None:
+        """Zero the gradients of optimizer ``name``'s parameters."""
+        self.optimizers[name].zero_grad(set_to_none=True)
+
+
+def all_reduce_grads(params: Iterable[nn.Parameter], world_size: int) -> None:
+    """Average gradients over ranks (one flattened all-reduce)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+class Method(nn.Module):
+    """Base class of pretraining methods (see the module docstring for the full contract)."""
+
+    name: ClassVar[str] = "method"
+    supervised: ClassVar[bool] = False
+    slide_balanced: ClassVar[bool] = False
+    automatic_optimization: ClassVar[bool] = True
+    #: settings shared by every method unless overridden (loop keys, see stainshift.train.fit)
+    base_defaults: ClassVar[dict[str, Any]] = {
+        "image_size": None, "grad_clip": None, "amp": True, "amp_dtype": "float16", "channels_last": True,
+        "sync_bn": True, "tiles_per_slide": 2, "num_workers": 4, "seed": 0, "schedule": "constant",
+        "warmup_epochs": 0,
+    }
+    #: the seed paper's parameters for this method (override in subclasses)
+    seed_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.num_classes = int(num_classes)
+
+    # -- to implement -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Compute the loss for one batch; return ``{"loss": tensor, ...}``."""
+        raise NotImplementedError(f"{type(self).__name__}.training_step")
+
+    # -- defaults -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Alias of ``training_step`` so a DistributedDataParallel wrapper can drive it."""
+        return self.training_step(batch, ctx)
+
+    def optimizer_params(self) -> dict[str, Any]:
+        """Parameters per optimizer name; override for several optimizers."""
+        return {"main": [p for p in self.parameters() if p.requires_grad]}
+
+    def configure_optimizers(self, steps_per_epoch: int, epochs: int) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
+        """Build ``{name: (optimizer, per-step scheduler)}`` from ``cfg`` (see :func:`optimizer_config`)."""
+        out = {}
+        for name, params in self.optimizer_params().items():
+            ocfg = optimizer_config(self.cfg, name)
+            opt = build_optimizer(params, ocfg)
+            out[name] = (opt, build_scheduler(opt, ocfg, steps_per_epoch, epochs))
+        return out
+
+    def export_encoder(self) -> nn.Module:
+        """The module saved as the pretrained encoder (must carry ``.spec`` and ``.out_dim``)."""
+        return self.encoder  # type: ignore[attr-defined]
+
+    def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        """Optional hook after every epoch."""
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizers and schedules
+# ---------------------------------------------------------------------------------------------
+OPTIMIZER_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "schedule", "warmup_epochs",
+                  "final_lr", "anneal_fraction", "milestones", "gamma", "lr_scale_batch", "batch_size",
+                  "trust_coefficient")
+
+
+def optimizer_config(cfg: dict[str, Any], name: str = "main") -> dict[str, Any]:
+    """The optimizer settings of optimizer ``name``: method-level keys overlaid by ``cfg['optimizers'][name]``."""
+    base = {k: cfg[k] for k in OPTIMIZER_KEYS if k in cfg}
+    extra = (cfg.get("optimizers") or {}).get(name) or {}
+    return {**base, **extra}
+
+
+def effective_lr(ocfg: dict[str, Any]) -> float:
+    """``lr``, multiplied by batch_size/256 when ``lr_scale_batch`` (SimCLR's 0.3×bs/256 rule)."""
+    lr = float(ocfg.get("lr", 1e-3))
+    if ocfg.get("lr_scale_batch"):
+        lr *= float(ocfg.get("batch_size", 256)) / 256.0
+    return lr
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS (You et al. 2017) as used by SimCLR: SGD momentum with a layer-wise trust ratio.
+
+    Written here because no maintained package fits beside the pinned torch (torchvision /
+    lightly / timm pull another torch). Biases and 1-D parameters (norm layers) are excluded from
+    weight decay and adaptation, as in SimCLR. update = lr · (g + wd·w) · η‖w‖ / ‖g + wd·w‖.
+    """
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6,
+                 trust_coefficient: float = 0.001, eps: float = 1e-8) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, eps=eps)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if p.ndim > 1:  # weights: decay + layer-wise adaptation
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(grad)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0),
+                        group["trust_coefficient"] * w_norm / (g_norm + group["eps"]),
+                        torch.ones_like(w_norm),
+                    )
+                    grad = grad.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(grad).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(params: Any, ocfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """``optimizer``: adam | adamw | sgd | lars, with ``lr`` (see :func:`effective_lr`), ``weight_decay``."""
+    kind = str(ocfg.get("optimizer", "adam")).lower()
+    lr = effective_lr(ocfg)
+    wd = float(ocfg.get("weight_decay", 0.0))
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=tuple(ocfg.get("betas", (0.9, 0.999))))
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=tuple(ocfg.get("betas", (0.9, 0.999))))
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(ocfg.get("momentum", 0.9)))
+    if kind == "lars":
+        return LARS(params, lr=lr, weight_decay=wd, momentum=float(ocfg.get("momentum", 0.9)),
+                    trust_coefficient=float(ocfg.get("trust_coefficient", 0.001)))
+    raise ValueError(f"unknown optimizer '{kind}' (key 'optimizer'; expected adam, adamw, sgd or lars)")
+
+
+def lr_factor(kind: str, step: int, total: int, warmup: int, *, final_ratio: float = 0.0,
+              anneal_fraction: float = 0.2, milestones: Iterable[int] = (), gamma: float = 0.1) -> float:
+    """Multiplier of the base LR at optimizer step ``step`` (0-based) of ``total``.
+
+    - ``constant``: 1 (after warm-up).
+    - ``cosine``: linear warm-up, then cosine from 1 to ``final_ratio``.
+    - ``step``: ×``gamma`` at each milestone step (seed 000: 1e-4 → 1e-5 after 35 of 60 epochs).
+    - ``wsa``: warm-up → stable → anneal (LMC, seed 003): linear warm-up, constant, then cosine
+      from 1 to ``final_ratio`` over the last ``anneal_fraction`` of steps.
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    if kind == "step":
+        return gamma ** sum(step >= m for m in milestones)
+    if kind == "cosine":
+        span = max(1, total - warmup)
+        t = min(1.0, (step - warmup) / span)
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    if kind == "wsa":
+        anneal = max(1, int(round(anneal_fraction * total)))
+        start = max(warmup, total - anneal)
+        if step < start:
+            return 1.0
+        t = min(1.0, (step - start) / max(1, total - start))
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"unknown schedule '{kind}' (key 'schedule'; expected constant, cosine, step or wsa)")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, ocfg: dict[str, Any], steps_per_epoch: int,
+                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR from ``schedule``, ``warmup_epochs``, ``final_lr``, ``anneal_fraction``,
+    ``milestones`` (epochs), ``gamma``."""
+    kind = str(ocfg.get("schedule", "constant"))
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(round(float(ocfg.get("warmup_epochs", 0)) * steps_per_epoch))
+    base = effective_lr(ocfg)
+    final_ratio = float(ocfg.get("final_lr", 0.0)) / base if base > 0 else 0.0
+    milestones = [int(m) * steps_per_epoch for m in ocfg.get("milestones", [])]
+    kw = dict(final_ratio=final_ratio, anneal_fraction=float(ocfg.get("anneal_fraction", 0.2)),
+              milestones=milestones, gamma=float(ocfg.get("gamma", 0.1)))
+    lr_lambda = _LRLambda(kind, total, warmup, kw)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+
+
+class _LRLambda:
+    """Picklable LR multiplier (a closure would not survive scheduler state_dict round-trips)."""
+
+    def __init__(self, kind: str, total: int, warmup: int, kw: dict[str, Any]) -> None:
+        self.kind, self.total, self.warmup, self.kw = kind, total, warmup, kw
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(self.kind, step, self.total, self.warmup, **self.kw)

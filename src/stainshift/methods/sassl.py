@@ -1,0 +1,471 @@
+"""SASSL: stain-adaptive self-supervised learning (seed 002, Sec. 3.1–3.2).
+
+An SSL base (SimSiam by default; SimCLR, BYOL, MoCo v2 selectable) produces the projections
+S1, S2 of two views. A stain discriminator D (linear + LeakyReLU layers with a residual
+shortcut after the last LeakyReLU) maps them to l1, l2; the stain affinity matrix is
+A = l1 l2ᵀ (N × N) and the relation matrix R has r_ij = 1 iff patches i and j come from the
+same WSI (each WSI is one "stain"; the diagonal — two views of one patch — is always 1).
+
+How the garbled Eqs. 4–6 are read here
+--------------------------------------
+The extracted text reads ``min , max L_sal(G, D) + L_ssl(G)`` over ``θG, θD / θD`` and then
+    L_G = L_ssl − ||(1−R)A||₁/||1−R||₁ − ||RA||₁/||R||₁  ( "= L_ssl − ||A||₁/N²" ),
+    L_D = ||(1−R)A||₁/||1−R||₁ − ||RA||₁/||R||₁ .
+The fraction bars were lost: the numerators ``||(1−R)A||₁ ||RA||₁ ||A||₁`` and the
+denominators ``||(1−R)||₁ − ||R||₁ ... N²`` sit on separate lines, which pins the two minus signs
+of L_G to *both* fractions. We therefore implement, with (1−R)A and RA element-wise masks and
+||·||₁ the entry sum (the mean affinity over each pair set):
+    a_diff = Σ (1−R)⊙A / Σ(1−R)   (pairs from different slides),
+    a_same = Σ R⊙A / Σ R          (pairs from the same slide),
+    L_D = a_diff − a_same                     — D is minimised over θ_D,
+    L_G = L_ssl − λ_adv (a_diff + a_same)     — the encoder (G) is minimised over θ_G.
+Why: the prose states exactly this — for D "the affinity of different source patches is
+suppressed, and the affinity of homologous patches is improved"; for G "all the values in the
+affinity matrix A should be as large as possible so that the discriminator cannot discriminate",
+i.e. ||A||₁/N² (equal to a_diff + a_same up to the weighting of the two pair sets, which we keep
+balanced as in the fractions). On the stain term — the different-slide affinity a_diff — G and D
+pull in opposite directions; this is the min–max of Eq. 4. Training alternates: one D step on
+detached projections, then one G step with D frozen ("G and D trained alternately").
+``adv_mode = "reversal"`` offers the textbook GAN reading of Eq. 4 instead (L_G = L_ssl − λ L_D).
+
+A = l1 l2ᵀ is unbounded for raw vectors (D could scale its output without limit), so by default
+l1, l2 are L2-normalised first (``affinity: cosine``, a_ij ∈ [−1, 1]); ``affinity: dot`` keeps
+the raw product.
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stainshift.augment import build_views
+from stainshift.methods.base import Method, StepContext, register_method
+from stainshift.methods import fusion as _fusion  # noqa: F401  (registers the "fused" encoder arch)
+from stainshift.methods.losses import gather
+from stainshift.methods.stain_embed import nt_xent_loss
+from stainshift.models import build_encoder
+
+__all__ = [
+    "StainDiscriminator",
+    "relation_matrix",
+    "affinity_matrix",
+    "pair_means",
+    "discriminator_loss",
+    "generator_adversarial_loss",
+    "SSLBase",
+    "SASSLModel",
+    "SASSLConfig",
+    "sassl_step",
+    "sassl_update",
+    "SASSL",
+    "slide_codes",
+    "SSL_BASES",
+]
+
+SSL_BASES = ("simsiam", "simclr", "byol", "moco")
+
+
+# --------------------------------------------------------------------------------------------
+# Stain discriminator and the affinity / relation matrices
+# --------------------------------------------------------------------------------------------
+class StainDiscriminator(nn.Module):
+    """D (seed 002, Fig. 1): ``depth`` × (Linear → LeakyReLU) with a shortcut after the last one.
+
+    l = s + h_depth, h_k = LeakyReLU(W_k h_{k−1} + b_k), h_0 = s; s is S1 or S2. The output keeps
+    the input width so the residual sum is defined.
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None, depth: int = 2, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"discriminator depth must be >= 1, got {depth}")
+        hidden = hidden or dim
+        widths = [dim] + [hidden] * (depth - 1) + [dim]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.LeakyReLU(negative_slope)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, s: Tensor) -> Tensor:
+        return s + self.body(s)
+
+
+def slide_codes(slide_ids: Sequence[str] | Tensor) -> Tensor:
+    """Map slide ids (strings or ints) to int64 codes 0..K−1 (first-seen order)."""
+    if isinstance(slide_ids, Tensor):
+        return torch.unique(slide_ids, return_inverse=True)[1].long()
+    seen: dict = {}
+    return torch.tensor([seen.setdefault(s, len(seen)) for s in slide_ids], dtype=torch.long)
+
+
+def relation_matrix(slide_ids: Sequence[str] | Tensor, device: torch.device | str | None = None) -> Tensor:
+    """R (seed 002): r_ij = 1 if patches i and j come from the same WSI, else 0 (float, N × N)."""
+    c = slide_codes(slide_ids).to(device)
+    return (c[:, None] == c[None, :]).float()
+
+
+def affinity_matrix(l1: Tensor, l2: Tensor, normalize: bool = True) -> Tensor:
+    """A = l1 l2ᵀ (N × N); with ``normalize`` the rows are L2-normalised first (cosine)."""
+    if normalize:
+        l1, l2 = F.normalize(l1.float(), dim=1), F.normalize(l2.float(), dim=1)
+    return l1 @ l2.T
+
+
+def pair_means(a: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """(a_diff, a_same) = (Σ(1−R)⊙A / Σ(1−R), ΣR⊙A / ΣR); an empty set gives 0."""
+    inv = 1.0 - r
+    a_diff = (inv * a).sum() / inv.sum().clamp_min(1.0)
+    a_same = (r * a).sum() / r.sum().clamp_min(1.0)
+    return a_diff, a_same
+
+
+def discriminator_loss(a: Tensor, r: Tensor) -> Tensor:
+    """Seed 002 Eq. 6: L_D = ||(1−R)A||₁/||1−R||₁ − ||RA||₁/||R||₁ (minimised by D)."""
+    a_diff, a_same = pair_means(a, r)
+    return a_diff - a_same
+
+
+def generator_adversarial_loss(a: Tensor, r: Tensor, mode: str = "paper") -> Tensor:
+    """Adversarial part of seed 002 Eq. 5 for the encoder (added to L_ssl).
+
+    ``paper``: −(a_diff + a_same) — raise every affinity so D cannot tell slides apart.
+    ``reversal``: −L_D = a_same − a_diff — the textbook GAN min–max reading of Eq. 4.
+    """
+    a_diff, a_same = pair_means(a, r)
+    if mode == "paper":
+        return -(a_diff + a_same)
+    if mode == "reversal":
+        return a_same - a_diff
+    raise ValueError(f"adv_mode must be 'paper' or 'reversal', got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# SSL bases
+# --------------------------------------------------------------------------------------------
+def _mlp(dims: Sequence[int], last_bn: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        last = k == len(dims) - 2
+        layers.append(nn.Linear(a, b, bias=last and not last_bn))
+        if not last:
+            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        elif last_bn:
+            layers.append(nn.BatchNorm1d(b, affine=False))
+    return nn.Sequential(*layers)
+
+
+def _neg_cos(p: Tensor, z: Tensor) -> Tensor:
+    """Seed 002 Eq. 3 / SimSiam: 1 − ⟨p, sg(z)⟩ / (‖p‖‖z‖), batch mean."""
+    return 1.0 - F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+class SSLBase(nn.Module):
+    """The SSL framework under SASSL: projections S1, S2 of two views and the SSL loss.
+
+    * ``simsiam`` (default): projector (3-layer MLP, BN) + predictor (bottleneck MLP);
+      L = ½[D(p1, sg z2) + D(p2, sg z1)], D = 1 − cos (seed 002 Eq. 3).
+    * ``simclr``: projector; NT-Xent(z1, z2) with temperature ``tau``.
+    * ``byol``: online projector + predictor, EMA target encoder/projector (``momentum``);
+      L = ½[D(p1, z2') + D(p2, z1')] with D = 1 − cos (2 − 2cos up to a factor 2).
+    * ``moco`` (v2): EMA key encoder/projector and a queue of ``queue_size`` keys; symmetric
+      InfoNCE with temperature ``tau``.
+    ``encoder`` maps images to (N, feat_dim) features. S1, S2 are the online projections.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        feat_dim: int,
+        base: str = "simsiam",
+        proj_dim: int = 256,
+        pred_dim: int = 64,
+        tau: float | None = None,
+        momentum: float = 0.99,
+        queue_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if base not in SSL_BASES:
+            raise ValueError(f"unknown SSL base {base!r}; choose from {SSL_BASES}")
+        self.base = base
+        self.encoder = encoder
+        self.momentum = momentum
+        self.tau = tau if tau is not None else {"simclr": 0.1, "moco": 0.2}.get(base, 0.1)
+        self.projector = _mlp([feat_dim, proj_dim, proj_dim, proj_dim] if base == "simsiam" else [feat_dim, proj_dim, proj_dim],
+                              last_bn=base == "simsiam")
+        self.predictor: nn.Module | None = None
+        if base in ("simsiam", "byol"):
+            self.predictor = _mlp([proj_dim, pred_dim, proj_dim])
+        self.target_encoder: nn.Module | None = None
+        self.target_projector: nn.Module | None = None
+        if base in ("byol", "moco"):
+            self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+            self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        if base == "moco":
+            self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.proj_dim = proj_dim
+
+    def online_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by the generator optimizer (not the EMA copies)."""
+        mods = [self.encoder, self.projector] + ([self.predictor] if self.predictor is not None else [])
+        return [p for m in mods for p in m.parameters()]
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """EMA θ' ← m θ' + (1 − m) θ for BYOL / MoCo targets (call after the G step)."""
+        if self.target_encoder is None:
+            return
+        for online, target in ((self.encoder, self.target_encoder), (self.projector, self.target_projector)):
+            for p, q in zip(online.parameters(), target.parameters()):
+                q.mul_(self.momentum).add_(p.detach(), alpha=1 - self.momentum)
+            for b, c in zip(online.buffers(), target.buffers()):
+                c.copy_(b)
+
+    @torch.no_grad()
+    def _targets(self, v: Tensor) -> Tensor:
+        return self.target_projector(self.target_encoder(v))
+
+    def _moco_infonce(self, q: Tensor, k: Tensor) -> Tensor:
+        q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+        pos = (q * k).sum(dim=1, keepdim=True)
+        neg = q @ self.queue.clone().T  # the queue is updated in place after this forward
+        logits = torch.cat([pos, neg], dim=1) / self.tau
+        return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+    @torch.no_grad()
+    def _enqueue(self, k: Tensor) -> None:
+        k = F.normalize(k, dim=1)
+        n, size = k.shape[0], self.queue.shape[0]
+        ptr = int(self.queue_ptr)
+        idx = (torch.arange(n, device=k.device) + ptr) % size
+        self.queue[idx] = k
+        self.queue_ptr.fill_((ptr + n) % size)
+
+    def forward(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (S1, S2, L_ssl) for two views (N, 3, H, W)."""
+        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
+        if self.base == "simsiam":
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+            loss = 0.5 * (_neg_cos(p1, z2) + _neg_cos(p2, z1))
+        elif self.base == "simclr":
+            loss = nt_xent_loss(z1, z2, tau=self.tau)
+        elif self.base == "byol":
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+            t1, t2 = self._targets(v1), self._targets(v2)
+            loss = 0.5 * (_neg_cos(p1, t2) + _neg_cos(p2, t1))
+        else:  # moco v2
+            k1, k2 = self._targets(v1), self._targets(v2)
+            loss = 0.5 * (self._moco_infonce(z1, k2) + self._moco_infonce(z2, k1))
+            if self.training:
+                self._enqueue(torch.cat([k1, k2]))
+        return z1, z2, loss
+
+
+# --------------------------------------------------------------------------------------------
+# The SASSL model and its alternating adversarial step
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SASSLConfig:
+    """SASSL hyper-parameters (config keys under ``pretrain.sassl``)."""
+
+    adv_weight: float = 1.0
+    adv_mode: str = "paper"  # paper | reversal
+    affinity: str = "cosine"  # cosine | dot
+    d_steps: int = 1
+
+
+class SASSLModel(nn.Module):
+    """SSL base + stain discriminator D on the projections (seed 002, Fig. 1)."""
+
+    def __init__(self, ssl: SSLBase, disc_hidden: int | None = None, disc_depth: int = 2,
+                 negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.ssl = ssl
+        self.discriminator = StainDiscriminator(ssl.proj_dim, disc_hidden, disc_depth, negative_slope)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.ssl.encoder
+
+    def affinity(self, s1: Tensor, s2: Tensor, normalize: bool = True) -> Tensor:
+        """A = D(S1) D(S2)ᵀ."""
+        return affinity_matrix(self.discriminator(s1), self.discriminator(s2), normalize)
+
+
+def sassl_update(
+    model: SASSLModel,
+    v1: Tensor,
+    v2: Tensor,
+    slide_ids: Sequence[str] | Tensor,
+    step_d: Callable[[Tensor], None],
+    step_g: Callable[[Tensor], None],
+    cfg: SASSLConfig = SASSLConfig(),
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    gather: Callable[[Tensor], Tensor] = lambda t: t,
+) -> dict[str, Tensor]:
+    """One alternating SASSL update: D step(s) on detached S1, S2, then the G step with D frozen.
+
+    D:  minimise L_D = a_diff − a_same over θ_D (``step_d(loss)`` back-propagates and steps D).
+    G:  minimise L_ssl + λ_adv · L_adv over θ_G (encoder, projector, predictor) with D frozen;
+        L_adv as in :func:`generator_adversarial_loss` (``step_g(loss)`` steps the encoder side).
+    ``gather`` concatenates S1, S2 and the slide ids over DDP ranks (identity on one process) so
+    A and R cover the global batch. Returns detached scalars for logging.
+    """
+    normalize = cfg.affinity == "cosine"
+    with autocast():
+        s1, s2, l_ssl = model.ssl(v1, v2)
+    s1, s2 = gather(s1.float()), gather(s2.float())
+    r = relation_matrix(gather(slide_codes_tensor(slide_ids, v1.device)), device=v1.device)
+    disc = model.discriminator
+    for _ in range(max(cfg.d_steps, 1)):
+        l_d = discriminator_loss(model.affinity(s1.detach(), s2.detach(), normalize), r)
+        step_d(l_d)
+    disc.requires_grad_(False)
+    try:
+        a = model.affinity(s1, s2, normalize)
+        l_adv = generator_adversarial_loss(a, r, cfg.adv_mode)
+        loss = l_ssl.float() + cfg.adv_weight * l_adv
+        step_g(loss)
+    finally:
+        disc.requires_grad_(True)
+    model.ssl.momentum_update()
+    a_diff, a_same = pair_means(a.detach(), r)
+    return {
+        "loss": loss.detach(),
+        "loss_ssl": l_ssl.detach().float(),
+        "loss_adv": l_adv.detach(),
+        "loss_d": l_d.detach(),
+        "affinity_diff": a_diff,
+        "affinity_same": a_same,
+        "same_slide_pairs": (r.sum() - r.shape[0]).detach(),
+    }
+
+
+def slide_codes_tensor(slide_ids: Sequence[str] | Tensor, device: torch.device | str | None = None) -> Tensor:
+    """Slide ids as an int64 tensor on ``device`` (tensors kept as they are, strings coded)."""
+    if isinstance(slide_ids, Tensor):
+        return slide_ids.to(device=device, dtype=torch.long)
+    return slide_codes(slide_ids).to(device)
+
+
+def sassl_step(
+    model: SASSLModel,
+    v1: Tensor,
+    v2: Tensor,
+    slide_ids: Sequence[str] | Tensor,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    cfg: SASSLConfig = SASSLConfig(),
+) -> dict[str, float]:
+    """:func:`sassl_update` with two plain optimizers (no AMP / DDP) — for scripts and tests."""
+
+    def make_step(opt: torch.optim.Optimizer) -> Callable[[Tensor], None]:
+        def step(loss: Tensor) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    out = sassl_update(model, v1, v2, slide_ids, make_step(opt_d), make_step(opt_g), cfg)
+    return {k: float(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The registered method
+# --------------------------------------------------------------------------------------------
+def _gather_ids(x: Tensor) -> Tensor:
+    """Non-differentiable all-gather of an int tensor over DDP ranks (identity otherwise)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def _gather_any(x: Tensor) -> Tensor:
+    return _gather_ids(x) if not x.is_floating_point() else gather(x)
+
+
+@register_method("sassl")
+class SASSL(Method):
+    """Seed 002: SSL base + stain discriminator, alternating adversarial updates (see module doc).
+
+    Config keys (``pretrain.sassl``): ``encoder`` (spec), ``image_size``, ``views`` (SimCLRViews
+    kwargs; SimSiam-style by default), ``ssl_base`` (simsiam | simclr | byol | moco), ``proj_dim``,
+    ``pred_dim``, ``tau``, ``momentum_ema`` (BYOL / MoCo target EMA), ``queue_size``, ``disc_hidden``, ``disc_depth``,
+    ``adv_weight`` (λ_adv, 1.0), ``adv_mode`` (paper | reversal), ``affinity`` (cosine | dot),
+    ``d_steps``, ``tiles_per_slide`` (slide-balanced batches); optimizers ``encoder`` and ``disc``
+    under ``optimizers:``.
+    """
+
+    slide_balanced = True
+    automatic_optimization = False
+    # seed 002 names the backbone (ResNet50), SimSiam as the default base, 100 balanced patches
+    # per WSI and same-slide pairs in every batch; it gives no optimizer settings, so the SSL side
+    # takes SimSiam's (SGD 0.05 × batch/256, momentum 0.9, wd 1e-4, cosine; batch 512) and D an
+    # Adam 1e-3 (our choice, a small MLP discriminator).
+    seed_defaults = {
+        "encoder": {"arch": "resnet50"}, "epochs": 100, "batch_size": 512, "tiles_per_slide": 4,
+        "optimizer": "sgd", "lr": 0.05, "lr_scale_batch": True, "momentum": 0.9, "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "optimizers": {"disc": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant",
+                                "lr_scale_batch": False}},
+        "views": {"crop_scale": [0.2, 1.0], "jitter": "light", "jitter_p": 0.8, "grayscale_p": 0.2,
+                  "blur_p": 0.5},
+        "ssl_base": "simsiam", "proj_dim": 2048, "pred_dim": 512, "tau": None, "momentum_ema": 0.99,
+        "queue_size": 4096, "disc_hidden": None, "disc_depth": 2, "adv_weight": 1.0, "adv_mode": "paper",
+        "affinity": "cosine", "d_steps": 1,
+    }
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.encoder = build_encoder(cfg.get("encoder") or {"arch": "resnet18"})
+        ssl = SSLBase(
+            self.encoder,
+            self.encoder.out_dim,
+            base=str(cfg.get("ssl_base", "simsiam")),
+            proj_dim=int(cfg.get("proj_dim", 256)),
+            pred_dim=int(cfg.get("pred_dim", 64)),
+            tau=cfg.get("tau"),
+            momentum=float(cfg.get("momentum_ema", 0.99)),
+            queue_size=int(cfg.get("queue_size", 1024)),
+        )
+        self.model = SASSLModel(ssl, cfg.get("disc_hidden"), int(cfg.get("disc_depth", 2)))
+        self.sassl_cfg = SASSLConfig(
+            adv_weight=float(cfg.get("adv_weight", 1.0)),
+            adv_mode=str(cfg.get("adv_mode", "paper")),
+            affinity=str(cfg.get("affinity", "cosine")),
+            d_steps=int(cfg.get("d_steps", 1)),
+        )
+        if self.sassl_cfg.adv_mode not in ("paper", "reversal") or self.sassl_cfg.affinity not in ("cosine", "dot"):
+            raise ValueError(f"sassl: adv_mode must be paper|reversal and affinity cosine|dot, got "
+                             f"{self.sassl_cfg.adv_mode!r} / {self.sassl_cfg.affinity!r}")
+        self.views = build_views("simclr", int(cfg.get("image_size", 224)), cfg.get("views"))
+
+    def optimizer_params(self) -> dict[str, Any]:
+        return {"encoder": self.model.ssl.online_parameters(), "disc": list(self.model.discriminator.parameters())}
+
+    def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        images = batch["image"]
+        v1, v2 = self.views(images), self.views(images)
+
+        def step_d(loss: Tensor) -> None:
+            ctx.backward_step(loss, "disc")
+
+        def step_g(loss: Tensor) -> None:
+            ctx.backward_step(loss, "encoder")
+            ctx.zero_grad("disc")
+
+        return sassl_update(self.model, v1, v2, batch["slide"], step_d, step_g, self.sassl_cfg,
+                            autocast=ctx.autocast, gather=_gather_any)
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder

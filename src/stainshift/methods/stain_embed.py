@@ -1,0 +1,443 @@
+"""Stain-normalization latent embedding (seed 000) and its contrastive variant "Ours(c)".
+
+Seed 000 (Tiard et al., "stain normalization latent embedding"), Sec. II and III-A:
+
+* per batch X (B images) pick a reference x_r ∈ X and a normalizer g ∈ {Macenko, Reinhard,
+  Vahadane} (equal probabilities by default); X̄ = g(X, x_r).
+* positives S_p = {(x_i, x̄_i)}; negatives S_n = {(x_i, x_j)} ∪ {(x_i, x̄_j)}, j ≠ i — i.e.
+  2(B−1) negatives per anchor x_i (the text says "cardinality B²"; the set it defines has
+  2B(B−1) pairs over the batch).
+* Eq. 1:  ℓ_c = −Σ_i log[ exp(sim(f^l(x_i), f^l(x̄_i))/τ) / Σ_{(x_i,x_j)∈S_n} exp(sim(f^l(x_i), f^l(x_j))/τ) ],
+  sim = cosine on the flattened layer-l embedding f^l ∈ R^{h×w×M}, τ = 0.70. The positive is
+  *not* in the denominator (unlike NT-Xent), so ℓ_c can be negative.
+* Eq. 3:  ℓ_e = 1/(2B) (Σ_i CE(f(x_i), y_i) + Σ_i CE(f(x̄_i), y_i)).
+* Eq. 4:  ℓ = w_c ℓ_c + w_e ℓ_e, w_c = w_e = 1.
+* Narrow ResNet18 (32/64/128/256/256 filters, leaky ReLU), FC 256 → 512 → logits; Adam
+  (β = 0.9, 0.999), lr 1e-4 → 1e-5 after 35 of 60 epochs, batch 20; augmentations each with
+  p = 0.5: h/v flips, rotation ±20°, Gaussian noise σ = 0.08, crops up to 90 % of the side.
+* "Ours(c)" (Sec. III): both batches are normalized (different random targets / methods) and
+  trained with a contrastive (NT-Xent) objective instead of the raw-anchored ℓ_c.
+
+The Discussion notes the negatives' memory grows as B²; ``num_negatives`` samples a fixed number
+of negatives per anchor (uniformly, without replacement) instead of all 2(B−1).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stainshift.augment import to_float
+from stainshift.methods.base import Method, StepContext, register_method
+from stainshift.methods.losses import gather
+from stainshift.models import build_encoder
+
+__all__ = [
+    "negative_indices",
+    "latent_embedding_loss",
+    "nt_xent_loss",
+    "paired_ce_loss",
+    "LayerTap",
+    "StainBatchNormalizer",
+    "to_uint8_nhwc",
+    "from_uint8_nhwc",
+    "paired_augment",
+    "StainEmbedMethod",
+    "StainEmbedContrastiveMethod",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Negatives and losses (pure functions)
+# --------------------------------------------------------------------------------------------
+def negative_indices(
+    batch_size: int,
+    num_negatives: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Indices of each anchor's negatives into the stacked candidates ``[z; z̄]`` (length 2B).
+
+    Row i lists {j : j ≠ i} (the raw x_j) and {B + j : j ≠ i} (the normalized x̄_j): 2(B−1)
+    entries (seed 000's S_n). With ``num_negatives = K < 2(B−1)`` each row holds K of them drawn
+    uniformly without replacement (the Discussion's memory fix). Returns (B, K) int64, sorted.
+    """
+    if batch_size < 2:
+        raise ValueError(f"the latent embedding loss needs a batch of at least 2 images, got {batch_size}")
+    full = 2 * (batch_size - 1)
+    cols = torch.arange(2 * batch_size, device=device)
+    rows = torch.arange(batch_size, device=device)
+    keep = (cols[None, :] != rows[:, None]) & (cols[None, :] != rows[:, None] + batch_size)
+    idx = cols.expand(batch_size, -1)[keep].view(batch_size, full)
+    if num_negatives is None or num_negatives >= full:
+        return idx
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1 or null, got {num_negatives}")
+    scores = torch.rand(batch_size, full, generator=generator, device="cpu" if generator is not None else device)
+    pick = scores.argsort(dim=1)[:, :num_negatives].to(idx.device)
+    return idx.gather(1, pick).sort(dim=1).values
+
+
+def _flat_normalized(z: Tensor) -> Tensor:
+    return F.normalize(z.flatten(1).float(), dim=1)
+
+
+def latent_embedding_loss(
+    z: Tensor,
+    z_bar: Tensor,
+    tau: float = 0.70,
+    num_negatives: int | None = None,
+    generator: torch.Generator | None = None,
+    reduction: str = "sum",
+) -> Tensor:
+    """Seed 000 Eq. 1: ℓ_c = −Σ_i [sim(z_i, z̄_i)/τ − log Σ_{n ∈ S_n(i)} exp(sim(z_i, n)/τ)].
+
+    ``z`` / ``z_bar``: layer-l embeddings of X and X̄ (B, ...), flattened per sample; sim is the
+    cosine. Negatives of anchor z_i: every z_j and z̄_j with j ≠ i (or ``num_negatives`` of
+    them, see :func:`negative_indices`). ``reduction``: ``"sum"`` over anchors as in Eq. 1, or
+    ``"mean"`` (Eq. 1 / B, batch-size independent).
+    """
+    if z.shape != z_bar.shape:
+        raise ValueError(f"z and z_bar must have the same shape, got {tuple(z.shape)} and {tuple(z_bar.shape)}")
+    b = z.shape[0]
+    u = _flat_normalized(z)
+    v = _flat_normalized(z_bar)
+    pos = (u * v).sum(dim=1) / tau  # (B,)
+    cand = torch.cat([u, v], dim=0)  # (2B, D)
+    sim = u @ cand.T / tau  # (B, 2B)
+    idx = negative_indices(b, num_negatives, generator=generator, device=z.device)
+    neg = sim.gather(1, idx)  # (B, K)
+    per_anchor = -(pos - torch.logsumexp(neg, dim=1))
+    if reduction == "sum":
+        return per_anchor.sum()
+    if reduction == "mean":
+        return per_anchor.mean()
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def nt_xent_loss(z1: Tensor, z2: Tensor, tau: float = 0.70) -> Tensor:
+    """NT-Xent (SimCLR) between two views, used by "Ours(c)" (seed 000, Sec. III).
+
+    For the 2B embeddings w = [z1; z2] (cosine), anchor k's positive is its other view and its
+    denominator every other embedding: L = 1/(2B) Σ_k −log exp(s_{k,p(k)}/τ) / Σ_{m≠k} exp(s_{k,m}/τ).
+    """
+    b = z1.shape[0]
+    w = torch.cat([_flat_normalized(z1), _flat_normalized(z2)], dim=0)
+    sim = w @ w.T / tau
+    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=sim.device), float("-inf"))
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(sim.device)
+    return F.cross_entropy(sim, target)
+
+
+def paired_ce_loss(logits: Tensor, logits_bar: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+    """Seed 000 Eq. 3: ℓ_e = 1/(2B) (Σ CE(f(x_i), y_i) + Σ CE(f(x̄_i), y_i)).
+
+    Tiles with label ``ignore_index`` (−1 = unknown in the patch store) are left out of the mean;
+    a batch with no labelled tile gives 0 (kept in the graph).
+    """
+    both = torch.cat([logits, logits_bar], dim=0)
+    y = torch.cat([labels, labels], dim=0)
+    if not bool((y != ignore_index).any()):
+        return both.sum() * 0.0
+    return F.cross_entropy(both.float(), y, ignore_index=ignore_index)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer-l embedding
+# --------------------------------------------------------------------------------------------
+class LayerTap:
+    """Capture the output of ``model.get_submodule(layer)`` during forward (seed 000's f^l).
+
+    Use as ``with LayerTap(model, "layer4") as tap: logits = model(x); z = tap.output``. The
+    hook keeps the graph (gradients flow into ℓ_c) and is removed on exit.
+    """
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        try:
+            self.module = model.get_submodule(layer)
+        except AttributeError as err:
+            names = [n for n, _ in model.named_modules() if n]
+            raise ValueError(f"embedding layer {layer!r} not found in {type(model).__name__}; "
+                             f"available: {names[:40]}") from err
+        self.output: Tensor | None = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _hook(self, _module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        self.output = output[0] if isinstance(output, (tuple, list)) else output
+
+    def __enter__(self) -> "LayerTap":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def pop(self) -> Tensor:
+        """Return the captured output and clear it (raises if the layer did not run)."""
+        if self.output is None:
+            raise RuntimeError("the tapped layer did not run in the last forward pass")
+        out, self.output = self.output, None
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batched stain normalization of a batch to one of its own images
+# --------------------------------------------------------------------------------------------
+def to_uint8_nhwc(x: Tensor) -> Tensor:
+    """(N, 3, H, W) float in [0, 1] → (N, H, W, 3) uint8 (the stain library's layout)."""
+    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def from_uint8_nhwc(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, H, W) float in [0, 1]."""
+    return x.permute(0, 3, 1, 2).to(dtype).div_(255.0).contiguous()
+
+
+NormalizerFactory = Callable[[str], object]
+
+
+def _default_factory(name: str) -> object:
+    from stainshift.stain import get_normalizer  # issue 4's library; imported lazily
+
+    return get_normalizer(name)
+
+
+@dataclass
+class StainBatchNormalizer:
+    """X̄ = g(X, x_r): fit g on one image of the batch, transform the whole batch (seed 000).
+
+    ``methods`` / ``probs``: the candidate normalizers g and their draw probabilities (equal by
+    default). Works on uint8 (N, H, W, 3) on the batch's device; the normalizers come from
+    ``stainshift.stain.get_normalizer`` (``factory`` can replace it, e.g. in tests). A normalizer
+    that fails on a degenerate reference (e.g. a blank tile) is retried with the next
+    reference; after ``max_tries`` the raw batch is returned and ``last_failed`` is set.
+    """
+
+    methods: Sequence[str] = ("macenko", "reinhard", "vahadane")
+    probs: Sequence[float] | None = None
+    max_tries: int = 3
+    factory: NormalizerFactory = _default_factory
+    last_method: str | None = field(default=None, init=False)
+    last_reference: int | None = field(default=None, init=False)
+    last_failed: bool = field(default=False, init=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("stain_embed needs at least one normalization method")
+        if self.probs is not None:
+            if len(self.probs) != len(self.methods) or min(self.probs) < 0 or sum(self.probs) <= 0:
+                raise ValueError(f"probs {list(self.probs)} do not match methods {list(self.methods)}")
+
+    def _normalizer(self, name: str) -> object:
+        if name not in self._cache:
+            self._cache[name] = self.factory(name)
+        return self._cache[name]
+
+    def draw(self, batch_size: int, generator: torch.Generator | None = None, exclude: int | None = None) -> tuple[str, int]:
+        """Draw (method name, reference index) with the given generator."""
+        p = torch.tensor(self.probs if self.probs is not None else [1.0] * len(self.methods), dtype=torch.float64)
+        m = int(torch.multinomial(p / p.sum(), 1, generator=generator))
+        choices = [i for i in range(batch_size) if i != exclude] or list(range(batch_size))
+        r = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+        return self.methods[m], r
+
+    def __call__(self, batch_u8: Tensor, generator: torch.Generator | None = None, exclude: int | None = None) -> Tensor:
+        """Normalize ``batch_u8`` (N, H, W, 3) uint8 to a random member of itself."""
+        n = batch_u8.shape[0]
+        self.last_failed = False
+        for _ in range(self.max_tries):
+            name, r = self.draw(n, generator, exclude)
+            g = self._normalizer(name)
+            try:
+                g.fit(batch_u8[r])
+                out = g.transform(batch_u8)
+            except (ValueError, RuntimeError, torch.linalg.LinAlgError):
+                continue
+            out = torch.as_tensor(out, device=batch_u8.device)
+            self.last_method, self.last_reference = name, r
+            return out
+        self.last_method, self.last_reference, self.last_failed = None, None, True
+        return batch_u8.clone()
+
+
+# --------------------------------------------------------------------------------------------
+# Seed-000 augmentations, identical geometry for x_i and x̄_i
+# --------------------------------------------------------------------------------------------
+def paired_augment(
+    views: Sequence[Tensor],
+    generator: torch.Generator | None = None,
+    p: float = 0.5,
+    rotation: float = 20.0,
+    noise_std: float = 0.08,
+    crop_min: float = 0.9,
+) -> list[Tensor]:
+    """Seed 000's augmentations (each with probability ``p``), the same draw for every view.
+
+    Flips (h and v), rotation in [−``rotation``, ``rotation``]°, a crop of side fraction in
+    [``crop_min``, 1] resized back, zero-mean Gaussian noise σ = ``noise_std``. The geometry is
+    shared so x_i and x̄_i stay the same sample under two stains (the positive pair of Eq. 1);
+    the noise is drawn independently per view. Inputs (N, 3, H, W) float in [0, 1].
+    """
+    import kornia.geometry.transform as KT
+
+    x = torch.cat(list(views), dim=1)  # (N, 3V, H, W): one geometric draw for all views
+    n, _, h, w = x.shape
+    dev = x.device
+
+    def coin() -> Tensor:
+        return (torch.rand(n, generator=generator) < p).to(dev)
+
+    flip_h, flip_v = coin(), coin()
+    x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
+    x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
+    rot, crop = coin(), coin()
+    angle = (torch.rand(n, generator=generator) * 2 - 1).to(dev) * rotation * rot
+    frac = 1 - (torch.rand(n, generator=generator).to(dev) * (1 - crop_min)) * crop
+    if bool(rot.any()) or bool(crop.any()):
+        cx = (w - 1) / 2 + (torch.rand(n, generator=generator).to(dev) - 0.5) * (1 - frac) * (w - 1)
+        cy = (h - 1) / 2 + (torch.rand(n, generator=generator).to(dev) - 0.5) * (1 - frac) * (h - 1)
+        center = torch.stack([cx, cy], dim=1)
+        scale = (1.0 / frac)[:, None].expand(n, 2)
+        mat = KT.get_rotation_matrix2d(center, angle, scale)
+        # move the crop centre to the image centre after rotation+zoom about it
+        mat[:, 0, 2] += (w - 1) / 2 - cx
+        mat[:, 1, 2] += (h - 1) / 2 - cy
+        x = KT.warp_affine(x, mat.to(x.dtype), (h, w), mode="bilinear", padding_mode="reflection", align_corners=True)
+    out = []
+    for v in x.split(3, dim=1):
+        noisy = coin()
+        if generator is None:
+            eps = torch.randn(v.shape, device=dev, dtype=v.dtype) * noise_std
+        else:
+            eps = torch.randn(v.shape, generator=generator).to(dev, v.dtype) * noise_std
+        out.append((v + eps * noisy[:, None, None, None]).clamp(0, 1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The registered methods
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_ENCODER = {"arch": "resnet18_narrow"}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _StainEmbedBase(Method):
+    """Shared parts of ``stain_embed`` and ``stain_embed_c``: encoder, FC head, normalizer, augs.
+
+    Config keys (``pretrain.<method>``): ``encoder`` (spec, default narrow ResNet18), ``head_hidden``
+    (512), ``tau`` (0.70), ``w_c`` / ``w_e`` (1.0), ``embed_layer`` (module path of f^l inside the
+    method, default ``encoder.stages.3`` = last residual stage; ``encoder`` = the pooled
+    feature), ``num_negatives`` (null = all 2(B−1)), ``contrastive_reduction`` (sum | mean),
+    ``stain_methods`` / ``stain_probs``, ``views`` ({p, rotation, noise_std, crop_min}, as
+    :class:`stainshift.augment.BaselineAug` but one geometric draw shared by x_i and x̄_i).
+    Under DDP the embeddings are gathered so ℓ_c sees the global batch (each rank normalizes its
+    own shard to its own reference).
+    """
+
+    supervised = True
+    # seed 000, Sec. II and III-A (see the module docstring)
+    seed_defaults = {
+        "encoder": {"arch": "resnet18_narrow"}, "epochs": 60, "batch_size": 20, "optimizer": "adam",
+        "betas": [0.9, 0.999], "lr": 1e-4, "schedule": "step", "milestones": [35], "gamma": 0.1,
+        "weight_decay": 0.0, "views": {"p": 0.5, "rotation": 20.0, "noise_std": 0.08, "crop_min": 0.9},
+        "head_hidden": 512, "tau": 0.70, "w_c": 1.0, "w_e": 1.0, "embed_layer": "encoder.stages.3",
+        "num_negatives": None, "contrastive_reduction": "sum",
+        "stain_methods": ["macenko", "reinhard", "vahadane"], "stain_probs": None,
+    }
+
+    def __init__(self, cfg: dict, num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.encoder = build_encoder(cfg.get("encoder") or DEFAULT_ENCODER)
+        hidden = int(cfg.get("head_hidden", 512))
+        # seed 000: "two fully connected layers of 256 and 512 neurons" map the 256-d code to logits
+        self.head = nn.Sequential(nn.Linear(self.encoder.out_dim, hidden), nn.LeakyReLU(0.01),
+                                  nn.Linear(hidden, max(int(num_classes), 1)))
+        self.tau = float(cfg.get("tau", 0.70))
+        self.w_c = float(cfg.get("w_c", 1.0))
+        self.w_e = float(cfg.get("w_e", 1.0))
+        self.embed_layer = str(cfg.get("embed_layer", "encoder.stages.3"))
+        self.num_negatives = cfg.get("num_negatives")
+        self.reduction = str(cfg.get("contrastive_reduction", "sum"))
+        self.aug = dict(cfg.get("views") or {})
+        self.normalizer = StainBatchNormalizer(
+            methods=tuple(cfg.get("stain_methods", ("macenko", "reinhard", "vahadane"))),
+            probs=cfg.get("stain_probs"),
+        )
+        LayerTap(self, self.embed_layer)  # fail at build time on a bad layer name
+
+    def _normalize(self, raw_u8: Tensor, exclude: int | None = None) -> tuple[Tensor, int | None]:
+        """X̄ = g(X, x_r) on (B, 3, H, W) uint8; returns the float batch and the reference index."""
+        out = self.normalizer(raw_u8.permute(0, 2, 3, 1), generator=None, exclude=exclude)
+        return to_float(out.permute(0, 3, 1, 2)), self.normalizer.last_reference
+
+    def _augment(self, views: list[Tensor]) -> list[Tensor]:
+        if float(self.aug.get("p", 0.5)) <= 0:
+            return views
+        return paired_augment(views, generator=None, p=float(self.aug.get("p", 0.5)),
+                              rotation=float(self.aug.get("rotation", 20.0)),
+                              noise_std=float(self.aug.get("noise_std", 0.08)),
+                              crop_min=float(self.aug.get("crop_min", 0.9)))
+
+    def _forward_pair(self, a: Tensor, b: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One forward pass over [a; b]: logits and layer-l embeddings of both halves."""
+        n = a.shape[0]
+        with LayerTap(self, self.embed_layer) as tap, ctx.autocast():
+            logits = self.head(self.encoder(torch.cat([a, b], 0)))
+            z = tap.pop()
+        return logits[:n], logits[n:], z[:n], z[n:]
+
+    def export_encoder(self) -> nn.Module:
+        return self.encoder
+
+
+@register_method("stain_embed")
+class StainEmbedMethod(_StainEmbedBase):
+    """Seed 000: ℓ = w_c ℓ_c(f^l(X), f^l(X̄)) + w_e ℓ_e, X̄ = g(X, x_r) per batch (see module doc)."""
+
+    def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        raw = batch["image"]
+        _sync(raw.device)
+        t0 = time.perf_counter()
+        x_bar, _ = self._normalize(raw)
+        _sync(raw.device)
+        t_norm = time.perf_counter() - t0
+        x, x_bar = self._augment([to_float(raw), x_bar])
+        logits, logits_bar, z, z_bar = self._forward_pair(x, x_bar, ctx)
+        l_c = latent_embedding_loss(gather(z.float()), gather(z_bar.float()), self.tau, self.num_negatives, reduction=self.reduction)
+        l_e = paired_ce_loss(logits, logits_bar, batch["label"])
+        loss = self.w_c * l_c + self.w_e * l_e
+        return {"loss": loss, "loss_c": l_c.detach(), "loss_e": l_e.detach(),
+                "norm_s": torch.tensor(t_norm), "norm_failed": torch.tensor(float(self.normalizer.last_failed))}
+
+
+@register_method("stain_embed_c")
+class StainEmbedContrastiveMethod(_StainEmbedBase):
+    """Seed 000 "Ours(c)": X̄¹ = g₁(X, x_r₁), X̄² = g₂(X, x_r₂) (r₁ ≠ r₂, g drawn independently);
+    ℓ = w_c NT-Xent(f^l(X̄¹), f^l(X̄²); τ) + w_e · 1/(2B)(Σ CE(f(x̄¹_i), y_i) + Σ CE(f(x̄²_i), y_i))."""
+
+    def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        raw = batch["image"]
+        _sync(raw.device)
+        t0 = time.perf_counter()
+        x1, r1 = self._normalize(raw)
+        x2, _ = self._normalize(raw, exclude=r1)
+        _sync(raw.device)
+        t_norm = time.perf_counter() - t0
+        x1, x2 = self._augment([x1, x2])
+        logits1, logits2, z1, z2 = self._forward_pair(x1, x2, ctx)
+        l_c = nt_xent_loss(gather(z1.float()), gather(z2.float()), self.tau)
+        l_e = paired_ce_loss(logits1, logits2, batch["label"])
+        loss = self.w_c * l_c + self.w_e * l_e
+        return {"loss": loss, "loss_c": l_c.detach(), "loss_e": l_e.detach(), "norm_s": torch.tensor(t_norm)}

@@ -1,0 +1,256 @@
+"""Reinhard colour transfer in CIELAB (Reinhard et al. 2001, as used for H&E by StainTools).
+
+Each LAB channel of the tissue pixels is standardised and given the target's tissue mean and
+standard deviation. Background pixels (every channel OD < beta, i.e. near white) are excluded from
+the statistics and blended back to the input.
+
+Fast path: with f = (fx, fy, fz) the CIELAB companding of XYZ, LAB is an affine map of f, so
+"standardise then rescale" in LAB is one 3x3 affine map in f-space. Per pixel that is: sRGB
+decoding (256-entry table), a 3x3 matrix, a cube root, a 3x3 affine map, a cube, a 3x3 matrix and
+sRGB encoding. The statistics use a fixed strided subsample of at most ``sample_pixels`` pixels.
+Conversions follow skimage.color.rgb2lab (D65, 2 degree observer); the tests check that.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._common import (
+    LabParams,
+    Normalizer,
+    background_weight_lut,
+    blend_torch,
+    enough_tissue,
+    min_tissue_torch,
+    target_error,
+    weight_torch,
+)
+from .macenko import darkest_channel_np, sample_stride, tissue_threshold
+
+# sRGB (linear) -> XYZ, rows X, Y, Z; white point D65 (skimage's 'D65', '2').
+_RGB2XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+#: linear RGB -> white-normalised XYZ (row-vector convention: xyz = lin @ RGB2XYZN)
+RGB2XYZN = (_RGB2XYZ / _WHITE[:, None]).T
+XYZN2RGB = np.linalg.inv(RGB2XYZN)
+# LAB = f @ F2LAB + LAB_OFFSET
+F2LAB = np.array([[0.0, 500.0, 0.0], [116.0, -500.0, 200.0], [0.0, 0.0, -200.0]])
+LAB_OFFSET = np.array([-16.0, 0.0, 0.0])
+LAB2F = np.linalg.inv(F2LAB)
+_DELTA = 6.0 / 29.0
+_D3 = _DELTA**3
+
+
+def srgb_decode_lut() -> np.ndarray:
+    c = np.arange(256, dtype=np.float64) / 255.0
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+_DECODE = srgb_decode_lut()
+
+
+def _f_np(t: np.ndarray) -> np.ndarray:
+    """CIELAB companding, vectorized; the linear branch only when some value needs it."""
+    f = np.cbrt(t)
+    if t.min() <= _D3:
+        f = np.where(t > _D3, f, t / (3 * _DELTA**2) + 4.0 / 29.0).astype(np.float32)
+    return f
+
+
+def _finv_np(f: np.ndarray) -> np.ndarray:
+    t = f * f
+    t *= f
+    if f.min() <= _DELTA:
+        t = np.where(f > _DELTA, t, 3 * _DELTA**2 * (f - 4.0 / 29.0)).astype(np.float32)
+    return t
+
+
+def _encode_np(lin: np.ndarray) -> np.ndarray:
+    """linear RGB -> sRGB in 0..255 (float32)."""
+    np.clip(lin, 0.0, 1.0, out=lin)
+    out = np.power(np.maximum(lin, 0.0031308, dtype=np.float32), np.float32(1 / 2.4))
+    out *= np.float32(1.055 * 255)
+    out -= np.float32(0.055 * 255)
+    if lin.min() < 0.0031308:
+        out = np.where(lin < 0.0031308, lin * np.float32(12.92 * 255), out)
+    return out
+
+
+def rgb_to_f_np(flat: np.ndarray) -> np.ndarray:
+    """uint8 (P,3) -> CIELAB companded coordinates f (P,3) float32."""
+    return _f_np(_DECODE[flat] @ RGB2XYZN.astype(np.float32))
+
+
+def rgb_to_lab_np(flat: np.ndarray) -> np.ndarray:
+    """uint8 (P,3) -> CIELAB (P,3) float32 (matches skimage.color.rgb2lab)."""
+    return rgb_to_f_np(flat) @ F2LAB.astype(np.float32) + LAB_OFFSET.astype(np.float32)
+
+
+def lab_to_rgb_np(lab: np.ndarray) -> np.ndarray:
+    """CIELAB (P,3) -> sRGB float (P,3) in 0..255 (before rounding)."""
+    f = (lab - LAB_OFFSET) @ LAB2F
+    return _encode_np((_finv_np(f.astype(np.float32)) @ XYZN2RGB.astype(np.float32)))
+
+
+# ----------------------------------------------------------------------------- torch
+def _decode_torch(x: torch.Tensor) -> torch.Tensor:
+    c = x.float() / 255.0
+    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055).pow(2.4))
+
+
+def _f_torch(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > _D3, t.clamp_min(_D3).pow(1.0 / 3.0), t / (3 * _DELTA**2) + 4.0 / 29.0)
+
+
+def _finv_torch(f: torch.Tensor) -> torch.Tensor:
+    return torch.where(f > _DELTA, f * f * f, 3 * _DELTA**2 * (f - 4.0 / 29.0))
+
+
+def _encode_torch(lin: torch.Tensor) -> torch.Tensor:
+    lin = lin.clamp(0.0, 1.0)
+    return 255.0 * torch.where(
+        lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(0.0031308).pow(1 / 2.4) - 0.055
+    )
+
+
+def _const(a: np.ndarray, ref: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32, device=ref.device)
+
+
+def rgb_to_lab_torch(flat: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3) -> CIELAB float32 (..., 3) in torch."""
+    f = _f_torch(_decode_torch(flat) @ _const(RGB2XYZN, flat))
+    return f @ _const(F2LAB, flat) + _const(LAB_OFFSET, flat)
+
+
+def _t64(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if torch.is_tensor(x):
+        return x.to(device=device, dtype=torch.float64)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float64, device=device)
+
+
+def affine_in_f(src: LabParams, dst: LabParams) -> tuple[np.ndarray, np.ndarray]:
+    """(T (3,3), c (3,)) with f_out = f_in @ T + c  <=>  LAB standardised from src to dst stats."""
+    scale = np.asarray(dst.std, dtype=np.float64) / np.maximum(np.asarray(src.std, dtype=np.float64), 1e-6)
+    shift = np.asarray(dst.mean, dtype=np.float64) - np.asarray(src.mean, dtype=np.float64) * scale
+    mat = F2LAB @ np.diag(scale) @ LAB2F
+    const = (LAB_OFFSET * scale + shift - LAB_OFFSET) @ LAB2F
+    return mat, const
+
+
+class Reinhard(Normalizer):
+    """Reinhard LAB mean/std transfer over tissue pixels (numpy per image, torch batched)."""
+
+    name = "reinhard"
+
+    def __init__(self, io: float = 240.0, beta: float = 0.15, sample_pixels: int | None = 16384) -> None:
+        super().__init__()
+        self.io = float(io)
+        self.beta = float(beta)
+        self.sample_pixels = sample_pixels
+        self._wlut = background_weight_lut(self.io, self.beta)
+        # tissue for the statistics: at least one channel with OD >= beta
+        self._thr = tissue_threshold(self.io, self.beta)
+        self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
+
+    # numpy ----------------------------------------------------------------------
+    def stats_np(self, img: np.ndarray) -> tuple[LabParams | None, int, int]:
+        """(LAB mean/std of tissue pixels or None, tissue count, sampled pixels) of one image."""
+        flat = img.reshape(-1, 3)
+        sub = flat[:: sample_stride(len(flat), self.sample_pixels)]
+        tissue = darkest_channel_np(sub) <= self._thr
+        n_tissue = int(np.count_nonzero(tissue))
+        if not enough_tissue(n_tissue, len(sub)):
+            return None, n_tissue, len(sub)
+        lab = rgb_to_lab_np(sub[tissue]).astype(np.float64)
+        mean, std = lab.mean(axis=0), lab.std(axis=0)
+        if not (np.all(np.isfinite(mean)) and np.all(std > 1e-3)):
+            return None, n_tissue, len(sub)
+        return LabParams(mean, std), n_tissue, len(sub)
+
+    def _fit_np(self, img: np.ndarray) -> LabParams:
+        params, n_tissue, n_sub = self.stats_np(img)
+        if params is None:
+            if not enough_tissue(n_tissue, n_sub):
+                raise target_error(self.name, n_tissue, n_sub)
+            raise ValueError(f"{self.name}: target tissue has no colour variation (flat image)")
+        return params
+
+    def _transform_np(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ref = self.params.to_numpy()
+        n_img = len(batch)
+        flat = batch.reshape(n_img, -1, 3)
+        out = np.empty_like(flat)
+        flags = np.zeros(n_img, dtype=bool)
+        m_in = RGB2XYZN.astype(np.float32)
+        m_out = XYZN2RGB.astype(np.float32)
+        for i in range(n_img):
+            src, _, _ = self.stats_np(batch[i])
+            if src is None:
+                out[i] = flat[i]
+                flags[i] = True
+                continue
+            mat, const = affine_in_f(src, ref)
+            f = _f_np(_DECODE[flat[i]] @ m_in)
+            f = f @ mat.astype(np.float32)
+            f += const.astype(np.float32)
+            rec = _encode_np(_finv_np(f) @ m_out)
+            darkest = darkest_channel_np(flat[i])
+            band = np.nonzero(darkest > self._band_lo)[0]
+            if band.size:
+                px = flat[i, band].astype(np.float32)
+                w = self._wlut[darkest[band]][:, None]
+                rec[band] = px + w * (rec[band] - px)
+            np.clip(rec, 0.0, 255.0, out=rec)
+            rec += 0.5
+            out[i] = rec.astype(np.uint8)
+        return out.reshape(batch.shape), flags
+
+    # torch ----------------------------------------------------------------------
+    def stats_torch(self, batch: torch.Tensor) -> tuple[LabParams, torch.Tensor]:
+        """Batched LAB mean/std (N,3) of tissue pixels and ok (N,)."""
+        n_img = batch.shape[0]
+        flat = batch.reshape(n_img, -1, 3)
+        sub = flat[:, :: sample_stride(flat.shape[1], self.sample_pixels)]
+        tissue = sub.amin(dim=-1) <= self._thr
+        n = tissue.sum(dim=1)
+        lab = rgb_to_lab_torch(sub).double()
+        m = tissue.double()[..., None]
+        mean = (lab * m).sum(dim=1) / n.clamp_min(1)[:, None]
+        var = (((lab - mean[:, None]) ** 2) * m).sum(dim=1) / n.clamp_min(1)[:, None]
+        std = var.sqrt()
+        ok = (n >= min_tissue_torch(sub.shape[1])) & (std > 1e-3).all(dim=1) & torch.isfinite(mean).all(dim=1)
+        return LabParams(mean, std), ok
+
+    def _fit_torch(self, img: torch.Tensor) -> LabParams:
+        params, ok = self.stats_torch(img[None])
+        if not bool(ok[0]):
+            flat = img.reshape(-1, 3)
+            sub = flat[:: sample_stride(flat.shape[0], self.sample_pixels)]
+            n_tissue = int((sub.amin(dim=-1) <= self._thr).sum())
+            if not enough_tissue(n_tissue, sub.shape[0]):
+                raise target_error(self.name, n_tissue, sub.shape[0])
+            raise ValueError(f"{self.name}: target tissue has no colour variation (flat image)")
+        return LabParams(params.mean[0], params.std[0])
+
+    def _transform_torch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = batch.device
+        ref_mean = _t64(self.params.mean, dev)
+        ref_std = _t64(self.params.std, dev)
+        src, ok = self.stats_torch(batch)
+        scale = ref_std[None] / src.std.clamp_min(1e-6)  # (N,3)
+        shift = ref_mean[None] - src.mean * scale
+        f2lab = torch.as_tensor(F2LAB, device=dev)
+        lab2f = torch.as_tensor(LAB2F, device=dev)
+        off = torch.as_tensor(LAB_OFFSET, device=dev)
+        mat = (f2lab[None] * scale[:, None, :]) @ lab2f  # F2LAB diag(scale) LAB2F
+        const = ((off[None] * scale + shift - off[None])[:, None, :] @ lab2f)  # (N,1,3)
+        flat = batch.reshape(batch.shape[0], -1, 3)
+        f = _f_torch(_decode_torch(flat) @ _const(RGB2XYZN, flat))
+        f = f @ mat.float() + const.float()
+        rec = _encode_torch(_finv_torch(f) @ _const(XYZN2RGB, flat))
+        weight = weight_torch(flat, self.io, self.beta) * ok[:, None].float()
+        rec = torch.where(torch.isfinite(rec), rec, flat.float())
+        return blend_torch(flat, rec, weight).reshape(batch.shape), ~ok

@@ -1,0 +1,561 @@
+"""The zarr patch store: the one module that knows its layout (docs/architecture.md, "Patch store").
+
+Layout of ``{store}.zarr`` (zarr format 3, a group):
+
+- ``images``          (N, S, S, 3) uint8, one tile per chunk, ``shard_tiles`` tiles per shard file;
+                      codec ``jpeg`` (the ``stainshift.jpeg`` codec below), ``zstd`` or ``lz4``.
+- ``coords``          (N, 2) int64 level-0 x, y of each tile's top-left (-1 where unknown).
+- ``tissue_fraction`` (N,) float32.
+- ``label``           (N,) int64, -1 = unknown.
+- ``label_fraction``  (N,) float32, NaN where not annotated.
+- group attrs: every key of ``REQUIRED_ATTRS`` (None where it does not apply), plus ``n_tiles``.
+
+Why zarr 3 with a registered JPEG codec rather than zarr 2 + ``imagecodecs.numcodecs``: both need
+a registration before a plain ``zarr.open_group`` can decode (imagecodecs declares no entry point),
+but zarr 3 gives sharding (one file per ``shard_tiles`` tiles instead of one per tile) and the
+codec is registered for every process through the package entry point
+``[project.entry-points."zarr.codecs"] "stainshift.jpeg" = "stainshift.store:JpegCodec"``
+(importing this module registers it too). Measured sizes and read speeds: benchmarks/bench_tiling.py
+``--codecs``.
+
+Writes are atomic: everything goes to a hidden temp directory beside the target, which is renamed
+into place on success and removed on error.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import struct
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import google_crc32c
+import imagecodecs
+import numcodecs
+import numpy as np
+import zarr
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+from zarr.codecs.numcodecs import LZ4 as ZarrLZ4
+from zarr.core.buffer import Buffer, NDBuffer
+from zarr.core.common import JSON, parse_named_configuration
+from zarr.registry import register_codec
+
+from stainshift import __version__
+
+__all__ = [
+    "CODECS",
+    "REQUIRED_ATTRS",
+    "ARRAYS",
+    "JpegCodec",
+    "StoreError",
+    "StoreWriter",
+    "PatchStore",
+    "write_store",
+    "encode_tile",
+    "atomic_dir",
+]
+
+CODECS = ("jpeg", "zstd", "lz4")
+JPEG_CODEC_NAME = "stainshift.jpeg"
+ARRAYS = ("images", "coords", "tissue_fraction", "label", "label_fraction")
+REQUIRED_ATTRS = (
+    "slide_id", "center", "patient", "split", "source_path", "source_size", "source_mtime",
+    "mpp_level0", "target_mpp", "read_level", "downsample", "patch_size", "stride", "filter",
+    "filter_params", "seed", "codec", "software_version",
+)
+STORE_FORMAT_VERSION = 1
+_MAX_U64 = 2**64 - 1
+_SUBSAMPLING = {"444": (1, 1), "422": (2, 1), "420": (2, 2)}
+
+
+class StoreError(ValueError):
+    """A patch store that cannot be written or read, with a message naming the store and the key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The zarr-3 JPEG codec
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JpegCodec(ArrayBytesCodec):
+    """zarr-3 array->bytes codec: a uint8 chunk (..., H, W, C) with C in {1, 3} as one baseline JPEG.
+
+    Leading dimensions are stacked vertically (a (1, S, S, 3) tile chunk is one S x S JPEG), so a
+    chunk decodes with any JPEG reader. Registered as ``stainshift.jpeg``.
+    """
+
+    is_fixed_size = False
+    quality: int = 90
+    subsampling: str = "444"
+
+    def __init__(self, *, quality: int = 90, subsampling: str = "444") -> None:
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"{JPEG_CODEC_NAME}: quality must be in 1..100, got {quality}")
+        if subsampling not in _SUBSAMPLING:
+            raise ValueError(f"{JPEG_CODEC_NAME}: subsampling must be one of {sorted(_SUBSAMPLING)}, got {subsampling!r}")
+        object.__setattr__(self, "quality", int(quality))
+        object.__setattr__(self, "subsampling", subsampling)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, JSON]) -> "JpegCodec":
+        _, configuration = parse_named_configuration(data, JPEG_CODEC_NAME, require_configuration=False)
+        return cls(**(configuration or {}))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, JSON]:
+        return {"name": JPEG_CODEC_NAME, "configuration": {"quality": self.quality, "subsampling": self.subsampling}}
+
+    def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
+        native = np.dtype(dtype.to_native_dtype()) if hasattr(dtype, "to_native_dtype") else np.dtype(dtype)
+        if native != np.uint8:
+            raise ValueError(f"{JPEG_CODEC_NAME} needs uint8 data, got {native}")
+        if len(shape) < 3 or shape[-1] not in (1, 3):
+            raise ValueError(f"{JPEG_CODEC_NAME} needs shape (..., H, W, 1|3), got {shape}")
+
+    def encode_array(self, chunk: np.ndarray) -> bytes:
+        """JPEG bytes of one chunk (also used by workers that pre-encode tiles)."""
+        return _jpeg_encode(chunk, self.quality, self.subsampling)
+
+    def decode_bytes(self, data: bytes | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Decode one chunk's bytes to an array of ``shape``."""
+        img = imagecodecs.jpeg8_decode(np.asarray(data, dtype=np.uint8) if not isinstance(data, bytes) else data)
+        return np.asarray(img, dtype=np.uint8).reshape(shape)
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: Any) -> NDBuffer:
+        arr = self.decode_bytes(chunk_bytes.as_numpy_array(), tuple(chunk_spec.shape))
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: Any) -> Buffer | None:
+        data = self.encode_array(chunk_array.as_numpy_array())
+        return chunk_spec.prototype.buffer.from_bytes(data)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: Any) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec: Any) -> int:
+        raise NotImplementedError(f"{JPEG_CODEC_NAME} has no fixed encoded size")
+
+
+def _jpeg_encode(chunk: np.ndarray, quality: int, subsampling: str) -> bytes:
+    arr = np.ascontiguousarray(chunk, dtype=np.uint8)
+    h, w, c = arr.shape[-3], arr.shape[-2], arr.shape[-1]
+    img = arr.reshape(-1, w, c)
+    if c == 1:
+        img = img[..., 0]
+    kwargs: dict[str, Any] = {"level": quality}
+    if c == 3:
+        kwargs["subsampling"] = _SUBSAMPLING[subsampling]
+    return bytes(imagecodecs.jpeg8_encode(img, **kwargs))
+
+
+register_codec(JPEG_CODEC_NAME, JpegCodec)
+
+
+# --------------------------------------------------------------------------------------------------
+# Codec choice and pre-encoding of single tiles
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CodecSpec:
+    """A tile codec as configured: ``jpeg`` (quality, subsampling), ``zstd`` (level) or ``lz4``."""
+
+    name: str = "jpeg"
+    jpeg_quality: int = 90
+    jpeg_subsampling: str = "444"
+    zstd_level: int = 3
+
+    def __post_init__(self) -> None:
+        if self.name not in CODECS:
+            raise StoreError(f"unknown codec {self.name!r}: choose one of {', '.join(CODECS)}")
+
+    def inner_codecs(self) -> list[Any]:
+        """The zarr codec chain of one tile chunk."""
+        if self.name == "jpeg":
+            return [JpegCodec(quality=self.jpeg_quality, subsampling=self.jpeg_subsampling)]
+        if self.name == "zstd":
+            return [BytesCodec(), ZstdCodec(level=self.zstd_level)]
+        with warnings.catch_warnings():  # "numcodecs codecs are not in the zarr 3 spec": known, wanted
+            warnings.simplefilter("ignore")
+            return [BytesCodec(), ZarrLZ4()]
+
+    def describe(self) -> dict[str, Any]:
+        if self.name == "jpeg":
+            return {"name": "jpeg", "quality": self.jpeg_quality, "subsampling": self.jpeg_subsampling}
+        if self.name == "zstd":
+            return {"name": "zstd", "level": self.zstd_level}
+        return {"name": "lz4"}
+
+
+def encode_tile(tile: np.ndarray, codec: CodecSpec) -> bytes:
+    """The exact chunk bytes the store's codec chain writes for one (S, S, 3) tile.
+
+    Worker processes call this so the (single) writer only moves bytes; a round-trip test checks
+    the bytes decode through zarr.
+    """
+    arr = np.ascontiguousarray(tile, dtype=np.uint8)
+    if codec.name == "jpeg":
+        return _jpeg_encode(arr, codec.jpeg_quality, codec.jpeg_subsampling)
+    raw = arr.tobytes()
+    if codec.name == "zstd":
+        return bytes(numcodecs.Zstd(level=codec.zstd_level, checksum=False).encode(raw))
+    return bytes(numcodecs.LZ4().encode(raw))
+
+
+def _shard_bytes(chunks: Sequence[bytes], shard_tiles: int) -> bytes:
+    """A ``sharding_indexed`` shard (zarr v3 spec): chunks, then the (offset, nbytes) uint64 index
+    (``bytes`` little-endian + ``crc32c``) at the end; unused slots are 2**64-1."""
+    index = np.full((shard_tiles, 1, 1, 1, 2), _MAX_U64, dtype="<u8")
+    offset = 0
+    for i, chunk in enumerate(chunks):
+        index[i, 0, 0, 0] = (offset, len(chunk))
+        offset += len(chunk)
+    index_bytes = index.tobytes()
+    crc = struct.pack("<I", google_crc32c.value(index_bytes))
+    return b"".join(chunks) + index_bytes + crc
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic directories
+# --------------------------------------------------------------------------------------------------
+class atomic_dir:
+    """Context manager: yields a temp dir beside ``path``; renames it to ``path`` on success,
+    removes it on error (an existing ``path`` is replaced only after success)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.path.exists():
+            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """attrs -> plain JSON types (numpy scalars/arrays, Paths, tuples)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+class StoreWriter:
+    """Streaming, atomic patch-store writer (a context manager).
+
+    ``append`` encodes a tile in-process; ``append_encoded`` takes bytes from :func:`encode_tile`
+    (e.g. made in a worker process). Full shards go to disk as they fill, so memory stays at one
+    shard. The store appears at ``path`` on a clean ``__exit__``; on error nothing is left behind.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        patch_size: int,
+        attrs: Mapping[str, Any] | None = None,
+        codec: str = "jpeg",
+        jpeg_quality: int = 90,
+        jpeg_subsampling: str = "444",
+        zstd_level: int = 3,
+        shard_tiles: int = 64,
+    ) -> None:
+        if int(patch_size) < 1:
+            raise StoreError(f"{path}: patch_size must be >= 1, got {patch_size}")
+        if int(shard_tiles) < 1:
+            raise StoreError(f"{path}: shard_tiles must be >= 1, got {shard_tiles}")
+        self.path = Path(path)
+        self.patch_size = int(patch_size)
+        self.codec = CodecSpec(codec, int(jpeg_quality), jpeg_subsampling, int(zstd_level))
+        self.shard_tiles = int(shard_tiles)
+        self.attrs = dict(attrs or {})
+        self._atomic = atomic_dir(self.path)
+        self._root: Path | None = None
+        self._images: Any = None
+        self._pending: list[bytes] = []
+        self._n_shards = 0
+        self._coords: list[tuple[int, int]] = []
+        self._tissue: list[float] = []
+        self._label: list[int] = []
+        self._label_fraction: list[float] = []
+
+    # context manager ---------------------------------------------------------------------------
+    def __enter__(self) -> "StoreWriter":
+        self._root = self._atomic.__enter__()
+        group = zarr.open_group(self._root, mode="w", zarr_format=3)
+        s = self.patch_size
+        self._images = group.create_array(
+            "images",
+            shape=(0, s, s, 3),
+            dtype="uint8",
+            chunks=(1, s, s, 3),
+            shards=(self.shard_tiles, s, s, 3),
+            serializer=self.codec.inner_codecs()[0],
+            compressors=self.codec.inner_codecs()[1:] or None,
+            fill_value=255,
+            dimension_names=["tile", "y", "x", "channel"],
+        )
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        except BaseException:
+            self._atomic.__exit__(RuntimeError, None, None)
+            raise
+        self._atomic.__exit__(exc_type, exc, tb)
+
+    def __len__(self) -> int:
+        return len(self._coords)
+
+    # appending ---------------------------------------------------------------------------------
+    def append(
+        self,
+        tile: np.ndarray,
+        coord: tuple[int, int] | Sequence[int] = (-1, -1),
+        tissue_fraction: float = float("nan"),
+        label: int = -1,
+        label_fraction: float = float("nan"),
+    ) -> None:
+        """Add one (S, S, 3) uint8 tile and its per-tile fields."""
+        tile = np.asarray(tile)
+        s = self.patch_size
+        if tile.shape != (s, s, 3) or tile.dtype != np.uint8:
+            raise StoreError(
+                f"{self.path}: tile {len(self)} must be ({s}, {s}, 3) uint8, got {tile.shape} {tile.dtype}"
+            )
+        self.append_encoded(encode_tile(tile, self.codec), coord, tissue_fraction, label, label_fraction)
+
+    def append_encoded(
+        self,
+        data: bytes,
+        coord: tuple[int, int] | Sequence[int] = (-1, -1),
+        tissue_fraction: float = float("nan"),
+        label: int = -1,
+        label_fraction: float = float("nan"),
+    ) -> None:
+        """Add one tile already encoded with :func:`encode_tile` and this writer's ``codec``."""
+        if self._root is None:
+            raise StoreError(f"{self.path}: use StoreWriter as a context manager (with ...)")
+        self._pending.append(bytes(data))
+        self._coords.append((int(coord[0]), int(coord[1])))
+        self._tissue.append(float(tissue_fraction))
+        self._label.append(int(label))
+        self._label_fraction.append(float(label_fraction))
+        if len(self._pending) == self.shard_tiles:
+            self._flush_shard()
+
+    def _flush_shard(self) -> None:
+        if not self._pending:
+            return
+        assert self._root is not None
+        shard_dir = self._root / "images" / "c" / str(self._n_shards) / "0" / "0"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        (shard_dir / "0").write_bytes(_shard_bytes(self._pending, self.shard_tiles))
+        self._n_shards += 1
+        self._pending = []
+
+    def _finish(self) -> None:
+        assert self._root is not None and self._images is not None
+        self._flush_shard()
+        n = len(self._coords)
+        s = self.patch_size
+        self._images.resize((n, s, s, 3))
+        group = zarr.open_group(self._root, mode="r+")
+        chunk = (max(n, 1),)
+        fields = {
+            "coords": np.asarray(self._coords, dtype=np.int64).reshape(n, 2),
+            "tissue_fraction": np.asarray(self._tissue, dtype=np.float32),
+            "label": np.asarray(self._label, dtype=np.int64),
+            "label_fraction": np.asarray(self._label_fraction, dtype=np.float32),
+        }
+        for name, values in fields.items():
+            arr = group.create_array(
+                name, shape=values.shape, dtype=values.dtype, chunks=chunk + values.shape[1:],
+                compressors=[ZstdCodec(level=3)],
+            )
+            if n:
+                arr[...] = values
+        attrs = {key: None for key in REQUIRED_ATTRS}
+        attrs.update(self.attrs)
+        attrs.update(
+            codec=self.codec.describe(),
+            patch_size=s,
+            software_version=__version__,
+            n_tiles=n,
+            store_format=STORE_FORMAT_VERSION,
+        )
+        group.attrs.update(_jsonable(attrs))
+
+
+def write_store(
+    path: str | os.PathLike,
+    images: np.ndarray | Iterable[np.ndarray],
+    *,
+    coords: Any,
+    tissue_fraction: Any,
+    label: Any,
+    label_fraction: Any,
+    attrs: Mapping[str, Any],
+    codec: str = "jpeg",
+    jpeg_quality: int = 90,
+    shard_tiles: int = 64,
+) -> Path:
+    """Write a whole patch store atomically; ``images`` is (N, S, S, 3) uint8 or an iterable of tiles.
+
+    ``coords`` (N, 2), ``tissue_fraction``, ``label``, ``label_fraction`` (N,) must match the number
+    of tiles. Returns ``path``.
+    """
+    path = Path(path)
+    coords_a = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    fields = {
+        "tissue_fraction": np.asarray(tissue_fraction, dtype=np.float32).reshape(-1),
+        "label": np.asarray(label, dtype=np.int64).reshape(-1),
+        "label_fraction": np.asarray(label_fraction, dtype=np.float32).reshape(-1),
+    }
+    n = len(coords_a)
+    for key, values in fields.items():
+        if len(values) != n:
+            raise StoreError(f"{path}: '{key}' has {len(values)} entries but coords has {n}")
+    tiles: Iterator[np.ndarray] = iter(images)
+    first = None
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+            raise StoreError(f"{path}: 'images' must be (N, S, S, 3), got {images.shape}")
+        if len(images) != n:
+            raise StoreError(f"{path}: 'images' has {len(images)} tiles but coords has {n}")
+        patch_size = images.shape[1]
+    else:
+        if "patch_size" in attrs and attrs["patch_size"]:
+            patch_size = int(attrs["patch_size"])
+        else:
+            first = next(tiles, None)
+            if first is None:
+                raise StoreError(f"{path}: no tiles and no attrs['patch_size'] to size an empty store")
+            patch_size = int(np.asarray(first).shape[0])
+    with StoreWriter(path, patch_size=patch_size, attrs=attrs, codec=codec, jpeg_quality=jpeg_quality,
+                     shard_tiles=shard_tiles) as writer:
+        stream = tiles if first is None else _chain(first, tiles)
+        for i, tile in enumerate(stream):
+            if i >= n:
+                raise StoreError(f"{path}: more tiles than coords ({n})")
+            writer.append(tile, coords_a[i], fields["tissue_fraction"][i], fields["label"][i],
+                          fields["label_fraction"][i])
+        if len(writer) != n:
+            raise StoreError(f"{path}: {len(writer)} tiles but coords has {n}")
+    return path
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+class PatchStore:
+    """Read side of a patch store: ``images`` (lazy zarr array) and the per-tile numpy arrays."""
+
+    def __init__(self, path: Path, group: Any) -> None:
+        self.path = path
+        self.group = group
+        self.images = group["images"]
+        self.coords = np.asarray(group["coords"][...], dtype=np.int64).reshape(-1, 2)
+        self.tissue_fraction = np.asarray(group["tissue_fraction"][...], dtype=np.float32)
+        self.label = np.asarray(group["label"][...], dtype=np.int64)
+        self.label_fraction = np.asarray(group["label_fraction"][...], dtype=np.float32)
+        self.attrs: dict[str, Any] = dict(group.attrs)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "PatchStore":
+        """Open a store read-only; a missing path or missing array is a StoreError naming it."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"patch store {path} does not exist")
+        try:
+            group = zarr.open_group(path, mode="r")
+        except Exception as exc:  # zarr raises several types for a non-store directory
+            raise StoreError(f"{path} is not a zarr patch store: {exc}") from exc
+        missing = [name for name in ARRAYS if name not in group]
+        if missing:
+            raise StoreError(f"patch store {path} lacks array(s) {', '.join(missing)}")
+        store = cls(path, group)
+        n = store.images.shape[0]
+        for name in ("coords", "tissue_fraction", "label", "label_fraction"):
+            if len(getattr(store, name)) != n:
+                raise StoreError(f"patch store {path}: '{name}' has {len(getattr(store, name))} rows, images has {n}")
+        return store
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def read(self, idx: int | Sequence[int] | slice | np.ndarray) -> np.ndarray:
+        """Tiles as (n, S, S, 3) uint8, in the order asked for."""
+        n = len(self)
+        if isinstance(idx, slice):
+            return np.asarray(self.images[idx])
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx)
+            if not -n <= i < n:
+                raise IndexError(f"tile {i} out of range for {self.path} ({n} tiles)")
+            i %= n
+            return np.asarray(self.images[i : i + 1])
+        order = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if order.size == 0:
+            return np.empty((0, self.patch_size, self.patch_size, 3), dtype=np.uint8)
+        if order.min() < -n or order.max() >= n:
+            raise IndexError(f"tile index out of range for {self.path} ({n} tiles)")
+        order %= n
+        unique, inverse = np.unique(order, return_inverse=True)
+        tiles = np.asarray(self.images.get_orthogonal_selection((unique,)))
+        return tiles[inverse]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and settings for ``stainshift inspect``."""
+        labels, counts = np.unique(self.label, return_counts=True)
+        return {
+            "path": str(self.path),
+            "n_tiles": len(self),
+            "patch_size": self.patch_size,
+            "labels": {int(k): int(v) for k, v in zip(labels, counts)},
+            "tissue_fraction_mean": float(np.nanmean(self.tissue_fraction)) if len(self) else None,
+            **{k: self.attrs.get(k) for k in REQUIRED_ATTRS},
+        }
+
+    def __repr__(self) -> str:
+        return f"PatchStore({self.path}, n={len(self)}, S={self.patch_size}, codec={json.dumps(self.attrs.get('codec'))})"

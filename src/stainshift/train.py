@@ -1,0 +1,610 @@
+"""The shared training loop (AMP, checkpoints, resume, DDP), pretraining, fine-tuning and prediction.
+
+Pretraining (``pretrain``): build the method from the merged config (:func:`method_config`), run
+:func:`fit`, write ``encoder.pt``. :func:`fit`:
+
+- seeds everything (model init identical on every rank; augmentation streams differ per rank);
+- AMP (fp16 + GradScaler, or bf16) and channels_last only on CUDA; gradient clipping;
+- a checkpoint ``checkpoints/last.pt`` after every epoch (atomic: tmp + ``os.replace``) with the
+  method, optimizer, scheduler, scaler and sampler state, every rank's RNG state, and the metric
+  history; a re-run resumes from it and reproduces the uninterrupted run's weights exactly on CPU;
+- a non-finite loss stops the run with :class:`NonFiniteLossError` (no checkpoint of that epoch);
+- ``metrics.csv`` (one row per epoch: every scalar the method returns, lr per optimizer, seconds,
+  images/s) and a tqdm progress bar on rank 0;
+- DDP when launched by ``torchrun`` (RANK / WORLD_SIZE set): automatic-optimization methods are
+  wrapped in DistributedDataParallel; manual-optimization methods average gradients in
+  ``ctx.backward_step``. Contrastive losses gather embeddings, so the loss equals the one-process
+  loss on the same global batch (``tests/test_ddp.py``).
+
+Fine-tuning (``finetune_linear`` on frozen embeddings, ``finetune_full`` on images) selects the
+best epoch by a validation metric. Prediction writes the table documented in
+:mod:`stainshift.embeddings`.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import stainshift
+from stainshift.data import EpochBatchSampler, TileDataset, make_loader
+from stainshift.methods import Method, StepContext, build_method, get_method_class
+from stainshift.models import Classifier, build_encoder, count_parameters
+
+log = logging.getLogger("stainshift.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names method, epoch and step."""
+
+
+# ---------------------------------------------------------------------------------------------
+# config, seeds, devices, distributed
+# ---------------------------------------------------------------------------------------------
+def deep_merge(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """A new dict: ``base`` overlaid recursively by ``extra``."""
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def method_config(pretrain_cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """Merged settings of one method: base defaults ← the method's ``seed_defaults`` (seed paper)
+    ← ``pretrain.defaults`` ← ``pretrain.<method>``; top-level ``pretrain.seed`` / ``device`` /
+    ``num_workers`` apply unless the method block sets them.
+    """
+    cls = get_method_class(method)
+    block = pretrain_cfg.get(method) or {}
+    cfg: dict[str, Any] = {}
+    for layer in (cls.base_defaults, cls.seed_defaults, pretrain_cfg.get("defaults") or {}, block):
+        enc = layer.get("encoder")
+        if enc is not None:  # an encoder of another arch replaces the spec instead of merging into it
+            enc = {"arch": enc} if isinstance(enc, str) else dict(enc)
+            prev = cfg.get("encoder") or {}
+            if "arch" in enc and enc["arch"] != prev.get("arch"):
+                cfg["encoder"] = {}
+        cfg = deep_merge(cfg, {**layer, **({"encoder": enc} if enc is not None else {})})
+    for key in ("seed", "device", "num_workers"):
+        if key in pretrain_cfg and key not in block:
+            cfg[key] = pretrain_cfg[key]
+    for key in ("encoder", "epochs", "batch_size"):
+        if key not in cfg:
+            raise KeyError(f"pretrain config for method '{method}' lacks key '{key}' "
+                           f"(set pretrain.defaults.{key} or pretrain.{method}.{key})")
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 without it)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched with torchrun (NCCL on CUDA, gloo on CPU)."""
+    rank, world, _ = dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto`` → CUDA (this rank's local GPU) when available, else CPU (logged); ``cpu``; ``cuda``."""
+    _, _, local = dist_info()
+    if preference == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        return torch.device("cuda", local % torch.cuda.device_count())
+    if preference == "cuda":
+        raise RuntimeError("device 'cuda' requested (key 'device') but no CUDA device is available")
+    log.info("no CUDA device available: training on CPU")
+    return torch.device("cpu")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file beside ``path``, then os.replace (no half-written files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """torch.load with ``weights_only=True`` (checkpoints hold tensors, numbers, strings, lists)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": list(_flatten_py_state(random.getstate())),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _flatten_py_state(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str | os.PathLike, *,
+        device: torch.device | None = None, callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (),
+        progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``method`` on ``dataset`` for ``cfg['epochs']``; resume from ``out_dir/checkpoints/last.pt``.
+
+    cfg keys: ``epochs``, ``batch_size`` (global), ``seed``, ``num_workers``, ``grad_clip``
+    (null = off), ``amp`` (true: fp16 on CUDA / false), ``amp_dtype`` (float16 | bfloat16),
+    ``channels_last``, ``sync_bn`` (CUDA DDP), ``tiles_per_slide`` (slide-balanced methods),
+    ``resume`` (default true). ``callbacks(epoch, row)`` run after each epoch's checkpoint.
+    Returns the per-epoch metric rows (also in ``out_dir/metrics.csv``).
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    device = device or select_device(cfg.get("device", "auto"))
+    rank, world = init_distributed(device)
+    cuda = device.type == "cuda"
+    epochs = int(cfg["epochs"])
+    seed = int(cfg.get("seed", 0))
+    batch_size = int(cfg["batch_size"])
+    if batch_size > len(dataset):
+        new = max(world, (len(dataset) // world) * world)
+        log.warning("batch_size %d > %d tiles: using %d", batch_size, len(dataset), new)
+        batch_size = new
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, seed=seed, rank=rank, world_size=world,
+        slide_ids=dataset.slides if type(method).slide_balanced else None,
+        tiles_per_slide=int(cfg.get("tiles_per_slide", 2)),
+    )
+    loader = make_loader(dataset, sampler, int(cfg.get("num_workers", 0)), pin_memory=cuda)
+    steps_per_epoch = len(sampler)
+
+    method.to(device)
+    if cuda and cfg.get("channels_last", True):
+        method.to(memory_format=torch.channels_last)
+    model: nn.Module = method
+    if world > 1 and type(method).automatic_optimization:
+        if cuda and cfg.get("sync_bn", True):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None,
+            find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+    elif world > 1:  # manual optimization: same start weights on every rank, grads averaged in ctx
+        for t in list(method.parameters()) + list(method.buffers()):
+            dist.broadcast(t.data, 0)
+
+    built = method.configure_optimizers(steps_per_epoch, epochs)
+    optimizers = {k: v[0] for k, v in built.items()}
+    schedulers = {k: v[1] for k, v in built.items() if v[1] is not None}
+    amp = bool(cfg.get("amp", True)) and cuda
+    amp_dtype = torch.bfloat16 if str(cfg.get("amp_dtype", "float16")) == "bfloat16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    params = {k: [p for g in opt.param_groups for p in g["params"]] for k, opt in optimizers.items()}
+    grad_clip = cfg.get("grad_clip")
+    ctx = StepContext(device=device, amp=amp, amp_dtype=amp_dtype, rank=rank, world_size=world,
+                      grad_clip=float(grad_clip) if grad_clip else None, optimizers=optimizers,
+                      schedulers=schedulers, scaler=scaler, params=params)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    last = ckpt_dir / "last.pt"
+    if cfg.get("resume", True) and last.exists():
+        state = load(last, map_location=device)
+        method.load_state_dict(state["method"])
+        for k, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sch in schedulers.items():
+            sch.load_state_dict(state["schedulers"][k])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        rng = state["rng"]
+        _set_rng_state(rng[rank] if rank < len(rng) else rng[0])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        ctx.step = int(state["step"])
+        if rank == 0:
+            log.info("resumed from %s: epoch %d of %d done", last, start_epoch, epochs)
+    if rank == 0:
+        log.info("method %s: %d trainable parameters, %d tiles, global batch %d × %d steps/epoch, "
+                 "world size %d, device %s, AMP %s", type(method).name, count_parameters(method), len(dataset),
+                 batch_size, steps_per_epoch, world, device, amp)
+
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        ctx.epoch = epoch
+        model.train()
+        sums: dict[str, float] = defaultdict(float)
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc=f"{type(method).name} epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=not progress or rank != 0, mininterval=2.0)
+        for batch in bar:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if cuda and cfg.get("channels_last", True):
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            out = _train_step(model, method, batch, ctx)
+            for key, value in out.items():
+                sums[key] += float(value)
+            ctx.step += 1
+            bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+        seconds = time.perf_counter() - t0
+        means = {k: v / max(1, steps_per_epoch) for k, v in sums.items()}
+        if world > 1:
+            keys = sorted(means)
+            t = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            means = dict(zip(keys, (t / world).tolist()))
+        row = {"epoch": epoch + 1, **means,
+               **{f"lr_{k}": opt.param_groups[0]["lr"] for k, opt in optimizers.items()},
+               "seconds": round(seconds, 3), "images_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 2)}
+        history.append(row)
+        method.on_epoch_end(epoch)
+        rng_states = [_rng_state()]
+        if world > 1:
+            rng_states = [None] * world
+            dist.all_gather_object(rng_states, _rng_state())
+        if rank == 0:
+            atomic_save({
+                "epoch": epoch, "step": ctx.step, "method": method.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_states,
+                "history": history, "software_version": stainshift.__version__,
+            }, last)
+            _write_csv(out_dir / "metrics.csv", history)
+            log.info("epoch %d/%d %s", epoch + 1, epochs,
+                     " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if world > 1:
+            dist.barrier()
+        for cb in callbacks:
+            cb(epoch, row)
+    return history
+
+
+def _train_step(model: nn.Module, method: Method, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
+    automatic = type(method).automatic_optimization
+    if automatic:
+        for opt in ctx.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+    out = model(batch, ctx)
+    if "loss" not in out:
+        raise KeyError(f"method '{type(method).name}': training_step must return a dict with key 'loss'")
+    loss = out["loss"]
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    if ctx.distributed:  # every rank stops together
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not bool(finite):
+        raise NonFiniteLossError(
+            f"method '{type(method).name}': non-finite loss ({float(loss)}) at epoch {ctx.epoch + 1}, "
+            f"step {ctx.step}; stopping (last good checkpoint kept). Lower the learning rate, set "
+            f"grad_clip, or check the input tiles.")
+    if automatic:
+        scaler = ctx.scaler
+        scaled = scaler.scale(loss) if scaler is not None and scaler.is_enabled() else loss
+        scaled.backward()
+        if scaler is not None and scaler.is_enabled():
+            for opt in ctx.optimizers.values():
+                scaler.unscale_(opt)
+        if ctx.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for ps in ctx.params.values() for p in ps], ctx.grad_clip)
+        for opt in ctx.optimizers.values():
+            if scaler is not None and scaler.is_enabled():
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler is not None and scaler.is_enabled():
+            scaler.update()
+        for sch in ctx.schedulers.values():
+            sch.step()
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# pretraining entry point and the encoder file
+# ---------------------------------------------------------------------------------------------
+def save_encoder(encoder: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
+    """Write ``encoder.pt``: {spec, state_dict, out_dim, software_version, **meta} atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    atomic_save({"spec": encoder.spec, "state_dict": state, "out_dim": int(encoder.out_dim),
+                 "software_version": stainshift.__version__, **meta}, path)
+
+
+def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the encoder of ``encoder.pt`` (eval mode, on ``device``)."""
+    state = load(path)
+    if "spec" not in state or "state_dict" not in state:
+        raise ValueError(f"{path}: not an encoder file (keys 'spec' and 'state_dict' expected)")
+    enc = build_encoder(state["spec"])
+    enc.load_state_dict(state["state_dict"])
+    return enc.to(device).eval()
+
+
+def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_dir: str | os.PathLike, *,
+             callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (), progress: bool = True) -> Path:
+    """Pretrain ``method_name`` on ``stores`` with merged ``cfg``; write ``out_dir/encoder.pt``.
+
+    Returns the encoder path. Under torchrun only rank 0 writes files.
+    """
+    out_dir = Path(out_dir)
+    device = select_device(cfg.get("device", "auto"))
+    rank, world = init_distributed(device)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.get("deterministic", False)
+    cls = get_method_class(method_name)
+    dataset = TileDataset(stores, labelled_only=cls.supervised)
+    if len(dataset) == 0:
+        raise ValueError(f"pretrain '{method_name}': no {'labelled ' if cls.supervised else ''}tiles in {list(stores)}")
+    cfg = dict(cfg)
+    if not cfg.get("image_size"):
+        cfg["image_size"] = dataset.tile_size
+    enc = dict(cfg["encoder"]) if isinstance(cfg["encoder"], dict) else {"arch": cfg["encoder"]}
+    if str(enc.get("arch", "")).startswith("vit") and "image_size" not in enc:
+        enc["image_size"] = int(cfg["image_size"])  # position-embedding grid of the tiles
+    cfg["encoder"] = enc
+    if cfg["image_size"] != dataset.tile_size:
+        log.info("image_size %s ≠ tile size %d: views resize crops to image_size", cfg["image_size"], dataset.tile_size)
+    num_classes = int(cfg.get("num_classes") or dataset.num_classes())
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)  # identical initial weights on every rank
+    method = build_method(method_name, cfg, num_classes)
+    seed_everything(seed + 1009 * rank)  # per-rank augmentation streams
+    history = fit(method, dataset, cfg, out_dir, device=device, callbacks=callbacks, progress=progress)
+    path = out_dir / "encoder.pt"
+    if rank == 0:
+        save_encoder(method.export_encoder(), path, method=method_name, epochs=int(cfg["epochs"]),
+                     num_classes=num_classes, tile_size=dataset.tile_size, train_stores=list(stores),
+                     final_loss=float(history[-1]["loss"]) if history else float("nan"))
+        log.info("wrote %s", path)
+    if world > 1:
+        dist.barrier()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# features, fine-tuning and prediction
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_images(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
+                  batch_size: int = 128) -> np.ndarray:
+    """Run ``model`` on uint8 (N, S, S, 3) tiles in batches → float32 numpy outputs."""
+    model.eval()
+    outs = []
+    for start in range(0, len(images), batch_size):
+        chunk = torch.as_tensor(np.asarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+        x = chunk.to(device).float().div_(255.0)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            outs.append(model(x).float().cpu())
+    dim = getattr(model, "out_dim", None)
+    if not outs:
+        return np.zeros((0, dim or 0), np.float32)
+    return torch.cat(outs).numpy().astype(np.float32)
+
+
+class LinearProbe(nn.Module):
+    """Standardise features with the training mean/std, then a linear layer."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.linear = nn.Linear(in_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.mean) / self.std)
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y`` (NaN when ``y`` is empty)."""
+    classes = np.unique(y)
+    if len(classes) == 0:
+        return float("nan")
+    return float(np.mean([(pred[y == c] == c).mean() for c in classes]))
+
+
+SELECT_METRICS = {"balanced_accuracy": balanced_accuracy,
+                  "accuracy": lambda y, p: float((y == p).mean()) if len(y) else float("nan")}
+
+
+def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
+                    num_classes: int, cfg: dict[str, Any]) -> tuple[LinearProbe, list[dict[str, Any]]]:
+    """Linear probe on frozen features: Adam on standardised features, best epoch by ``cfg['select']``.
+
+    cfg keys: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed``, ``select``
+    (balanced_accuracy | accuracy), ``class_weight`` ("balanced" or null). Unlabelled rows (−1)
+    are dropped; with no labelled validation rows the training metric selects the epoch (logged).
+    Returns the best probe and the per-epoch rows.
+    """
+    seed_everything(int(cfg.get("seed", 0)))
+    tr = train_y >= 0
+    va = val_y >= 0
+    x, y = torch.as_tensor(train_x[tr]), torch.as_tensor(train_y[tr])
+    if len(y) == 0:
+        raise ValueError("finetune_linear: no labelled training tiles")
+    vx, vy = torch.as_tensor(val_x[va]), val_y[va]
+    use_train = len(vy) == 0
+    if use_train:
+        log.warning("no labelled validation tiles: selecting the epoch on the training metric")
+    probe = LinearProbe(x.shape[1], num_classes)
+    probe.mean.copy_(x.mean(0))
+    probe.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
+    weight = None
+    if cfg.get("class_weight") == "balanced":
+        counts = torch.bincount(y, minlength=num_classes).float()
+        weight = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    opt = torch.optim.Adam(probe.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
+    bs = int(cfg.get("batch_size", 256))
+    best_state, best_score, rows = None, -np.inf, []
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    for epoch in range(int(cfg.get("epochs", 50))):
+        probe.train()
+        perm = torch.randperm(len(y), generator=gen)
+        total = 0.0
+        for start in range(0, len(y), bs):
+            idx = perm[start:start + bs]
+            loss = F.cross_entropy(probe(x[idx]), y[idx], weight=weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        probe.eval()
+        with torch.no_grad():
+            if use_train:
+                score = metric(y.numpy(), probe(x).argmax(1).numpy())
+            else:
+                score = metric(vy, probe(vx).argmax(1).numpy())
+        rows.append({"epoch": epoch + 1, "train_loss": total / len(y), "val_metric": score})
+        if score > best_score:
+            best_score, best_state = score, copy.deepcopy(probe.state_dict())
+            rows[-1]["best"] = True
+    probe.load_state_dict(best_state)
+    return probe.eval(), rows
+
+
+def finetune_full(encoder: nn.Module, train_stores: Sequence[str], val_stores: Sequence[str], num_classes: int,
+                  cfg: dict[str, Any], device: torch.device) -> tuple[Classifier, list[dict[str, Any]]]:
+    """Full fine-tuning of encoder + linear head with seed 000's augmentations; best epoch on val.
+
+    cfg keys: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed``, ``select``, ``views``.
+    """
+    from stainshift.augment import BaselineAug
+
+    seed_everything(int(cfg.get("seed", 0)))
+    train = TileDataset(train_stores, labelled_only=True)
+    model = Classifier(copy.deepcopy(encoder), num_classes).to(device)
+    aug = BaselineAug(train.tile_size, **(cfg.get("views") or {}))
+    bs = min(int(cfg.get("batch_size", 64)), len(train))
+    sampler = EpochBatchSampler(len(train), bs, seed=int(cfg.get("seed", 0)))
+    loader = make_loader(train, sampler, int(cfg.get("num_workers", 0)))
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg.get("lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    val = TileDataset(val_stores, labelled_only=True) if val_stores else None
+    if val is None or len(val) == 0:
+        log.warning("no labelled validation tiles: selecting the epoch on the training metric")
+        val = train
+    metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
+    val_images = val.__getitems__(range(len(val)))
+    vimg = np.stack([v["image"].permute(1, 2, 0).numpy() for v in val_images])
+    best_state, best_score, rows = None, -np.inf, []
+    for epoch in range(int(cfg.get("epochs", 5))):
+        sampler.set_epoch(epoch)
+        model.train()
+        total, n = 0.0, 0
+        for batch in loader:
+            x = aug(batch["image"].to(device))
+            loss = F.cross_entropy(model(x), batch["label"].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(x)
+            n += len(x)
+        pred = encode_images(model, vimg, device).argmax(1)
+        score = metric(val.labels, pred)
+        rows.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_metric": score})
+        if score > best_score:
+            best_score, best_state = score, copy.deepcopy(model.state_dict())
+            rows[-1]["best"] = True
+    model.load_state_dict(best_state)
+    return model.eval(), rows
+
+
+def save_head(path: str | os.PathLike, module: nn.Module, *, mode: str, num_classes: int,
+              **meta: Any) -> None:
+    """Write ``head.pt``: linear → the probe (``in_dim``, state); full → encoder spec + classifier state."""
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    payload: dict[str, Any] = {"mode": mode, "num_classes": int(num_classes), "state_dict": state, **meta}
+    if mode == "linear":
+        payload["in_dim"] = int(module.linear.in_features)
+    else:
+        payload["encoder_spec"] = module.encoder.spec
+    atomic_save(payload, path)
+
+
+def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[str, nn.Module, dict[str, Any]]:
+    """(mode, module, payload) of a ``head.pt``; module is a LinearProbe or a Classifier (eval mode)."""
+    payload = load(path)
+    mode = payload.get("mode")
+    if mode == "linear":
+        module: nn.Module = LinearProbe(int(payload["in_dim"]), int(payload["num_classes"]))
+    elif mode == "full":
+        module = Classifier(build_encoder(payload["encoder_spec"]), int(payload["num_classes"]))
+    else:
+        raise ValueError(f"{path}: unknown head mode {mode!r} (expected 'linear' or 'full')")
+    module.load_state_dict(payload["state_dict"])
+    return mode, module.to(device).eval(), payload
+
+
+@torch.no_grad()
+def probabilities(module: nn.Module, inputs: np.ndarray, device: torch.device, *, from_features: bool) -> np.ndarray:
+    """Softmax class probabilities (N, C) from features (linear probe) or uint8 tiles (full model)."""
+    if from_features:
+        logits = module(torch.as_tensor(inputs, dtype=torch.float32, device=device)).cpu()
+    else:
+        logits = torch.as_tensor(encode_images(module, inputs, device))
+    return torch.softmax(logits.float(), 1).numpy()
+
+
+def iter_batches(n: int, size: int) -> Iterable[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))

@@ -1,0 +1,112 @@
+"""Slide readers: one interface over openslide, tifffile and PIL; clear errors naming the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from stainshift.io import SlideReadError, open_slide
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_plain_image_reader_mpp_override_and_padding(tmp_path: Path) -> None:
+    img = _rgb(50, 70)
+    Image.fromarray(img).save(tmp_path / "roi.png")
+    with pytest.raises(SlideReadError, match=r"roi\.png.*mpp"):
+        _ = open_slide(tmp_path / "roi.png").mpp
+    r = open_slide(tmp_path / "roi.png", mpp=0.25)
+    assert r.backend == "pil" and r.mpp == 0.25 and r.level_count == 1 and r.dimensions == (70, 50)
+    np.testing.assert_array_equal(r.read_region(10, 5, 0, 20, 30), img[5:35, 10:30])
+    edge = r.read_region(60, 40, 0, 20, 20)  # partly outside: white beyond the image
+    np.testing.assert_array_equal(edge[:10, :10], img[40:50, 60:70])
+    assert (edge[10:] == 255).all() and (edge[:, 10:] == 255).all()
+
+
+def test_rgba_alpha_becomes_white(tmp_path: Path) -> None:
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:4, :, 3] = 255  # top opaque red-ish, bottom transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = open_slide(tmp_path / "a.png", mpp=1.0).read_region(0, 0, 0, 8, 8)
+    assert (out[:4, :, 0] == 200).all() and (out[4:] == 255).all()
+
+
+def test_tifffile_pyramid_and_resolution_mpp(tmp_path: Path) -> None:
+    """A pyramidal TIFF written with SubIFDs (which OpenSlide ignores) opens with tifffile."""
+    base = _rgb(256, 384, seed=1)
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, tile=(64, 64), subifds=1, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
+                 photometric="rgb")
+        tw.write(base[::4, ::4], tile=(64, 64), subfiletype=1, photometric="rgb")
+    r = open_slide(path)
+    assert r.level_count == 2 and r.dimensions == (384, 256)
+    assert r.level_dimensions[1] == (96, 64) and r.level_downsamples[1] == pytest.approx(4.0)
+    assert r.mpp == pytest.approx(0.5, rel=1e-3)
+    np.testing.assert_array_equal(r.read_region(64, 32, 0, 40, 50), base[32:82, 64:104])
+    np.testing.assert_array_equal(r.read_region(64, 32, 1, 8, 8), base[::4, ::4][8:16, 16:24])
+    thumb, ds = r.thumbnail(100)
+    assert max(thumb.shape[:2]) <= 100 and ds >= 3.84
+
+
+def test_openslide_reader_on_synth_like_tiff(tmp_path: Path) -> None:
+    """Levels as top-level pages (not SubIFDs) + resolution tags: OpenSlide opens it with its pyramid."""
+    base = np.full((512, 512, 3), 230, np.uint8)
+    base[100:300, 50:200] = (150, 60, 160)
+    path = tmp_path / "ap.tiff"
+    desc = "Aperio Image Library v10.0.0\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=90|AppMag = 20|MPP = 0.5"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, tile=(256, 256), description=desc, photometric="rgb", compression="jpeg",
+                 resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+        tw.write(base[::4, ::4], tile=(128, 128), subfiletype=1, photometric="rgb", compression="jpeg")
+    r = open_slide(path)
+    assert r.backend == "openslide" and r.vendor in ("aperio", "generic-tiff") and r.mpp == pytest.approx(0.5)
+    assert r.level_downsamples == pytest.approx((1.0, 4.0))
+    region = r.read_region(60, 110, 0, 32, 32)
+    assert region.shape == (32, 32, 3) and np.abs(region.astype(int) - (150, 60, 160)).max() < 12
+    assert r.read_region(-20, -20, 0, 8, 8).min() == 255  # outside the slide is white
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SlideReadError, match=r"nope\.svs: file not found"):
+        open_slide(tmp_path / "nope.svs")
+    (tmp_path / "empty.svs").write_bytes(b"")
+    with pytest.raises(SlideReadError, match=r"empty\.svs: file is empty"):
+        open_slide(tmp_path / "empty.svs")
+    (tmp_path / "notes.txt").write_text("not a slide")
+    with pytest.raises(SlideReadError, match=r"notes\.txt: unsupported format"):
+        open_slide(tmp_path / "notes.txt")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    with pytest.raises(SlideReadError, match=r"broken\.png: not a readable image"):
+        open_slide(tmp_path / "broken.png", mpp=1)
+    # a truncated tiled TIFF: header intact, tile data cut off
+    good = tmp_path / "good.tiff"
+    tifffile.imwrite(good, _rgb(256, 256), tile=(64, 64), photometric="rgb", compression="zlib",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    data = good.read_bytes()
+    trunc = tmp_path / "trunc.tiff"
+    trunc.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SlideReadError, match=r"trunc\.tiff"):
+        r = open_slide(trunc)
+        r.read_region(0, 0, 0, 256, 256)
+    with pytest.raises(SlideReadError, match="positive number"):
+        open_slide(good, mpp=-1)
+
+
+@pytest.mark.realdata
+def test_cmu1_small_region(shared_data: Path) -> None:
+    r = open_slide(shared_data / "cmu1_small_region" / "CMU-1-Small-Region.svs")
+    assert r.backend == "openslide" and r.vendor == "aperio"
+    assert r.dimensions == (2220, 2967) and r.mpp == pytest.approx(0.499)
+    tile = r.read_region(1000, 1000, 0, 256, 256)
+    assert tile.shape == (256, 256, 3) and tile.dtype == np.uint8
+    thumb, ds = r.thumbnail(300)
+    assert max(thumb.shape[:2]) <= 300 and ds == pytest.approx(10.0)
+    assert open_slide(shared_data / "cmu1_small_region" / "CMU-1-Small-Region.svs", mpp=0.25).mpp == 0.25

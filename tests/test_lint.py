@@ -1,0 +1,176 @@
+"""The workflow is lint-clean, plans the demo, and every rule carries log/benchmark/conda/resources.
+
+Cheap checks (seconds, no job runs): `snakemake --lint`, `--dry-run`, the rule objects Snakemake
+parsed, and the jobs a dry run would submit — the same resources the slurm executor turns into
+sbatch flags (docs/cluster.md).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workflow_helpers import REPO, SNAKEFILE, make_workdir, run_snakemake
+
+PROFILES = REPO / "workflow" / "profiles"
+GPU_STAGES = ("pretrain", "finetune", "embed")
+# Rules that share another stage's resource entry (predict runs on the embed entry, see train.smk).
+RESOURCE_STAGE = {"predict": "embed"}
+
+
+def _rules_of_workflow(workdir: Path) -> list[dict]:
+    """Parse the workflow with Snakemake's API and describe each rule (run in a subprocess)."""
+    code = f"""
+import json
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import (ConfigSettings, OutputSettings, ResourceSettings,
+                                      StorageSettings, WorkflowSettings)
+with SnakemakeApi(OutputSettings()) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(),
+                      storage_settings=StorageSettings(), workflow_settings=WorkflowSettings(),
+                      snakefile=Path({str(SNAKEFILE)!r}), workdir=Path({str(workdir)!r}))
+    out = []
+    for r in wf._workflow.rules:
+        out.append(dict(name=r.name, norun=bool(r.norun), log=[str(x) for x in r.log],
+                        benchmark=str(r.benchmark) if r.benchmark else None,
+                        conda=str(r.conda_env) if r.conda_env else None,
+                        resources=sorted(k for k in r.resources.keys() if not k.startswith("_"))))
+    print("RULES-JSON" + json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RULES-JSON"))
+    import json
+
+    return json.loads(line[len("RULES-JSON"):])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return make_workdir(tmp_path_factory.mktemp("lint"))
+
+
+@pytest.fixture(scope="module")
+def rules(workdir) -> list[dict]:
+    return _rules_of_workflow(workdir)
+
+
+def test_lint_clean(workdir):
+    # (snakemake 9.27 prints lints as text even with --lint=json; exit code 1 when there are any)
+    proc = run_snakemake(workdir, "--lint", check=False)
+    assert proc.returncode == 0 and "Lints for" not in proc.stderr + proc.stdout, (
+        "snakemake --lint is not clean:\n" + proc.stderr[-8000:] + proc.stdout[-2000:]
+    )
+
+
+def test_every_rule_has_log_benchmark_and_conda(rules):
+    jobs = [r for r in rules if not r["norun"]]
+    assert jobs, "no rules parsed"
+    problems = []
+    for r in jobs:
+        if not r["log"]:
+            problems.append(f"{r['name']}: no log:")
+        if not r["benchmark"]:
+            problems.append(f"{r['name']}: no benchmark:")
+        if r["conda"] not in ("../envs/cpu.yaml", "../envs/gpu.yaml"):
+            problems.append(f"{r['name']}: conda: {r['conda']} (want ENV_CPU or ENV_GPU)")
+        for key in ("mem_mb", "runtime", "cpus_per_task"):  # from stage_resources(stage)
+            if key not in r["resources"]:
+                problems.append(f"{r['name']}: resources lack {key} (use **stage_resources(stage))")
+    assert not problems, "\n".join(problems)
+    # logs and benchmarks follow the layout of docs/architecture.md
+    for r in jobs:
+        assert any(f"/logs/{r['name']}/" in path for path in r["log"]), (r["name"], r["log"])
+        assert f"/benchmarks/{r['name']}/" in r["benchmark"], (r["name"], r["benchmark"])
+
+
+def test_gpu_stages_use_the_gpu_env(rules):
+    for r in rules:
+        if r["name"] in GPU_STAGES:
+            assert r["conda"] == "../envs/gpu.yaml", r
+
+
+def _planned_jobs(workdir: Path, *args: str) -> list[dict]:
+    """Jobs of a dry run (rule name + resources as submitted): parse Snakemake's job blocks."""
+    proc = run_snakemake(workdir, "--dry-run", *args)
+    jobs, current = [], None
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            current = {"rule": m.group(1), "resources": {}}
+            jobs.append(current)
+        elif current is not None and line.strip().startswith("resources:"):
+            for item in line.split(":", 1)[1].split(","):
+                if "=" in item:
+                    k, v = item.strip().split("=", 1)
+                    current["resources"][k] = v
+    assert jobs, proc.stdout[-4000:]
+    return jobs
+
+
+def test_dry_run_plans_the_demo(workdir, rules):
+    proc = run_snakemake(workdir, "--dry-run", "--quiet", "rules")
+    defined = {r["name"] for r in rules if not r["norun"]}
+    planned = {ln.split()[0] for ln in proc.stdout.splitlines()
+               if re.match(r"^\w+\s+\d+$", ln.strip()) and ln.split()[0] not in ("total", "all")}
+    # on an empty working directory every stage of the demo is planned
+    expected = defined & {"synth", "tile", "select_targets", "normalize", "pretrain", "embed", "finetune",
+                          "predict", "evaluate", "report"}
+    assert expected <= planned, f"not planned: {sorted(expected - planned)}\n{proc.stdout}"
+
+
+def test_gpu_rules_request_gpus_and_partitions(tmp_path, rules):
+    """Config-driven placement: GPU stages get gpu=N + the gpu partition, CPU stages the cpu one."""
+    defined = {r["name"] for r in rules}
+    overrides = {"resources": {
+        "default": {"partition": "cpu"},
+        "gpu": {"partition": "gpu", "gpu_model": "a100", "slurm_extra": "--qos=gpu"},
+        "embed": {"gpus": 1},
+        "finetune": {"gpus": 0},
+    }}
+    work = make_workdir(tmp_path, overrides)
+    jobs = _planned_jobs(work)
+    by_rule = {}
+    for j in jobs:
+        by_rule.setdefault(j["rule"], j["resources"])
+    assert "pretrain" in by_rule or "pretrain" not in defined, "pretrain not planned"
+    for rule, resources in by_rule.items():
+        if rule == "all":
+            continue
+        stage = RESOURCE_STAGE.get(rule, rule)
+        if stage in ("pretrain", "embed"):
+            assert resources.get("gpu") == "1", (rule, resources)
+            assert resources.get("gpu_model") == "a100", (rule, resources)
+            assert resources.get("slurm_partition") == "gpu", (rule, resources)
+            assert resources.get("slurm_extra") == "--qos=gpu", (rule, resources)
+        else:
+            assert "gpu" not in resources, (rule, resources)
+            assert resources.get("slurm_partition") == "cpu", (rule, resources)
+
+
+def test_profiles_parse_as_intended():
+    """The local profile runs locally; the slurm profile selects the executor whichever way it is given.
+
+    Snakemake always also loads workflow/profiles/default as the *workflow* profile, and its values
+    win over `--profile`; `--workflow-profile workflow/profiles/slurm` replaces it (docs/cluster.md).
+    """
+    from snakemake.cli import get_argument_parser
+
+    def parsed(*profiles):
+        return get_argument_parser(profiles=[str(p) for p in profiles]).parse_args([])
+
+    local = parsed(PROFILES / "default")
+    assert local.executor in (None, "local") and local.cores == 2 and local.rerun_incomplete
+    assert {t.name for t in local.rerun_triggers} == {"MTIME", "PARAMS", "INPUT", "CODE", "SOFTWARE_ENV"}
+    as_workflow_profile = parsed(PROFILES / "default", PROFILES / "slurm")   # --workflow-profile slurm
+    as_profile = parsed(PROFILES / "slurm", PROFILES / "default")            # --profile slurm
+    for args in (as_workflow_profile, as_profile):
+        assert args.executor == "slurm"
+        assert args.jobs == 50
+        assert args.rerun_incomplete
+    assert as_workflow_profile.latency_wait == 60 and as_workflow_profile.keep_going

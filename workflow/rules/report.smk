@@ -1,0 +1,36 @@
+# The standalone markdown summary ({R}/report/summary.md). The HTML report is
+# `snakemake --report report.html`: it collects every output marked with report() (evaluate.smk)
+# with the captions in workflow/report/*.rst.
+
+report: "../report/workflow.rst"
+
+
+rule report:
+    input:
+        summary=f"{RESULTS}/metrics/summary.csv",
+        figures=[f"{RESULTS}/plots/variant_accuracy.png"]
+        + expand(f"{RESULTS}/plots/{{method}}/{{fig}}.png", method=EVAL_METHODS,
+                 fig=["cross_center_heatmap", "roc", "embedding_map"]),
+    output:
+        summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
+    params:
+        reference=config["evaluate"].get("reference", "baseline"),
+    log:
+        log_path("report", "summary"),
+    benchmark:
+        bench_path("report", "summary")
+    threads: 1
+    resources:
+        mem_mb=lambda wc: res("default", "mem_mb"),
+        runtime=lambda wc: res("default", "runtime"),
+    conda:
+        ENV_CPU
+    script:
+        "../scripts/report.py"
+
+
+def report_targets():
+    return [f"{RESULTS}/report/summary.md"]
+
+
+TARGET_FUNCS.append(report_targets)
