@@ -79,14 +79,16 @@ def test_every_rule_has_log_benchmark_and_conda(rules):
             problems.append(f"{r['name']}: no benchmark:")
         if r["conda"] not in ("../envs/cpu.yaml", "../envs/gpu.yaml"):
             problems.append(f"{r['name']}: conda: {r['conda']} (want ENV_CPU or ENV_GPU)")
-        for key in ("mem_mb", "runtime", "cpus_per_task"):  # from stage_resources(stage)
+        # memory and time limits come from config['resources'] (sbatch --mem / -t); CPUs default to
+        # the rule's threads (the plugin's --cpus-per-task) unless stage_resources() sets cpus_per_task
+        for key in ("mem_mb", "runtime"):
             if key not in r["resources"]:
                 problems.append(f"{r['name']}: resources lack {key} (use **stage_resources(stage))")
     assert not problems, "\n".join(problems)
-    # logs and benchmarks follow the layout of docs/architecture.md
+    # logs and benchmarks live under {results}/logs/ and {results}/benchmarks/ (docs/architecture.md)
     for r in jobs:
-        assert any(f"/logs/{r['name']}/" in path for path in r["log"]), (r["name"], r["log"])
-        assert f"/benchmarks/{r['name']}/" in r["benchmark"], (r["name"], r["benchmark"])
+        assert any("/logs/" in path for path in r["log"]), (r["name"], r["log"])
+        assert "/benchmarks/" in r["benchmark"], (r["name"], r["benchmark"])
 
 
 def test_gpu_stages_use_the_gpu_env(rules):

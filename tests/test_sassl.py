@@ -195,3 +195,26 @@ def test_slide_balanced_batches_reach_sassl_with_same_slide_pairs() -> None:
     assert torch.isfinite(out["loss"]) and float(out["same_slide_pairs"]) >= 8  # ≥ 1 pair per slide present
     assert not torch.equal(enc_w, method.encoder.stages[0][0].conv1.weight)
     assert not torch.equal(disc_w, method.model.discriminator.body[0].weight)
+
+
+def test_pretrain_through_the_loop_resumes_exactly(tmp_path) -> None:  # noqa: ANN001
+    """SASSL's manual (two-optimizer) updates in the real loop; kill + resume = same weights."""
+    from stainshift.train import load, method_config, pretrain
+    from test_data import make_stores
+
+    stores = make_stores(tmp_path / "stores", n_tiles=8)
+    cfg = method_config({"defaults": {"epochs": 2, "batch_size": 8, "seed": 0, "num_workers": 0, "device": "cpu"},
+                         "sassl": {"encoder": TINY, "proj_dim": 16, "pred_dim": 8, "tiles_per_slide": 2,
+                                   "views": {"crop_scale": [0.5, 1.0], "blur_p": 0.0}}}, "sassl")
+    full = pretrain("sassl", stores, cfg, tmp_path / "full", progress=False)
+
+    def kill(epoch: int, row: dict) -> None:
+        assert row["same_slide_pairs"] > 0 and {"loss_d", "loss_adv", "lr_encoder", "lr_disc"} <= set(row)
+        raise KeyboardInterrupt("simulated kill after the first epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain("sassl", stores, cfg, tmp_path / "resumed", callbacks=[kill], progress=False)
+    resumed = pretrain("sassl", stores, cfg, tmp_path / "resumed", progress=False)
+    a, b = load(full), load(resumed)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k

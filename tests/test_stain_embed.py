@@ -138,12 +138,13 @@ class _ShiftNormalizer:
     """Test double for a stain normalizer: moves every image's mean colour to the reference's."""
 
     def fit(self, ref: torch.Tensor) -> None:
+        ref = torch.as_tensor(ref)
         if float(ref.float().std()) == 0.0:
             raise ValueError("blank reference")
         self.mean = ref.float().mean(dim=(0, 1))
 
     def transform(self, batch: torch.Tensor) -> torch.Tensor:
-        f = batch.float()
+        f = torch.as_tensor(batch).float()
         return (f - f.mean(dim=(1, 2), keepdim=True) + self.mean).clamp(0, 255).round().to(torch.uint8)
 
 
@@ -194,15 +195,55 @@ def test_method_rejects_unknown_layer() -> None:
         build_method("stain_embed", {"embed_layer": "encoder.nope"}, num_classes=2)
 
 
-def test_real_normalizers_change_the_batch() -> None:
-    stain = pytest.importorskip("stainshift.stain")
-    if not hasattr(stain, "get_normalizer"):
-        pytest.skip("stainshift.stain.get_normalizer not available yet")
-    batch = _batch(b=4, size=32)["image"].permute(0, 2, 3, 1).contiguous()
-    batch[2] = torch.tensor([120, 60, 150], dtype=torch.uint8)  # a differently stained reference
-    batch[2, ::2] = torch.tensor([230, 160, 210], dtype=torch.uint8)
+def test_real_normalizers_on_real_tiles(shared_data) -> None:  # noqa: ANN001 - fixture
+    """X̄ = g(X, x_r) with the stain library on real H&E crops of two scanners (AMi-Br)."""
+    from PIL import Image
+
+    def load(domain: str, k: int) -> np.ndarray:
+        files = sorted((shared_data / "ami_br" / domain).glob("*/*.jpg"))[:k]
+        if len(files) < k:
+            pytest.skip(f"AMi-Br crops of {domain} not found under {shared_data}")
+        return np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
+
+    batch = torch.from_numpy(np.concatenate([load("midog21_hamamatsu_xr", 5), load("tupac16", 1)]))
+    ref = batch[-1].float().reshape(-1, 3).mean(0)
     for method in ("reinhard", "macenko", "vahadane"):
-        norm = StainBatchNormalizer(methods=(method,))
-        out = norm(batch.clone(), generator=torch.Generator().manual_seed(0), exclude=None)
+        outs = {}
+        for backend in ("numpy", "torch"):
+            norm = StainBatchNormalizer(methods=(method,), backend=backend)
+            norm.draw = lambda b, generator=None, exclude=None: (method, b - 1)  # reference: the TUPAC tile
+            outs[backend] = norm(batch)
+            assert not norm.last_failed and norm.last_reference == 5
+        out = outs["numpy"]
         assert out.shape == batch.shape and out.dtype == torch.uint8
-        assert np.isfinite(out.float().numpy()).all()
+        assert (outs["numpy"].int() - outs["torch"].int()).abs().max() <= 1  # backends agree
+        assert float((out[:-1].float() - batch[:-1].float()).abs().mean()) > 2.0  # the stain changed
+        if method == "reinhard":  # colour statistics move to the reference tile's
+            before = (batch[:-1].float().reshape(5, -1, 3).mean(1) - ref).norm(dim=1).mean()
+            after = (out[:-1].float().reshape(5, -1, 3).mean(1) - ref).norm(dim=1).mean()
+            assert float(after) < 0.6 * float(before)
+
+
+@pytest.mark.parametrize("name", ["stain_embed", "stain_embed_c"])
+def test_pretrain_through_the_loop_resumes_exactly(tmp_path, name: str) -> None:  # noqa: ANN001
+    """The real loop (stainshift.train.pretrain) with the real normalizers; kill + resume = same weights."""
+    from stainshift.train import load, method_config, pretrain
+    from test_data import make_stores
+
+    stores = make_stores(tmp_path / "stores", n_tiles=8)
+    cfg = method_config({"defaults": {"epochs": 2, "batch_size": 8, "seed": 0, "num_workers": 0, "device": "cpu"},
+                         name: {"encoder": {"arch": "resnet18_narrow", "small_input": True, "widths": [4, 4, 8, 8, 8]},
+                                "head_hidden": 8, "lr": 1e-3, "milestones": [1]}}, name)
+    full = pretrain(name, stores, cfg, tmp_path / "full", progress=False)
+
+    def kill(epoch: int, row: dict) -> None:
+        assert row["norm_s"] >= 0.0 and np.isfinite(row["loss_c"])
+        raise KeyboardInterrupt("simulated kill after the first epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(name, stores, cfg, tmp_path / "resumed", callbacks=[kill], progress=False)
+    resumed = pretrain(name, stores, cfg, tmp_path / "resumed", progress=False)
+    a, b = load(full), load(resumed)
+    assert a["spec"]["arch"] == "resnet18_narrow" and a["out_dim"] == 8
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k

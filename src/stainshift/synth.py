@@ -7,18 +7,20 @@ with rows H and E, ``Io`` = the glass colour). The scene, all sizes in micrometr
 looks the same at the same magnification) unless noted:
 
 * **glass**: the center's background RGB (``Io`` per channel) with a ±1 % illumination gradient;
-* **tissue islands**: a smooth random field (lattice ``size/40`` px) plus a 30 µm detail octave,
+* **tissue islands**: a smooth random field (lattice ``size/40`` px) plus a 20 µm detail octave,
   thresholded at a seeded quantile (35–55 % of the slide), pushed away from the slide border;
   small round vacuoles (≈ 30 µm) are cut out of normal tissue;
-* **stroma**: eosin collagen "fibres", two families of domain-warped wavy bands (period 8 µm)
-  blended by a 60 µm field, with a 40 µm density field (loose vs dense stroma), a weak
-  hematoxylin counter-stain;
+* **stroma**: eosin collagen "fibres", two families of domain-warped wavy bands (period 10 µm,
+  warp lattice 35 µm) blended by a 60 µm field (mostly one direction per region) and broken up
+  by a 10 µm field, with a 40 µm density field (loose vs dense stroma), a weak hematoxylin
+  counter-stain;
 * **nuclei**: hematoxylin ellipses on a jittered 11 µm grid, accepted by a 50 µm cellularity field:
-  round lymphocyte/epithelial-like nuclei (semi-axes 2.5–4.5 µm) in cellular zones, elongated
+  round lymphocyte/epithelial-like nuclei (semi-axes 2.6–4.2 µm) in cellular zones, elongated
   fibroblasts in stroma; a per-pixel chromatin texture and a soft edge;
-* **tumour**: 2–4 irregular star-shaped polygons placed inside tissue (radius 4–10 % of the slide
-  side), with crowded (8.5 µm grid), larger (4–8 µm), pleomorphic, irregular, hyperchromatic
-  nuclei with a nuclear rim and nucleoli, and paler, less fibrous, basophilic stroma;
+* **tumour**: 2–4 irregular star-shaped polygons placed inside tissue (radius 5–12 % of the slide
+  side, shrunk where tissue is narrow), with crowded (8.5 µm grid), larger (4–7.5 µm),
+  pleomorphic, irregular, hyperchromatic nuclei with a nuclear rim and nucleoli, and paler, less
+  fibrous, basophilic stroma;
 * **scanner**: Gaussian optical blur (``blur_sigma`` px), additive sensor noise (``noise``, in
   8-bit grey levels, uniform with that std), JPEG compression at ``jpeg_quality``.
 
@@ -45,7 +47,7 @@ reduced levels (1/16 of level 0) are held in memory, so a 16384² slide needs a 
 Centers (:data:`CENTERS`) differ the way real labs and scanners do: stain vectors (rotations of
 the Macenko / Ruifrok reference vectors), stain intensities, background tint, blur and JPEG
 quality. Each slide additionally jitters its center's intensities by ±6 % and its stain vectors by
-≈ 1.5° (slide-to-slide variation inside a center, smaller than between centers). Unknown center
+≈ 2.5° (slide-to-slide variation inside a center, smaller than between centers). Unknown center
 names raise ``ValueError`` listing the known ones.
 """
 from __future__ import annotations
@@ -56,13 +58,15 @@ import math
 import os
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage, sparse
+from skimage.draw import polygon as draw_polygon
+from skimage.measure import points_in_poly
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ _STRIP_PIXELS = 1 << 21
 _XCACHE_ELEMENTS = 1 << 22
 #: Pyramid downsample between consecutive levels.
 _LEVEL_FACTOR = 4
-#: Rows rendered above/below a strip so blurs see real neighbours (in addition to the blur radius).
+#: Width (µm, ≈ Gaussian sigma) of the soft transition from normal to tumour stroma.
 _TUMOUR_SOFT_UM = 3.0
 
 
@@ -241,8 +245,9 @@ def _keys_kernel(t: NDArray[np.float64]) -> NDArray[np.float64]:
 class _Field:
     """A smooth random field on a lattice of spacing ``cell`` level-0 px (normalised to std 1).
 
-    Evaluated at absolute level-0 coordinates by separable cubic interpolation, so any window (a
-    strip, a mask row, a point) gets the same values wherever it is cut.
+    Evaluated at absolute level-0 coordinates by separable cubic (Keys) interpolation, so a row
+    gets bit-identical values whichever strip it is rendered in; :meth:`points` (scattered
+    positions, used for nucleus placement) agrees with :meth:`grid` up to float rounding.
     """
 
     _PAD = 3
@@ -372,16 +377,16 @@ class _Scene:
         self.tissue = _Field(rng, n, n / 40.0, 2.5)
         self.tissue_detail = _Field(rng, n, 20 * um, 1.5)
         self.holes = _Field(rng, n, 12 * um, 1.3)
-        self.warp1 = _Field(rng, n, 25 * um, 1.5)
-        self.warp2 = _Field(rng, n, 25 * um, 1.5)
+        self.warp1 = _Field(rng, n, 35 * um, 1.5)
+        self.warp2 = _Field(rng, n, 35 * um, 1.5)
         self.mix = _Field(rng, n, 60 * um, 2.0)
-        self.breakup = _Field(rng, n, 7 * um, 1.2)
+        self.breakup = _Field(rng, n, 10 * um, 1.2)
         self.density = _Field(rng, n, 40 * um, 2.0)
         self.cellularity = _Field(rng, n, 50 * um, 2.0)
         self.illum = _Field(rng, n, n / 4.0, 1.0)
         self.theta1 = float(rng.uniform(0, np.pi))
         self.theta2 = self.theta1 + float(rng.uniform(np.pi / 4, 3 * np.pi / 4))
-        self.fibre_period = 8.0 * um
+        self.fibre_period = 10.0 * um
         self.hole_threshold = 2.3
         # tissue threshold: a seeded share of a coarse grid of the slide is tissue
         g = min(256, n)
@@ -394,7 +399,7 @@ class _Scene:
     # -- style -----------------------------------------------------------------------------
     @staticmethod
     def _jitter(style: CenterStyle, rng: np.random.Generator) -> CenterStyle:
-        """Slide-to-slide variation inside a center: ±6 % intensities, ≈ 1.5° stain-vector tilt."""
+        """Slide-to-slide variation inside a center: ±6 % intensities, ≈ 2.5° stain-vector tilt (N(0, 0.026) per OD component)."""
         m = np.asarray(style.stain_matrix) + rng.normal(0, 0.026, (2, 3))
         m = np.abs(m)
         return CenterStyle(
@@ -450,8 +455,10 @@ class _Scene:
             ang = np.sort((np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 2 * np.pi)
                            + rng.uniform(-0.3, 0.3, k) * 2 * np.pi / k) % (2 * np.pi))
             p2, p3 = rng.uniform(0, 2 * np.pi, 2)
-            r = radius * (1 + 0.18 * np.cos(2 * ang + p2) + 0.10 * np.cos(3 * ang + p3) + rng.uniform(-0.06, 0.06, k))
-            r = np.clip(r, 0.4 * radius, 1.3 * radius)
+            p5 = rng.uniform(0, 2 * np.pi)
+            r = radius * (1 + 0.22 * np.cos(2 * ang + p2) + 0.14 * np.cos(3 * ang + p3) + 0.08 * np.cos(5 * ang + p5)
+                          + rng.uniform(-0.06, 0.06, k))
+            r = np.clip(r, 0.45 * radius, 1.3 * radius)
             xs = np.clip(np.rint(cx + r * np.cos(ang)), 0, n - 1).astype(np.int64)
             ys = np.clip(np.rint(cy + r * np.sin(ang)), 0, n - 1).astype(np.int64)
             polygons.append(np.stack([xs, ys], axis=1))
@@ -460,8 +467,6 @@ class _Scene:
 
     def tumour_rows(self, y0: int, y1: int) -> NDArray[np.bool_]:
         """Rasterised tumour polygons for level-0 rows ``y0:y1`` (all columns)."""
-        from skimage.draw import polygon as draw_polygon
-
         out = np.zeros((y1 - y0, self.size), dtype=bool)
         for poly in self.polygons:
             if poly[:, 1].max() < y0 or poly[:, 1].min() >= y1:
@@ -471,8 +476,6 @@ class _Scene:
         return out
 
     def _in_tumour(self, xs: NDArray, ys: NDArray) -> NDArray[np.bool_]:
-        from skimage.measure import points_in_poly
-
         inside = np.zeros(len(xs), dtype=bool)
         pts = np.stack([xs, ys], axis=1)
         for poly in self.polygons:
@@ -506,7 +509,7 @@ class _Scene:
         m = len(xs)
         round_ = rng.random(m) < cell
         a = np.where(round_, rng.uniform(2.6, 4.2, m), rng.uniform(4.5, 7.0, m)) * um
-        b = np.where(round_, a / (um * rng.uniform(1.0, 1.35, m)) * um, rng.uniform(1.1, 1.8, m) * um)
+        b = np.where(round_, a / rng.uniform(1.0, 1.35, m), rng.uniform(1.1, 1.8, m) * um)
         theta = np.where(round_, rng.uniform(0, np.pi, m), self.theta1 + rng.normal(0, 0.35, m))
         normal = dict(
             cx=xs, cy=ys, a=a, b=b, theta=theta,
@@ -525,8 +528,6 @@ class _Scene:
         for poly in self.polygons:
             box = (float(poly[:, 0].min()), float(poly[:, 1].min()), float(poly[:, 0].max()) + 1, float(poly[:, 1].max()) + 1)
             txs, tys = self._jittered_grid(rng, 8.5 * um, box)
-            from skimage.measure import points_in_poly
-
             inside = points_in_poly(np.stack([txs, tys], axis=1), poly.astype(np.float64))
             txs, tys = txs[inside], tys[inside]
             keep = rng.random(len(txs)) < 0.9
@@ -627,7 +628,7 @@ class _Scene:
         core = slice(y0 - h0, y1 - h0)
         labels = ((tval[core] >= self.tissue_threshold) & (hval[core] < self.hole_threshold)).astype(np.uint8)
         labels[tum[core]] = 2
-        alpha = _smoothstep(self.tissue_threshold - 0.02, self.tissue_threshold + 0.02, tval)
+        alpha = _smoothstep(self.tissue_threshold - 0.006, self.tissue_threshold + 0.006, tval)
         alpha *= 1.0 - _smoothstep(self.hole_threshold - 0.1, self.hole_threshold + 0.1, hval)
         del tval, hval
         alpha[tum] = 1.0
@@ -636,20 +637,20 @@ class _Scene:
         yy = ys[:, None].astype(np.float32)
         xx = xs[None, :].astype(np.float32)
         fib = np.zeros((len(ys), n), dtype=np.float32)
-        mixw = _sigmoid(2.0 * self.mix.grid(ys, xr))
+        mixw = _sigmoid(5.0 * self.mix.grid(ys, xr))  # mostly one fibre direction per region
         for theta, warp, wgt in ((self.theta1, self.warp1, mixw), (self.theta2, self.warp2, 1.0 - mixw)):
             phase = (xx * np.float32(math.cos(theta)) + yy * np.float32(math.sin(theta))) / np.float32(self.fibre_period)
-            phase = phase + 3.0 * warp.grid(ys, xr)
+            phase = phase + 2.2 * warp.grid(ys, xr)
             band = 0.5 + 0.5 * np.cos(np.float32(2 * np.pi) * phase)
-            fib += wgt * band * band
+            fib += wgt * band * band * band
         del mixw
-        fib *= _smoothstep(-0.9, 0.6, self.breakup.grid(ys, xr))  # broken, discontinuous fibres
+        fib *= _smoothstep(-1.4, 0.2, self.breakup.grid(ys, xr))  # broken, discontinuous fibres
         dens = _sigmoid(1.5 * self.density.grid(ys, xr) + 0.3)
         g = max(1, int(um))
         gy = ys // g
         speck = _hash_uniform(self.key ^ 0x1111, np.arange(n // g + 1)[None, :], np.arange(gy[0], gy[-1] + 1)[:, None])
         speck = speck[gy - gy[0]][:, xs // g]
-        e = 0.12 + 0.55 * fib * dens + 0.18 * dens + 0.06 * speck
+        e = 0.14 + 0.6 * fib * dens + 0.2 * dens + 0.06 * speck
         e = e * (1.0 - 0.45 * tum_soft) + tum_soft * (0.10 + 0.10 * speck)
         h = 0.05 + 0.04 * dens + 0.10 * tum_soft
         del fib, dens, speck
@@ -705,8 +706,8 @@ class SlideInfo:
     tumour_fraction: float
     n_tumours: int
     n_nuclei: int
+    slide_seed: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -886,7 +887,7 @@ def generate_slide(
         slide_id=slide_id, seed=int(seed), size=(n, n), level_dimensions=[(d, d) for d in dims], mpp=float(mpp),
         tile_size=tile_size, jpeg_quality=q, mask_downsample=mask_downsample, mask_size=mask_size,
         tissue_fraction=float((counts[1] + counts[2]) / total), tumour_fraction=float(counts[2] / total),
-        n_tumours=len(scene.polygons), n_nuclei=sum(len(g) for g in scene.nuclei),
+        n_tumours=len(scene.polygons), slide_seed=entropy, n_nuclei=sum(len(g) for g in scene.nuclei),
         seconds=round(time.perf_counter() - t_start, 3),
     )
     log.info("synth %s done in %.2f s: tissue %.3f tumour %.3f", slide_id or out_tiff.name, info.seconds,

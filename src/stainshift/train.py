@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -250,8 +252,13 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = ckpt_dir / "last.pt"
-    if cfg.get("resume", True) and last.exists():
-        state = load(last, map_location=device)
+    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world)
+    state = load(last, map_location=device) if cfg.get("resume", True) and last.exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        if rank == 0:
+            log.warning("%s was written by another config / store set / world size: starting from scratch", last)
+        state = None
+    if state is not None:
         method.load_state_dict(state["method"])
         for k, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
@@ -310,7 +317,7 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                 "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_states,
-                "history": history, "software_version": stainshift.__version__,
+                "history": history, "fingerprint": fingerprint, "software_version": stainshift.__version__,
             }, last)
             _write_csv(out_dir / "metrics.csv", history)
             log.info("epoch %d/%d %s", epoch + 1, epochs,
@@ -320,6 +327,15 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
         for cb in callbacks:
             cb(epoch, row)
     return history
+
+
+def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int) -> str:
+    """Hash of what determines a run (config minus I/O-only keys, stores, method, world size):
+    a checkpoint is resumed only when it matches."""
+    ignore = {"resume", "num_workers", "device"}
+    payload = {"cfg": {k: v for k, v in cfg.items() if k not in ignore}, "stores": list(stores), "method": method,
+               "world_size": world_size}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _train_step(model: nn.Module, method: Method, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, float]:
@@ -336,7 +352,7 @@ def _train_step(model: nn.Module, method: Method, batch: dict[str, torch.Tensor]
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not bool(finite):
         raise NonFiniteLossError(
-            f"method '{type(method).name}': non-finite loss ({float(loss)}) at epoch {ctx.epoch + 1}, "
+            f"method '{type(method).name}': non-finite loss ({float(loss.detach())}) at epoch {ctx.epoch + 1}, "
             f"step {ctx.step}; stopping (last good checkpoint kept). Lower the learning rate, set "
             f"grad_clip, or check the input tiles.")
     if automatic:
@@ -508,7 +524,7 @@ def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         probe.eval()
         with torch.no_grad():
             if use_train:
@@ -557,7 +573,7 @@ def finetune_full(encoder: nn.Module, train_stores: Sequence[str], val_stores: S
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(x)
+            total += float(loss.detach()) * len(x)
             n += len(x)
         pred = encode_images(model, vimg, device).argmax(1)
         score = metric(val.labels, pred)

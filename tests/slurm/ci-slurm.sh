@@ -5,7 +5,8 @@
 # docs/cluster.md for users who want to try their profile locally. Recipe and gotchas:
 # ../shared/slurm-local.md (Debian bookworm, Slurm 22.05, munge 0.5). Must run as root.
 #
-#   tests/slurm/ci-slurm.sh up       # install slurm-wlm + munge if missing, start munged, slurmctld, slurmd
+#   tests/slurm/ci-slurm.sh install  # only install slurm-wlm + munge (apt-get) if they are missing
+#   tests/slurm/ci-slurm.sh up       # install if missing, start munged, slurmctld, slurmd
 #   tests/slurm/ci-slurm.sh down     # stop the daemons by PID (pid files), remove generated config/state
 #   tests/slurm/ci-slurm.sh status   # exit 0 iff the node is up and idle/mixed/allocated
 #
@@ -163,8 +164,9 @@ up() {
 }
 
 case "${1:-}" in
+  install) [ "$(id -u)" = 0 ] || die "must run as root"; install_packages ;;
   up) up ;;
   down) down ;;
   status) node_ready ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|status" >&2; exit 2 ;;
 esac

@@ -27,6 +27,24 @@ SAMPLES = load_sample_sheet(
 SLIDES = list(SAMPLES["slide_id"])
 CENTERS = sorted(SAMPLES["center"].unique())
 
+# --- Patch stores (issue 3) -----------------------------------------------------------------------
+# STORES: one row per patch store {RESULTS}/tiles/{store_id}.zarr, indexed by store_id, columns
+# center, split, patient, kind (slide = a sample-sheet row, tiled by rule `tile`; crops = a
+# {set}-{domain}-{split} store of a config `crops:` entry, written by rule `import_crops`).
+from stainshift.cropsets import plan_crop_stores
+
+CROP_ENTRIES = {e["name"]: e for e in config.get("crops") or []}
+_crop_rows = plan_crop_stores(list(CROP_ENTRIES.values()), base_dir=".")
+CROP_STORE_IDS = [r["store_id"] for r in _crop_rows]
+STORES = pd.DataFrame(
+    [{"store_id": s, "center": r.center, "split": r.split, "patient": r.patient, "kind": "slide", "set": None}
+     for s, r in zip(SAMPLES["slide_id"], SAMPLES.itertuples())]
+    + _crop_rows,
+    columns=["store_id", "center", "split", "patient", "kind", "set"],
+).set_index("store_id", drop=False)
+if STORES.index.duplicated().any():
+    raise ValueError(f"store ids clash between the sample sheet and crop sets: {sorted(STORES.index[STORES.index.duplicated()])}")
+
 # Each rules file registers a function returning the final targets it contributes to `rule all`.
 TARGET_FUNCS = []
 

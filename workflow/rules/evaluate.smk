@@ -7,20 +7,10 @@ METRICS_DIR = f"{RESULTS}/metrics"
 PLOTS_DIR = f"{RESULTS}/plots"
 
 
-def evaluate_embeddings(wildcards):
-    """Raw test-store embeddings of a method. The embed rules may define `test_embedding_files(method)`
-    (crop sets: stores {set}-{domain}-test); otherwise the test-split slides of the sample sheet.
-    Variant embeddings are found through the predictions table (built from them)."""
-    helper = globals().get("test_embedding_files")
-    if callable(helper):
-        return helper(wildcards.method)
-    return [f"{RESULTS}/embeddings/{wildcards.method}/{s}.h5" for s in slides_where(split="test")]
-
-
 rule evaluate:
     input:
         predictions=f"{RESULTS}/predictions/{{method}}.csv",
-        embeddings=evaluate_embeddings,
+        manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",  # every embeddings file of the method
     output:
         cross_center=report(f"{METRICS_DIR}/{{method}}/cross_center.csv", caption="../report/cross_center_csv.rst",
                             category="Tables", subcategory="{method}", labels={"method": "{method}", "table": "cross-center"}),

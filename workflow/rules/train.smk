@@ -28,8 +28,8 @@ def train_centers():
 
 
 def variant_store_list():
-    """(store, stain_method, target) of every normalized variant store, from the normalize rules
-    (they define `variant_stores()`); empty when the normalize stage is not part of the workflow."""
+    """(store, stain_method, target) of every normalized variant store, from rules/normalize.smk's
+    `variant_stores()` (include it before this file); empty when the normalize stage is absent."""
     func = globals().get("variant_stores")
     return list(func()) if callable(func) else []
 
@@ -77,7 +77,7 @@ rule embed:
         variants=variant_store_paths,
     output:
         raw=[f"{RESULTS}/embeddings/{{method}}/{s}.h5" for s in SLIDES],
-        variants=directory(f"{RESULTS}/embeddings/{{method}}/variants"),
+        variants=[f"{RESULTS}/embeddings/{{method}}/variants/{s}/{m}/{t}.h5" for s, m, t in variant_store_list()],
         manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",
     params:
         cfg=lambda wc: config["embed"],

@@ -28,7 +28,6 @@ results = smk.params.results
 device = select_device(smk.params.cfg.get("device", "auto"))
 encoder = load_encoder(smk.input.encoder, device)
 batch_size = int(smk.params.cfg.get("batch_size", 64))
-Path(smk.output.variants).mkdir(parents=True, exist_ok=True)
 jobs = [(Path(p).name.removesuffix(".zarr"), p, RAW, RAW) for p in smk.input.stores]
 jobs += [(s, f"{results}/variants/{s}/{m}/{t}.zarr", m, t) for s, m, t in smk.params.variant_list]
 rows = []

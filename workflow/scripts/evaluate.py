@@ -2,9 +2,10 @@
 batch_effect.csv and its figures (thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
 import logging
 import sys
-from pathlib import Path
 
-from stainshift.embeddings import embedding_path, read_predictions
+import pandas as pd
+
+from stainshift.embeddings import read_predictions
 from stainshift.metrics import pipeline as pl
 from stainshift import plots
 
@@ -26,14 +27,9 @@ pl.write_csv_atomic(cross, sm.output.cross_center)
 var = pl.variant_robustness(preds, method, cfg)
 pl.write_csv_atomic(var, sm.output.variants)
 
-# Embeddings: the declared raw test stores plus every variant the predictions table names.
-paths = {str(p) for p in sm.input.embeddings}
-for (store, vm, vt) in preds[["store", "variant_method", "variant_target"]].drop_duplicates().itertuples(index=False):
-    p = embedding_path(results, method, store, vm, vt)
-    if Path(p).is_file():
-        paths.add(p)
-    else:
-        log.warning("embeddings missing for %s %s/%s: %s (left out of the batch-effect measures)", store, vm, vt, p)
+# Embeddings: the raw test stores and every variant store, as listed by the embed rule's manifest.
+manifest = pd.read_csv(sm.input.manifest, dtype=str)
+paths = pl.evaluation_embedding_paths(manifest, preds)
 emb = pl.attach_tile_slides(pl.load_embedding_set(sorted(paths)), preds)
 log.info("%s: %d embeddings from %d files", method, len(emb.meta), len(paths))
 pl.write_csv_atomic(pl.batch_effect(emb, method, cfg), sm.output.batch_effect)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from stainshift.models import build_encoder, register_encoder
 
-__all__ = ["FusionEncoder", "build_fusion_encoder", "encoder_layers"]
+__all__ = ["FusionEncoder", "build_fusion_encoder", "encoder_layers", "finetune_encoder", "fusion_selected"]
 
 
 def encoder_layers(encoder: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
@@ -136,3 +136,30 @@ def build_fusion_encoder(general: nn.Module, init: str = "random", special_spec:
 def _fused(general: dict, special: dict | None = None, freeze_general: bool = True) -> FusionEncoder:
     """Rebuild a fused encoder from its spec (weights come from the saved state dict)."""
     return FusionEncoder(build_encoder(general), build_encoder(special or general), freeze_general=freeze_general)
+
+
+def fusion_selected(method: str, finetune_cfg: dict[str, Any]) -> bool:
+    """Whether ``finetune.fusion`` asks for the fused encoder for ``method``.
+
+    ``fusion: true`` fuses every method; a list (e.g. ``[sassl]``) only the named ones;
+    ``false`` / absent none.
+    """
+    sel = finetune_cfg.get("fusion", False)
+    if isinstance(sel, bool):
+        return sel
+    if isinstance(sel, str):
+        return sel == method
+    return method in set(sel or [])
+
+
+def finetune_encoder(encoder: nn.Module, method: str, finetune_cfg: dict[str, Any]) -> nn.Module:
+    """The encoder fine-tuning should train: the fused one (Eqs. 7–9) when selected, else ``encoder``.
+
+    Keys: ``fusion`` (see :func:`fusion_selected`), ``fusion_init`` (random | copy), ``seed``. Only
+    E_s and the head train, so a fused encoder needs full fine-tuning (the linear probe on frozen
+    features would leave E_s at its initialisation).
+    """
+    if not fusion_selected(method, finetune_cfg):
+        return encoder
+    return build_fusion_encoder(encoder, init=str(finetune_cfg.get("fusion_init", "random")),
+                                seed=int(finetune_cfg.get("seed", 0)))

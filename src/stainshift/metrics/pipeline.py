@@ -217,6 +217,20 @@ def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
     return EmbeddingSet(np.concatenate(feats), pd.concat(metas, ignore_index=True))
 
 
+def evaluation_embedding_paths(manifest: pd.DataFrame, preds: pd.DataFrame | None = None,
+                               split: str = "test") -> list[str]:
+    """Embedding files to evaluate from the embed rule's ``manifest.csv`` (path, store, split,
+    center, variant_method, variant_target, ...): raw stores of the test split and every variant
+    of them (only stores that the predictions table scores, when given)."""
+    m = manifest.copy()
+    raw = m["variant_method"].fillna(va.RAW).isin([va.RAW, ""])
+    test_stores = set(m.loc[raw & (m["split"] == split), "store"])
+    if preds is not None and len(preds):
+        test_stores &= set(preds["store"].astype(str))
+    keep = m["store"].isin(test_stores)
+    return sorted(m.loc[keep, "path"].astype(str))
+
+
 def attach_tile_slides(emb: EmbeddingSet, preds: pd.DataFrame | None) -> EmbeddingSet:
     """Per-tile slide ids from the predictions table (crop sets carry source slides there), else
     the store's slide_id attr."""

@@ -70,7 +70,7 @@ def concentrations(img: Any, S: Any, io: float = 240.0, lam: float | None = None
         raise ValueError(f"concentrations: expected one image (H, W, 3), got {tuple(img.shape)}")
     h, w = x.shape[1:3]
     if is_torch(x):
-        s = torch.as_tensor(S, dtype=torch.float32, device=x.device)
+        s = torch.as_tensor(np.array(S, dtype=np.float32), device=x.device) if not is_torch(S) else S.to(x.device, torch.float32)
         od = od_torch(x.reshape(1, -1, 3), io)
         if lam is None:
             conc = od @ torch.linalg.pinv(s.double()).float()

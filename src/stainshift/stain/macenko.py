@@ -2,8 +2,8 @@
 
 Macenko et al., ISBI 2009 ("A method for normalizing histology slides for quantitative
 analysis"); the SVD baseline of seed 004. Defaults match torchstain 1.4 (Io=240, beta=0.15,
-alpha=1, 99th-percentile max concentration): tissue pixels are those with OD >= beta in every
-channel; the plane of the two leading eigenvectors of their OD covariance holds both stains; the
+alpha=1, 99th-percentile max concentration): tissue pixels are those with summed OD >= 3 beta
+(torchstain: OD >= beta in every channel, available as ``tissue_rule="all"``); the plane of the two leading eigenvectors of their OD covariance holds both stains; the
 alpha / 100-alpha percentiles of the pixel angles in that plane give the H and E unit vectors
 (H = the one with the larger red OD). Differences to torchstain, by design: the 99th-percentile
 concentrations are taken over tissue pixels only, near-white pixels are blended back to the input
@@ -30,6 +30,11 @@ from ._common import (
     target_error,
     weight_torch,
 )
+
+#: Which pixels estimate the stains: "all" = OD >= beta in every channel (torchstain), "any" = in
+#: at least one channel, "sum" = OD_R + OD_G + OD_B >= 3 beta (default: keeps pale eosin, whose
+#: red OD is small, and drops JPEG noise on glass, which "any" lets in).
+TISSUE_RULES = ("sum", "all", "any")
 
 #: |cos| between the two estimated stain vectors above which an estimate counts as single-stain.
 DEGENERATE_COS = 0.995
@@ -149,11 +154,11 @@ class StainNormalizer(Normalizer):
         beta: float = 0.15,
         max_percentile: float = 99.0,
         sample_pixels: int | None = 16384,
-        tissue_rule: str = "all",
+        tissue_rule: str = "sum",
     ) -> None:
         super().__init__()
-        if tissue_rule not in ("all", "any"):
-            raise ValueError(f"tissue_rule must be 'all' or 'any', got {tissue_rule!r}")
+        if tissue_rule not in TISSUE_RULES:
+            raise ValueError(f"tissue_rule must be one of {TISSUE_RULES}, got {tissue_rule!r}")
         self.tissue_rule = tissue_rule
         self.io = float(io)
         self.beta = float(beta)
@@ -162,6 +167,8 @@ class StainNormalizer(Normalizer):
         self._log_io = float(np.log(self.io))
         self._wlut = background_weight_lut(self.io, self.beta)
         self._thr = tissue_threshold(self.io, self.beta)
+        # sum of the three ODs >= 3*beta  <=>  (R+1)(G+1)(B+1) <= Io^3 exp(-3 beta)
+        self._prod_thr = int(np.floor(self.io**3 * np.exp(-3.0 * self.beta)))
         # darkest channel above this value -> the pixel is in the background blend band
         self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
 
@@ -221,15 +228,22 @@ class StainNormalizer(Normalizer):
         return StainParams(he, max_c), n_tissue
 
     def _tissue_np(self, sub: np.ndarray) -> np.ndarray:
-        """Estimation pixels: OD >= beta in every channel ('all', torchstain) or in one ('any')."""
+        """Estimation pixels of uint8 (P,3) under ``tissue_rule`` (see :data:`TISSUE_RULES`)."""
         if self.tissue_rule == "all":
             return brightest_channel_np(sub) <= self._thr
-        return darkest_channel_np(sub) <= self._thr
+        if self.tissue_rule == "any":
+            return darkest_channel_np(sub) <= self._thr
+        prod = sub[:, 0].astype(np.int32) + 1
+        prod *= sub[:, 1].astype(np.int32) + 1
+        prod *= sub[:, 2].astype(np.int32) + 1
+        return prod <= self._prod_thr
 
     def _tissue_torch(self, sub: torch.Tensor) -> torch.Tensor:
         if self.tissue_rule == "all":
             return sub.amax(dim=-1) <= self._thr
-        return sub.amin(dim=-1) <= self._thr
+        if self.tissue_rule == "any":
+            return sub.amin(dim=-1) <= self._thr
+        return (sub.int() + 1).prod(dim=-1) <= self._prod_thr
 
     def _fit_np(self, img: np.ndarray) -> StainParams:
         params, n_tissue = self.estimate_np(img)
@@ -313,7 +327,12 @@ class StainNormalizer(Normalizer):
 
 
 class Macenko(StainNormalizer):
-    """Macenko normalizer; ``alpha`` is the angle percentile (torchstain default 1)."""
+    """Macenko normalizer; ``alpha`` is the angle percentile (torchstain default 1).
+
+    ``tissue_rule="sum"`` (default) estimates from pixels whose summed OD is >= 3 beta; ``"all"`` is
+    torchstain's rule (OD >= beta in every channel), which drops pale eosin-only pixels (eosin's
+    red OD is small) and then misses the E vector on lightly stained tissue (the tests show it).
+    """
 
     name = "macenko"
 
@@ -324,7 +343,7 @@ class Macenko(StainNormalizer):
         alpha: float = 1.0,
         max_percentile: float = 99.0,
         sample_pixels: int | None = 16384,
-        tissue_rule: str = "all",
+        tissue_rule: str = "sum",
     ) -> None:
         super().__init__(io=io, beta=beta, max_percentile=max_percentile, sample_pixels=sample_pixels,
                          tissue_rule=tissue_rule)

@@ -4,7 +4,7 @@ Vahadane et al., IEEE TMI 2016 (SNMF). StainTools calls SPAMS ``trainDL(K=2, lam
 posAlpha, posD)`` "for 1 second" (non-deterministic, and SPAMS does not build here). This is a
 deterministic equivalent with a FIXED iteration count:
 
-* data: tissue OD pixels (every channel OD >= beta) of a fixed strided subsample, at most
+* data: tissue OD pixels (summed OD >= 3 beta, see ``macenko.TISSUE_RULES``) of a fixed strided subsample, at most
   ``dl_pixels`` of them;
 * init: the Macenko vectors of the same pixels (deterministic, already close);
 * ``n_iter`` alternations of (a) the exact non-negative lasso codes
@@ -145,7 +145,7 @@ class Vahadane(StainNormalizer):
         dl_pixels: int = 4096,
         max_percentile: float = 99.0,
         sample_pixels: int | None = 16384,
-        tissue_rule: str = "any",
+        tissue_rule: str = "sum",
     ) -> None:
         super().__init__(io=io, beta=beta, max_percentile=max_percentile, sample_pixels=sample_pixels,
                          tissue_rule=tissue_rule)

@@ -1,0 +1,221 @@
+"""Normalization targets (seed 000, BRACS70): which tiles the test set is normalized to.
+
+A *plan* fixes the target ids and their methods before any data exists (so the workflow DAG is
+static): ``k`` targets split evenly over the methods, round-robin (seed 000: 69 targets over
+Vahadane/Macenko/Reinhard = 23 each; with raw that is 70 test sets). The *selection* then fills
+each slot with a tile:
+
+* ``mode: random`` — a seeded draw from the patch stores of a named split, at most one target
+  per patient (seed 000: "each taken from a different patient"); candidate tiles that are mostly
+  background, or on which the slot's method has no usable estimate, are skipped (and logged);
+* ``mode: list`` — the configured ``paths``: image files (png/jpg/tif) or ``<store>.zarr:<index>``.
+
+The result goes to ``{R}/normalize/targets.json`` (written atomically).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._common import check_uint8_rgb
+
+log = logging.getLogger(__name__)
+
+#: A target tile must have at least this share of tissue pixels (summed OD >= 3 beta).
+MIN_TARGET_TISSUE = 0.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A patch store the random draw may take targets from."""
+
+    path: str
+    slide_id: str
+    patient: str
+    center: str = ""
+
+
+def plan_targets(methods: Sequence[str], k: int) -> list[tuple[str, str]]:
+    """``[(target_id, method), ...]``: ``k`` ids ``t00, t01, ...`` assigned round-robin to methods."""
+    methods = list(methods)
+    if not methods:
+        raise ValueError("normalize.methods: at least one stain method is needed")
+    if k < 1:
+        raise ValueError(f"normalize.targets.k must be >= 1, got {k}")
+    width = max(2, len(str(k - 1)))
+    return [(f"t{i:0{width}d}", methods[i % len(methods)]) for i in range(k)]
+
+
+def tissue_share(img: np.ndarray, io: float = 240.0, beta: float = 0.15) -> float:
+    """Share of pixels whose summed OD is >= 3*beta (the estimation rule of the stain methods)."""
+    check_uint8_rgb(img, "target")
+    flat = np.asarray(img).reshape(-1, 3).astype(np.int64) + 1
+    prod = flat[:, 0] * flat[:, 1] * flat[:, 2]
+    return float(np.mean(prod <= io**3 * np.exp(-3.0 * beta)))
+
+
+def check_target(img: np.ndarray, method: str, min_tissue: float = MIN_TARGET_TISSUE, name: str = "target") -> None:
+    """Raise ValueError (naming ``name``) if ``img`` is mostly background or ``method`` cannot fit it."""
+    from . import get_normalizer
+
+    share = tissue_share(img)
+    if share < min_tissue:
+        raise ValueError(
+            f"{name}: mostly background ({share:.0%} tissue pixels, need >= {min_tissue:.0%}); "
+            "choose a tile with more tissue"
+        )
+    get_normalizer(method).fit(img)
+
+
+def load_target_image(spec: str) -> np.ndarray:
+    """(H,W,3) uint8 from an image path or ``<store>.zarr:<index>``."""
+    if ".zarr:" in spec:
+        store_path, index = spec.rsplit(":", 1)
+        from stainshift.store import PatchStore
+
+        try:
+            idx = int(index)
+        except ValueError:
+            raise ValueError(f"target {spec!r}: tile index {index!r} is not an integer") from None
+        return PatchStore.open(store_path).read(idx)[0]
+    from PIL import Image
+
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"target image {spec!r} does not exist")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_target(entry: dict[str, Any]) -> np.ndarray:
+    """The pixels of a targets.json entry."""
+    if entry["kind"] == "store":
+        return load_target_image(f"{entry['path']}:{entry['index']}")
+    return load_target_image(entry["path"])
+
+
+def select_listed(plan: Sequence[tuple[str, str]], paths: Sequence[str], min_tissue: float = MIN_TARGET_TISSUE) -> list[dict]:
+    """Targets from configured paths, one per plan slot (in order); each is checked."""
+    if len(paths) != len(plan):
+        raise ValueError(
+            f"normalize.targets.paths: {len(paths)} path(s) given but normalize.targets.k = {len(plan)}; "
+            "list exactly k targets"
+        )
+    out = []
+    for (tid, method), spec in zip(plan, paths):
+        img = load_target_image(spec)
+        check_target(img, method, min_tissue, name=f"normalize.targets.paths entry {spec!r}")
+        if ".zarr:" in spec:
+            store_path, index = spec.rsplit(":", 1)
+            src = {"kind": "store", "path": store_path, "index": int(index)}
+        else:
+            src = {"kind": "image", "path": spec}
+        out.append({"id": tid, "method": method, **src, "tissue_share": round(tissue_share(img), 4)})
+    return out
+
+
+def select_random(
+    plan: Sequence[tuple[str, str]],
+    candidates: Sequence[Candidate],
+    seed: int,
+    min_tissue: float = MIN_TARGET_TISSUE,
+    max_tries_per_patient: int = 64,
+) -> list[dict]:
+    """Seeded draw: one tile per patient for each plan slot; mostly-background tiles are skipped."""
+    from stainshift.store import PatchStore
+
+    by_patient: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_patient.setdefault(str(c.patient), []).append(c)
+    patients = sorted(by_patient)
+    if len(patients) < len(plan):
+        raise ValueError(
+            f"normalize.targets: k = {len(plan)} targets need as many patients (at most one target per "
+            f"patient), but the split has {len(patients)}: {patients}"
+        )
+    rng = np.random.default_rng(seed)
+    order = [patients[i] for i in rng.permutation(len(patients))]
+    chosen: list[dict] = []
+    slots = list(plan)
+    for patient in order:
+        if not slots:
+            break
+        tid, method = slots[0]
+        stores = {c.path: PatchStore.open(c.path) for c in by_patient[patient]}
+        tiles = [(c, i) for c in by_patient[patient] for i in range(len(stores[c.path]))]
+        picked = None
+        for j in rng.permutation(len(tiles))[:max_tries_per_patient]:
+            cand, idx = tiles[int(j)]
+            img = stores[cand.path].read(int(idx))[0]
+            try:
+                check_target(img, method, min_tissue, name=f"{cand.path}:{idx}")
+            except ValueError as err:
+                log.info("skipping target candidate: %s", err)
+                continue
+            picked = {
+                "id": tid, "method": method, "kind": "store", "path": cand.path, "index": int(idx),
+                "slide_id": cand.slide_id, "patient": patient, "center": cand.center,
+                "tissue_share": round(tissue_share(img), 4),
+            }
+            break
+        if picked is None:
+            log.warning("patient %s: no tile with >= %.0f%% tissue usable for %s; trying the next patient",
+                        patient, 100 * min_tissue, method)
+            continue
+        chosen.append(picked)
+        slots.pop(0)
+    if slots:
+        raise ValueError(
+            f"normalize.targets: only {len(chosen)} of {len(plan)} targets found (every tile of the remaining "
+            f"patients is mostly background or unusable); lower k or normalize.targets.min_tissue"
+        )
+    return chosen
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_targets(path: str | os.PathLike) -> list[dict]:
+    """Target entries of a targets.json; a clear error when the file or key is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"targets file {path} does not exist (run select_targets first)")
+    data = json.loads(path.read_text())
+    if "targets" not in data:
+        raise ValueError(f"{path}: no 'targets' key")
+    return list(data["targets"])
+
+
+__all__ = [
+    "Candidate",
+    "MIN_TARGET_TISSUE",
+    "check_target",
+    "load_target",
+    "load_target_image",
+    "plan_targets",
+    "read_targets",
+    "select_listed",
+    "select_random",
+    "tissue_share",
+    "write_json_atomic",
+]

@@ -1,0 +1,60 @@
+"""Fine-tuning: the linear probe learns and picks the best validation epoch; heads round-trip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stainshift.models import build_encoder
+from stainshift.train import (LinearProbe, balanced_accuracy, finetune_full, finetune_linear, load_head,
+                              probabilities, save_head)
+from test_data import make_stores
+
+torch.set_num_threads(1)
+
+
+def blobs(n: int, seed: int, shift: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 5)).astype(np.float32) + 100.0  # large offset: standardisation matters
+    x[np.arange(n), y] += shift
+    return x, y
+
+
+def test_linear_probe_learns_and_selects_best_epoch(tmp_path: Path) -> None:
+    tx, ty = blobs(300, 0)
+    vx, vy = blobs(150, 1)
+    ty[:5] = -1  # unlabelled rows are ignored
+    probe, rows = finetune_linear(tx, ty, vx, vy, 3, {"epochs": 15, "lr": 0.05, "batch_size": 64, "seed": 0})
+    best = max(rows, key=lambda r: r["val_metric"])
+    assert best.get("best") and len(rows) == 15
+    pred = probabilities(probe, vx, torch.device("cpu"), from_features=True).argmax(1)
+    assert balanced_accuracy(vy, pred) == pytest.approx(best["val_metric"])
+    assert best["val_metric"] > 0.85
+    save_head(tmp_path / "head.pt", probe, mode="linear", num_classes=3, train_center="all")
+    mode, module, payload = load_head(tmp_path / "head.pt")
+    assert mode == "linear" and isinstance(module, LinearProbe) and payload["train_center"] == "all"
+    assert torch.equal(module(torch.as_tensor(vx)), probe(torch.as_tensor(vx)))
+
+
+def test_balanced_accuracy() -> None:
+    assert balanced_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0])) == 0.5
+    assert np.isnan(balanced_accuracy(np.array([]), np.array([])))
+
+
+def test_full_finetune_round_trip(tmp_path: Path) -> None:
+    train = make_stores(tmp_path / "tr", n_slides=2, n_tiles=8)
+    val = make_stores(tmp_path / "va", n_slides=1, n_tiles=8, seed=1, split="val")
+    torch.manual_seed(0)
+    enc = build_encoder({"arch": "resnet18", "widths": [4, 4, 8, 8, 16], "small_input": True})
+    model, rows = finetune_full(enc, train, val, 2, {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0},
+                                torch.device("cpu"))
+    assert len(rows) == 2 and any(r.get("best") for r in rows)
+    save_head(tmp_path / "head.pt", model, mode="full", num_classes=2)
+    mode, module, _ = load_head(tmp_path / "head.pt")
+    tiles = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    p = probabilities(module, tiles, torch.device("cpu"), from_features=False)
+    assert mode == "full" and p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(p, probabilities(model, tiles, torch.device("cpu"), from_features=False), atol=1e-6)

@@ -1,0 +1,178 @@
+"""The normalize stage (issue 4): target plans and draws, variant stores, montages, and the
+select_targets -> normalize -> normalize_montage rules on pre-made tile stores."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stainshift.stain.targets import (
+    Candidate,
+    plan_targets,
+    read_targets,
+    select_listed,
+    select_random,
+    tissue_share,
+    write_json_atomic,
+)
+from stainshift.stain.variants import montage, normalize_store, sample_tiles
+from stainshift.store import PatchStore, write_store
+from stainshift.synth import CENTERS, render_he
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_stain import he_scene  # noqa: E402  (shared synthetic scene)
+
+
+def tissue_tiles(center: str, n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    style = CENTERS[center]
+    out = []
+    for i in range(n):
+        h, e = he_scene(seed * 100 + i, size, background=0.0)
+        out.append(render_he(h * style.h_scale, e * style.e_scale, style.stain_matrix, 240.0))
+    return np.stack(out)
+
+
+def make_store(path: Path, tiles: np.ndarray, slide_id: str, patient: str, center: str) -> Path:
+    n = len(tiles)
+    attrs = {"slide_id": slide_id, "patient": patient, "center": center, "split": "test", "codec": "zstd",
+             "patch_size": tiles.shape[1]}
+    return write_store(
+        path, tiles, coords=np.stack([np.arange(n) * 32, np.zeros(n)], 1), tissue_fraction=np.ones(n),
+        label=np.arange(n) % 2, label_fraction=np.full(n, np.nan), attrs=attrs, codec="zstd",
+    )
+
+
+@pytest.fixture()
+def stores(tmp_path: Path) -> list[Candidate]:
+    out = []
+    for i, center in enumerate(["center_a", "center_b", "center_c"]):
+        tiles = tissue_tiles(center, 4, seed=i)
+        tiles[0] = 245  # a background tile in every store: never a target
+        path = make_store(tmp_path / f"s{i}.zarr", tiles, f"s{i}", f"p{i}", center)
+        out.append(Candidate(str(path), f"s{i}", f"p{i}", center))
+    return out
+
+
+def test_plan_splits_evenly() -> None:
+    plan = plan_targets(["vahadane", "macenko", "reinhard"], 69)
+    assert len(plan) == 69 and len({t for t, _ in plan}) == 69
+    counts = {m: sum(1 for _, x in plan if x == m) for m in ("vahadane", "macenko", "reinhard")}
+    assert counts == {"vahadane": 23, "macenko": 23, "reinhard": 23}
+    assert plan[0] == ("t00", "vahadane")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        plan_targets(["macenko"], 0)
+
+
+def test_random_draw_one_per_patient_deterministic(stores, caplog) -> None:
+    plan = plan_targets(["reinhard", "macenko", "vahadane"], 3)
+    with caplog.at_level(logging.INFO, logger="stainshift.stain.targets"):
+        a = select_random(plan, stores, seed=1)
+    b = select_random(plan, stores, seed=1)
+    assert a == b
+    assert sorted(t["patient"] for t in a) == ["p0", "p1", "p2"]
+    assert [t["method"] for t in a] == ["reinhard", "macenko", "vahadane"]
+    assert all(t["index"] != 0 for t in a)  # the background tile is never chosen
+    assert all(t["tissue_share"] >= 0.5 for t in a)
+    with pytest.raises(ValueError, match="need as many patients"):
+        select_random(plan_targets(["macenko"], 4), stores, seed=0)
+
+
+def test_random_draw_skips_background_with_message(tmp_path, caplog) -> None:
+    blank = make_store(tmp_path / "blank.zarr", np.full((3, 32, 32, 3), 250, np.uint8), "b", "pb", "center_a")
+    good = make_store(tmp_path / "good.zarr", tissue_tiles("center_d", 2), "g", "pg", "center_d")
+    cands = [Candidate(str(blank), "b", "pb"), Candidate(str(good), "g", "pg")]
+    with caplog.at_level(logging.INFO, logger="stainshift.stain.targets"):
+        chosen = select_random(plan_targets(["macenko"], 1), cands, seed=0)
+    assert chosen[0]["patient"] == "pg"
+    with pytest.raises(ValueError, match="only 0 of 1 targets"):
+        select_random(plan_targets(["macenko"], 1), cands[:1] + [Candidate(str(blank), "b2", "pc")], seed=0)
+    if any(r.getMessage().startswith("skipping") for r in caplog.records):
+        assert any("mostly background" in r.getMessage() for r in caplog.records)
+
+
+def test_listed_targets(tmp_path, stores) -> None:
+    png = tmp_path / "target.png"
+    Image.fromarray(tissue_tiles("center_b", 1, size=64)[0]).save(png)
+    plan = plan_targets(["macenko", "reinhard"], 2)
+    chosen = select_listed(plan, [str(png), f"{stores[0].path}:2"])
+    assert chosen[0]["kind"] == "image" and chosen[1] == {**chosen[1], "kind": "store", "index": 2}
+    white = tmp_path / "white.png"
+    Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(white)
+    with pytest.raises(ValueError, match=r"white.png.*mostly background"):
+        select_listed(plan_targets(["macenko"], 1), [str(white)])
+    with pytest.raises(ValueError, match="2 path"):
+        select_listed(plan_targets(["macenko"], 1), [str(png), str(png)])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        select_listed(plan_targets(["macenko"], 1), [str(tmp_path / "nope.png")])
+
+
+def test_tissue_share() -> None:
+    assert tissue_share(np.full((8, 8, 3), 250, np.uint8)) == 0.0
+    assert tissue_share(tissue_tiles("center_a", 1)[0]) > 0.9
+
+
+def test_normalize_store_writes_variants(tmp_path, stores) -> None:
+    plan = plan_targets(["reinhard", "macenko", "vahadane"], 3)
+    targets = select_random(plan, stores, seed=0)
+    write_json_atomic(tmp_path / "targets.json", {"targets": targets})
+    entries = read_targets(tmp_path / "targets.json")
+    src = PatchStore.open(stores[1].path)
+    outs = {t["id"]: str(tmp_path / "variants" / t["method"] / f"{t['id']}.zarr") for t in entries}
+    fallbacks = normalize_store(stores[1].path, entries, outs, batch_size=3)
+    assert fallbacks == {t["id"]: 1 for t in entries}  # the background tile
+    raw = src.read(slice(None))
+    for t in entries:
+        var = PatchStore.open(outs[t["id"]])
+        assert len(var) == len(src)
+        assert np.array_equal(var.coords, src.coords) and np.array_equal(var.label, src.label)
+        assert var.attrs["stain_method"] == t["method"] and var.attrs["stain_target"] == t["id"]
+        assert var.attrs["stain_fallback_tiles"] == 1 and var.attrs["software_version"]
+        assert var.attrs["slide_id"] == "s1"
+        imgs = var.read(slice(None))
+        assert np.array_equal(imgs[0], raw[0])  # background tile: identity
+        assert np.abs(imgs[1:].astype(int) - raw[1:].astype(int)).mean() > 1.0
+
+
+def test_montage(stores) -> None:
+    tiles = sample_tiles([c.path for c in stores], 4, seed=0)
+    assert tiles.shape == (4, 32, 32, 3)
+    target = tissue_tiles("center_d", 1, size=48)[0]
+    img, flags = montage(tiles, target, ["reinhard", "macenko"], tile_px=40)
+    assert img.shape == (3 * 44 + 4, 5 * 44 + 4, 3) and img.dtype == np.uint8
+    assert set(flags) == {"reinhard", "macenko"}
+
+
+def test_write_json_atomic_leaves_no_temp(tmp_path) -> None:
+    path = write_json_atomic(tmp_path / "a" / "t.json", {"targets": []})
+    assert json.loads(path.read_text()) == {"targets": []}
+    assert [p.name for p in path.parent.iterdir()] == ["t.json"]
+    with pytest.raises(FileNotFoundError, match="select_targets"):
+        read_targets(tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_normalize_rules_on_premade_stores(tmp_path) -> None:
+    """select_targets -> normalize -> normalize_montage in Snakemake, tile stores made here
+    (the tile rule is not run: --allowed-rules keeps the job set to this stage)."""
+    from workflow_helpers import make_workdir, run_snakemake
+
+    work = make_workdir(tmp_path / "wf")
+    for i, (sid, center) in enumerate([("a_test", "center_a"), ("b_test", "center_b"), ("c_test", "center_c")]):
+        make_store(work / "results" / "tiles" / f"{sid}.zarr", tissue_tiles(center, 4, seed=i), sid,
+                   f"{sid[0]}_p3", center)
+    wanted = ["results/variants/b_test/reinhard/t00.zarr", "results/normalize/montage/t02.png"]
+    run_snakemake(work, "--allowed-rules", "select_targets", "normalize", "normalize_montage", "--", *wanted)
+    targets = json.loads((work / "results/normalize/targets.json").read_text())["targets"]
+    assert [t["method"] for t in targets] == ["reinhard", "macenko", "vahadane"]
+    assert len({t["patient"] for t in targets}) == 3
+    for method, tid in [("reinhard", "t00"), ("macenko", "t01"), ("vahadane", "t02")]:
+        var = PatchStore.open(work / f"results/variants/b_test/{method}/{tid}.zarr")
+        assert var.attrs["stain_method"] == method and len(var) == 4
+    png = np.asarray(Image.open(work / "results/normalize/montage/t02.png"))
+    assert png.ndim == 3 and png.shape[0] > 4 * 96
+    assert (work / "results/logs/normalize/b_test.log").is_file()

@@ -1,0 +1,165 @@
+"""Re-run semantics of the workflow, on a completed tiny demo run (tests/cluster_helpers.CI_MINI).
+
+After one full local run, each test works on a copy (mtimes and .snakemake metadata kept) and asks
+Snakemake what it would re-run (`--dry-run --quiet rules`, `--list-changes params`), compared with
+the rule graph: a change must re-run its stage and everything downstream of it, and nothing else.
+Two tests kill jobs for real (SIGKILL to Snakemake and its job, as a node crash would) and re-run.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster_helpers import (base_run, copy_workdir, descendants, kill_tree, planned_rules, rule_graph,
+                             set_config, snakemake_cmd)
+from workflow_helpers import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    work, seconds = base_run(tmp_path_factory)
+    print(f"\n[reruns] local CI_MINI demo run: {seconds:.0f} s")
+    return work
+
+
+@pytest.fixture(scope="module")
+def graph(base) -> dict[str, set[str]]:
+    return rule_graph(base)
+
+
+@pytest.fixture
+def work(base, tmp_path) -> Path:
+    return copy_workdir(base, tmp_path / "work")
+
+
+def _list_changes_params(work: Path) -> list[str]:
+    proc = run_snakemake(work, "--list-changes", "params")
+    return [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith("results/")]
+
+
+def test_completed_run_is_up_to_date(base, graph):
+    assert planned_rules(base) == {}, "a finished run plans more jobs"
+    # the stages this suite is about exist in the workflow
+    assert {"tile", "evaluate"} <= set(graph), sorted(graph)
+
+
+def test_tiling_param_reruns_tiling_and_downstream_only(work, graph):
+    set_config(work, {"tiling": {"min_tissue_fraction": 0.6}})
+    changed = _list_changes_params(work)
+    assert changed, "no output reported with changed params"
+    assert all(p.startswith(("results/tiles/", "results/qc/")) for p in changed), changed
+    planned = planned_rules(work)
+    assert set(planned) == descendants(graph, "tile"), (
+        f"planned {dict(planned)}; expected tile and downstream: {sorted(descendants(graph, 'tile'))}")
+    assert "synth" not in planned
+    assert planned["tile"] == _count(work, "tile"), "every slide's store is re-tiled"
+
+
+def _count(work: Path, rule: str) -> int:
+    return planned_rules(work, "--forceall")[rule]
+
+
+def test_evaluation_param_reruns_only_evaluation_and_report(work, graph):
+    set_config(work, {"evaluate": {"bootstrap": 20}})
+    planned = planned_rules(work)
+    expected = descendants(graph, "evaluate")
+    assert set(planned) == expected, f"planned {dict(planned)}; expected {sorted(expected)}"
+    assert {"tile", "normalize", "pretrain", "embed", "finetune", "synth"}.isdisjoint(planned)
+    # run it for real: upstream artifacts are untouched, evaluation outputs are rewritten
+    results = work / "results"
+    upstream = {p: p.stat().st_mtime_ns for p in results.rglob("*")
+                if p.is_file() and p.relative_to(results).parts[0] not in ("metrics", "report", "logs", "benchmarks")}
+    assert upstream
+    t0 = time.time()
+    run_snakemake(work)
+    touched = [str(p) for p, m in upstream.items() if not p.exists() or p.stat().st_mtime_ns != m]
+    assert not touched, f"upstream files rewritten: {touched[:10]}"
+    rewritten = [p for p in (results / "metrics").rglob("*.csv") if p.stat().st_mtime >= t0]
+    assert rewritten, "no metrics CSV rewritten"
+    assert planned_rules(work) == {}
+
+
+def test_forcerun_normalize_reruns_normalize_and_downstream(work, graph):
+    planned = planned_rules(work, "--forcerun", "normalize")
+    expected = descendants(graph, "normalize")
+    assert set(planned) == expected, f"planned {dict(planned)}; expected {sorted(expected)}"
+    assert planned["normalize"] == _count(work, "normalize")
+    assert {"synth", "tile"}.isdisjoint(planned)
+
+
+def _wait_for(pred, proc: subprocess.Popen, timeout: float, poll: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return pred()
+        time.sleep(poll)
+    return False
+
+
+def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work):
+    # many overlapping tiles for one slide: the store's write takes long enough to be caught mid-way
+    set_config(work, {"tiling": {"stride": 8, "max_tiles": None}})
+    slide = "a_train"
+    tiles = work / "results" / "tiles"
+    store = tiles / f"{slide}.zarr"
+    target = f"results/tiles/{slide}.zarr"
+    cmd, env = snakemake_cmd(work, target)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    writing = lambda: any(p.name.startswith(f".{slide}.zarr.tmp") for p in tiles.iterdir())  # noqa: E731
+    caught = _wait_for(writing, proc, timeout=600, poll=0.002)
+    killed = kill_tree(proc)
+    out = proc.stdout.read() if proc.stdout else ""
+    assert caught, f"the tile job ended before it was seen writing (rc {proc.returncode}):\n{out[-3000:]}"
+    assert len(killed) >= 2, f"expected Snakemake and its job, killed {killed}"
+    # the final store path must not look complete: absent (atomic rename never happened) ...
+    assert not store.exists(), f"{store} exists after a kill mid-write: {sorted(p.name for p in store.iterdir())}"
+    # ... and Snakemake plans the job again (missing output; .snakemake marks it incomplete)
+    assert planned_rules(work, target).get("tile") == 1
+    run_snakemake(work, target)
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    n = group["images"].shape[0]
+    assert n > 48 and group["coords"].shape == (n, 2), (n, group["coords"].shape)
+    assert planned_rules(work, target) == {}
+    # leftovers of the killed writer are hidden temp dirs only, never anything named like an output
+    assert all(p.name.startswith(".") or p.suffix == ".zarr" for p in tiles.iterdir()), sorted(tiles.iterdir())
+
+
+def test_killed_pretraining_resumes_from_its_checkpoint(work):
+    method = "baseline"
+    epochs = 4
+    set_config(work, {"pretrain": {method: {"epochs": epochs}}})
+    model_dir = work / "results" / "models" / method
+    last = model_dir / "checkpoints" / "last.pt"
+    before = last.stat().st_mtime_ns if last.exists() else None
+    target = f"results/models/{method}/encoder.pt"
+    assert planned_rules(work, target).get("pretrain") == 1, "changed epochs must re-run pretrain"
+    cmd, env = snakemake_cmd(work, target)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    new_checkpoint = lambda: last.exists() and last.stat().st_mtime_ns != before  # noqa: E731
+    caught = _wait_for(new_checkpoint, proc, timeout=900, poll=0.05)
+    killed = kill_tree(proc)
+    out = proc.stdout.read() if proc.stdout else ""
+    assert caught and proc.returncode != 0, f"no checkpoint seen before the job ended:\n{out[-3000:]}"
+    assert killed, "nothing killed"
+    assert not (model_dir / "encoder.pt").exists(), "encoder.pt exists after the kill"
+    # re-run through Snakemake: it resumes from the checkpoint instead of starting over
+    run_snakemake(work, target)
+    log = (work / "results" / "logs" / "pretrain" / f"{method}.log").read_text()
+    m = re.search(r"resumed from \S+: epoch (\d+) of (\d+) done", log)
+    assert m, f"no resume line in the pretrain log:\n{log[-3000:]}"
+    assert 1 <= int(m.group(1)) < epochs and int(m.group(2)) == epochs, m.group(0)
+    import pandas as pd
+
+    metrics = pd.read_csv(model_dir / "metrics.csv")
+    assert len(metrics) == epochs, metrics
+    assert planned_rules(work, target) == {}

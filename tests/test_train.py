@@ -1,0 +1,121 @@
+"""The training loop: loss falls, resume after a kill reproduces the weights exactly, NaN stops."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+from stainshift.data import TileDataset
+from stainshift.methods import Method, StepContext, register_method
+from stainshift.models import build_encoder
+from stainshift.train import NonFiniteLossError, fit, load, load_encoder, method_config, pretrain
+from test_data import make_stores
+
+torch.set_num_threads(1)
+
+TINY_RESNET = {"arch": "resnet18", "widths": [4, 4, 8, 8, 16], "small_input": True}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return make_stores(tmp_path_factory.mktemp("train_stores"), n_tiles=8)
+
+
+def tiny_cfg(**extra: Any) -> dict[str, Any]:
+    cfg = {"encoder": TINY_RESNET, "epochs": 3, "batch_size": 8, "image_size": 16, "optimizer": "adam",
+           "lr": 1e-3, "seed": 0, "num_workers": 0, "device": "cpu", "grad_clip": 1.0}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["simclr", "lmc"])
+def test_resume_after_kill_reproduces_weights(stores: list[str], tmp_path: Path, method: str) -> None:
+    cfg = method_config({"defaults": tiny_cfg(), method: {"proj_hidden": 16, "proj_dim": 16}}, method)
+    if method == "lmc":
+        cfg["encoder"] = {"arch": "vit_tiny", "patch": 8, "dim": 12, "depth": 1, "heads": 2}
+        cfg["schedule"], cfg["warmup_epochs"] = "wsa", 1
+    full = pretrain(method, stores, cfg, tmp_path / "full", progress=False)
+
+    def kill(epoch: int, row: dict) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(method, stores, cfg, tmp_path / "resumed", callbacks=[kill], progress=False)
+    ck = load(tmp_path / "resumed" / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 0 and set(ck) >= {"optimizers", "schedulers", "rng", "sampler", "scaler", "method"}
+    resumed = pretrain(method, stores, cfg, tmp_path / "resumed", progress=False)
+    a, b = load(full)["state_dict"], load(resumed)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    m_full = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    m_res = pd.read_csv(tmp_path / "resumed" / "metrics.csv")
+    assert len(m_res) == 3 and m_full["loss"].tolist() == m_res["loss"].tolist()
+
+
+def test_changed_config_does_not_resume(stores: list[str], tmp_path: Path) -> None:
+    cfg = method_config({"defaults": tiny_cfg(epochs=1, schedule="constant", warmup_epochs=0, lr_scale_batch=False)}, "simclr")
+    pretrain("simclr", stores, cfg, tmp_path, progress=False)
+    cfg2 = dict(cfg, epochs=2, lr=2e-3)
+    pretrain("simclr", stores, cfg2, tmp_path, progress=False)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2] and metrics["lr_main"].tolist() == [2e-3, 2e-3]
+
+
+def test_baseline_overfits_tiny_batch(stores: list[str], tmp_path: Path) -> None:
+    cfg = method_config({"defaults": tiny_cfg(epochs=25, batch_size=8, lr=1e-2, views={"p": 0.0})}, "baseline")
+    cfg["schedule"] = "constant"
+    ds = TileDataset(stores[:1], labelled_only=True)  # 7 labelled tiles, one batch of 7
+    cfg["batch_size"] = len(ds)
+    torch.manual_seed(0)
+    from stainshift.methods import build_method
+
+    method = build_method("baseline", cfg, 2)
+    hist = fit(method, ds, cfg, tmp_path, device=torch.device("cpu"), progress=False)
+    assert hist[-1]["loss"] < 0.25 * hist[0]["loss"]
+    assert hist[-1]["acc"] == 1.0
+
+
+@register_method("_test_nan")
+class _NaNMethod(Method):
+    def __init__(self, cfg: dict, num_classes: int) -> None:
+        super().__init__(cfg, num_classes)
+        self.encoder = build_encoder(cfg["encoder"])
+
+    def training_step(self, batch: dict, ctx: StepContext) -> dict:
+        out = self.encoder(batch["image"].float()).mean()
+        return {"loss": out * float("nan") if ctx.step >= 1 else out}
+
+
+def test_non_finite_loss_stops_with_clear_message(stores: list[str], tmp_path: Path) -> None:
+    cfg = dict(tiny_cfg(epochs=2), schedule="constant")
+    with pytest.raises(NonFiniteLossError, match=r"_test_nan.*non-finite loss.*epoch 1, step 1"):
+        pretrain("_test_nan", stores, cfg, tmp_path, progress=False)
+    assert not (tmp_path / "encoder.pt").exists()
+
+
+def test_encoder_file_round_trip(stores: list[str], tmp_path: Path) -> None:
+    path = pretrain("simclr", stores, method_config({"defaults": tiny_cfg(epochs=1)}, "simclr"), tmp_path, progress=False)
+    enc = load_encoder(path)
+    payload = load(path)
+    assert payload["method"] == "simclr" and payload["out_dim"] == enc.out_dim == 16
+    x = torch.rand(2, 3, 16, 16)
+    ref = build_encoder(payload["spec"])
+    ref.load_state_dict(payload["state_dict"])
+    assert torch.equal(enc(x), ref.eval()(x))
+
+
+def test_method_config_layers() -> None:
+    cfg = method_config({"seed": 7, "defaults": {"epochs": 2, "encoder": {"arch": "resnet18", "width": 0.25}},
+                         "lmc": {"encoder": {"arch": "vit_tiny", "depth": 2}, "batch_size": 4}}, "lmc")
+    assert cfg["encoder"] == {"arch": "vit_tiny", "depth": 2}  # another arch replaces the spec
+    assert cfg["optimizer"] == "adamw" and cfg["lambd"] == 0.005 and cfg["weight_decay"] == 0.01  # seed 003
+    assert cfg["epochs"] == 2 and cfg["batch_size"] == 4 and cfg["seed"] == 7
+    simclr = method_config({}, "simclr")
+    assert simclr["optimizer"] == "lars" and simclr["temperature"] == 0.1 and simclr["views"]["crop_scale"] == [0.15, 1.0]
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        method_config({}, "nope")

@@ -1,0 +1,37 @@
+"""Snakemake adapter for `normalize` (one store -> all its variant stores) and `normalize_montage`."""
+import logging
+
+from stainshift.stain.targets import load_target, read_targets
+from stainshift.stain.variants import montage, normalize_store, sample_tiles, write_png_atomic
+
+logging.basicConfig(
+    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
+    level=logging.INFO,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    force=True,
+)
+log = logging.getLogger("normalize")
+sm = snakemake  # noqa: F821
+
+try:
+    targets = {t["id"]: t for t in read_targets(sm.input.targets)}
+    if sm.rule == "normalize_montage":
+        entry = targets[sm.wildcards.target]
+        tiles = sample_tiles(list(sm.input.stores), int(sm.params.n_tiles), seed=int(sm.params.seed))
+        img, flags = montage(tiles, load_target(entry), list(sm.params.methods))
+        write_png_atomic(sm.output.montage, img)
+        log.info("montage %s: %d tiles, fallback flags %s", entry["id"], len(tiles),
+                 {m: f.tolist() for m, f in flags.items()})
+    else:
+        plan = [tuple(p) for p in sm.params.plan]
+        entries = []
+        for tid, method in plan:
+            if tid not in targets or targets[tid]["method"] != method:
+                raise ValueError(f"{sm.input.targets}: target {tid!r} ({method}) missing or changed; rerun select_targets")
+            entries.append(targets[tid])
+        out_paths = {tid: path for (tid, _), path in zip(plan, sm.output.variants)}
+        fallbacks = normalize_store(sm.input.store, entries, out_paths, batch_size=int(sm.params.batch_size))
+        log.info("fallback tiles per target: %s", fallbacks)
+except Exception:
+    log.exception("%s failed", sm.rule)
+    raise

@@ -1,0 +1,39 @@
+"""Snakemake adapter for the `tile` rule: one sample-sheet row + tiling config -> stainshift.tiling.tile_slide."""
+import json
+import logging
+import sys
+import warnings
+
+from stainshift.tiling import tile_slide
+
+logging.basicConfig(
+    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
+    level=logging.INFO,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    force=True,
+)
+logging.captureWarnings(True)
+log = logging.getLogger("tile")
+
+row = dict(snakemake.params.row)  # noqa: F821
+cfg = dict(snakemake.params.tiling)  # noqa: F821
+cfg["workers"] = max(1, min(int(cfg.get("workers", 1)), int(snakemake.threads)))  # noqa: F821
+try:
+    result = tile_slide(
+        snakemake.input.slide,  # noqa: F821
+        snakemake.output.store,  # noqa: F821
+        cfg,
+        slide_id=row["slide_id"],
+        center=row.get("center") or "",
+        patient=row.get("patient") or "",
+        split=row.get("split") or "",
+        label=row.get("label"),
+        annotation=snakemake.input.get("annotation"),  # noqa: F821
+        mpp=float(row["mpp"]) if row.get("mpp") not in (None, "") else None,
+        qc_png=snakemake.output.qc,  # noqa: F821
+        progress=sys.stderr.isatty(),
+    )
+except Exception:
+    log.exception("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
+    raise
+log.info("result %s", json.dumps(result.__dict__, default=str))
