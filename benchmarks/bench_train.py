@@ -38,7 +38,8 @@ def smooth_tiles(n: int, size: int, seed: int = 0) -> np.ndarray:
     return (rgb.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
 
 
-def bench_loader(tmp: Path, n: int, size: int, batch: int, workers_list: list[int], epochs: int = 2) -> list[dict]:
+def bench_loader(tmp: Path, n: int, size: int, batch: int, workers_list: list[int], epochs: int = 2,
+                 cache_mb: float = 512.0) -> list[dict]:
     from stainshift.data import EpochBatchSampler, TileDataset, make_loader
     from stainshift.store import write_store
 
@@ -46,7 +47,7 @@ def bench_loader(tmp: Path, n: int, size: int, batch: int, workers_list: list[in
     write_store(path, smooth_tiles(n, size), coords=np.zeros((n, 2)), tissue_fraction=np.ones(n),
                 label=np.zeros(n), label_fraction=np.zeros(n),
                 attrs={"slide_id": "bench", "center": "c", "split": "train", "patch_size": size}, codec="jpeg")
-    ds = TileDataset([path])
+    ds = TileDataset([path], cache_mb=cache_mb)
     rows = []
     for workers in workers_list:
         sampler = EpochBatchSampler(len(ds), batch, seed=0)
@@ -61,9 +62,10 @@ def bench_loader(tmp: Path, n: int, size: int, batch: int, workers_list: list[in
                 warm = time.perf_counter() - start
                 t0 = time.perf_counter()
         seconds = time.perf_counter() - t0
-        rows.append({"workers": workers, "tiles": count, "seconds": round(seconds, 3),
+        rows.append({"workers": workers, "cache_mb": cache_mb, "tiles": count, "seconds": round(seconds, 3),
                      "tiles_per_s": round(count / seconds, 1), "first_epoch_s": round(warm, 3)})
-        print(f"loader workers={workers}: {count / seconds:.0f} tiles/s ({size}px JPEG, batch {batch})", flush=True)
+        print(f"loader workers={workers} cache_mb={cache_mb:g}: {count / seconds:.0f} tiles/s ({size}px JPEG, "
+              f"batch {batch})", flush=True)
     return rows
 
 
@@ -153,8 +155,8 @@ def main() -> None:
               "threads": args.threads, "config": args.config}
     if not args.skip_loader:
         with tempfile.TemporaryDirectory() as tmp:
-            result["loader"] = bench_loader(Path(tmp), args.loader_tiles, args.loader_tile_size, args.loader_batch,
-                                            args.workers)
+            result["loader"] = [row for cache in (0.0, 512.0) for row in bench_loader(
+                Path(tmp), args.loader_tiles, args.loader_tile_size, args.loader_batch, args.workers, cache_mb=cache)]
     result["train"] = [bench_method(m, c, args.tile_size, device, args.steps, args.warmup, args.batch_size)
                        for m, c in method_cfgs(args.config, methods).items()]
     out = Path(args.out)

@@ -111,8 +111,11 @@ def planned_rules(workdir: Path, *args: str) -> Counter:
             in_table = True
             continue
         m = re.fullmatch(r"(\w+)\s+(\d+)", s)
-        if in_table and m and m.group(1) not in ("total", "all"):
-            out[m.group(1)] += int(m.group(2))
+        if in_table and m:
+            if m.group(1) == "total":
+                break  # Snakemake prints the table twice in a dry run; the first one is enough
+            if m.group(1) != "all":
+                out[m.group(1)] += int(m.group(2))
     return out
 
 

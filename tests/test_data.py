@@ -53,11 +53,11 @@ def test_dataset_returns_stored_pixels_and_ids(stores: list[str]) -> None:
     assert len(TileDataset(stores, labelled_only=True)) == 33
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_loader_batches_match_store(stores: list[str], workers: int) -> None:
+@pytest.mark.parametrize("workers, cache_mb", [(0, 0.0), (2, 512.0)])
+def test_loader_batches_match_store(stores: list[str], workers: int, cache_mb: float) -> None:
     from stainshift.store import PatchStore
 
-    ds = TileDataset(stores)
+    ds = TileDataset(stores, cache_mb=cache_mb)
     sampler = EpochBatchSampler(len(ds), 6, seed=3)
     refs = [PatchStore.open(p) for p in stores]
     seen = 0

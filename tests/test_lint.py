@@ -106,6 +106,8 @@ def _planned_jobs(workdir: Path, *args: str) -> list[dict]:
         if m:
             current = {"rule": m.group(1), "resources": {}}
             jobs.append(current)
+        elif current is not None and line.strip().startswith("Shell command:"):
+            current["shell"] = line.split(":", 1)[1].strip()
         elif current is not None and line.strip().startswith("resources:"):
             for item in line.split(":", 1)[1].split(","):
                 if "=" in item:
@@ -132,21 +134,26 @@ def test_gpu_rules_request_gpus_and_partitions(tmp_path, rules):
     overrides = {"resources": {
         "default": {"partition": "cpu"},
         "gpu": {"partition": "gpu", "gpu_model": "a100", "slurm_extra": "--qos=gpu"},
+        "pretrain": {"gpus": 2},
         "embed": {"gpus": 1},
         "finetune": {"gpus": 0},
     }}
     work = make_workdir(tmp_path, overrides)
-    jobs = _planned_jobs(work)
-    by_rule = {}
+    jobs = _planned_jobs(work, "--printshellcmds")
+    by_rule, shell = {}, {}
     for j in jobs:
         by_rule.setdefault(j["rule"], j["resources"])
+        shell.setdefault(j["rule"], j.get("shell", ""))
+    # 2 GPUs: one job, one node, torchrun starting one process per GPU
+    assert by_rule["pretrain"].get("gpu") == "2", by_rule["pretrain"]
+    assert "torchrun --standalone --nnodes=1 --nproc_per_node=2 " in shell["pretrain"], shell["pretrain"]
     assert "pretrain" in by_rule or "pretrain" not in defined, "pretrain not planned"
     for rule, resources in by_rule.items():
         if rule == "all":
             continue
         stage = RESOURCE_STAGE.get(rule, rule)
         if stage in ("pretrain", "embed"):
-            assert resources.get("gpu") == "1", (rule, resources)
+            assert resources.get("gpu") == ("2" if stage == "pretrain" else "1"), (rule, resources)
             assert resources.get("gpu_model") == "a100", (rule, resources)
             assert resources.get("slurm_partition") == "gpu", (rule, resources)
             assert resources.get("slurm_extra") == "--qos=gpu", (rule, resources)

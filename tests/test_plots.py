@@ -51,7 +51,7 @@ def test_roc_multiclass_and_variant_plot(run, tmp_path):
     _png_ok(plots.variant_accuracy_plot(v, tmp_path / "var.png"))
 
 
-@pytest.mark.parametrize("kind", ["pca", "umap"])
+@pytest.mark.parametrize("kind", ["pca", "tsne", pytest.param("umap", marks=pytest.mark.slow)])  # UMAP: ~60 s numba JIT
 def test_embedding_map(run, tmp_path, kind):
     root, _ = run
     emb = pl.load_embedding_set(sorted((root / "embeddings" / "baseline").glob("*.h5")))

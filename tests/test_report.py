@@ -35,7 +35,7 @@ def test_closing_note_classifies_methods_by_ci():
 
 def test_summary_markdown_end_to_end(tmp_path):
     root = synthetic_run(tmp_path / "run", n_slides=5, tiles=8)
-    cfg = pl.EvalConfig(bootstrap=40, w2_max_samples=50)
+    cfg = pl.EvalConfig(bootstrap=25, w2_max_samples=50)
     preds = {m: read_predictions(root / "predictions" / f"{m}.csv") for m in ("baseline", "robust")}
     tables = [pl.cross_center(p, m, cfg) for m, p in preds.items()] + [pl.variant_robustness(p, m, cfg) for m, p in preds.items()]
     summary = pd.concat(tables + [pl.compare_methods(preds, cfg)], ignore_index=True)

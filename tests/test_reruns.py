@@ -73,8 +73,9 @@ def test_evaluation_param_reruns_only_evaluation_and_report(work, graph):
     assert {"tile", "normalize", "pretrain", "embed", "finetune", "synth"}.isdisjoint(planned)
     # run it for real: upstream artifacts are untouched, evaluation outputs are rewritten
     results = work / "results"
+    upstream_dirs = ("synth", "tiles", "qc", "normalize", "variants", "models", "embeddings", "predictions")
     upstream = {p: p.stat().st_mtime_ns for p in results.rglob("*")
-                if p.is_file() and p.relative_to(results).parts[0] not in ("metrics", "report", "logs", "benchmarks")}
+                if p.is_file() and p.relative_to(results).parts[0] in upstream_dirs}
     assert upstream
     t0 = time.time()
     run_snakemake(work)
@@ -119,6 +120,7 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     out = proc.stdout.read() if proc.stdout else ""
     assert caught, f"the tile job ended before it was seen writing (rc {proc.returncode}):\n{out[-3000:]}"
     assert len(killed) >= 2, f"expected Snakemake and its job, killed {killed}"
+    run_snakemake(work, "--unlock")  # a killed Snakemake leaves its lock behind, as for any user
     # the final store path must not look complete: absent (atomic rename never happened) ...
     assert not store.exists(), f"{store} exists after a kill mid-write: {sorted(p.name for p in store.iterdir())}"
     # ... and Snakemake plans the job again (missing output; .snakemake marks it incomplete)
@@ -151,6 +153,7 @@ def test_killed_pretraining_resumes_from_its_checkpoint(work):
     out = proc.stdout.read() if proc.stdout else ""
     assert caught and proc.returncode != 0, f"no checkpoint seen before the job ended:\n{out[-3000:]}"
     assert killed, "nothing killed"
+    run_snakemake(work, "--unlock")
     assert not (model_dir / "encoder.pt").exists(), "encoder.pt exists after the kill"
     # re-run through Snakemake: it resumes from the checkpoint instead of starting over
     run_snakemake(work, target)

@@ -218,3 +218,15 @@ def test_pretrain_through_the_loop_resumes_exactly(tmp_path) -> None:  # noqa: A
     a, b = load(full), load(resumed)
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_non_finite_loss_skips_every_update() -> None:
+    model = _tiny_sassl()
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(6, 3, 4, 4)
+    x[0, 0, 0, 0] = float("nan")
+    opt_d = torch.optim.SGD(model.discriminator.parameters(), lr=0.1)
+    opt_g = torch.optim.SGD(model.ssl.online_parameters(), lr=0.1)
+    out = sassl_step(model, x, x, [0, 0, 1, 1, 2, 2], opt_g, opt_d)
+    assert not np.isfinite(out["loss"]) and set(out) == {"loss"}
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

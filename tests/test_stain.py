@@ -242,7 +242,7 @@ odd_images = st.one_of(
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(batch=odd_images, method=st.sampled_from(METHODS))
 def test_no_nan_on_blank_or_odd_tiles(batch: np.ndarray, method: str) -> None:
     n = get_normalizer(method).fit(he_image("center_a", seed=23, n=64))

@@ -33,7 +33,8 @@ def _loop_lc(z: torch.Tensor, zb: torch.Tensor, tau: float, negatives: list[list
     cand = [z[j] for j in range(b)] + [zb[j] for j in range(b)]
     total = 0.0
     for i in range(b):
-        neg_ids = negatives[i] if negatives is not None else [j for j in range(b) if j != i] + [b + j for j in range(b) if j != i]
+        others = [j for j in range(b) if j != i]
+        neg_ids = negatives[i] if negatives is not None else others + [b + j for j in others]
         num = math.exp(_cos(z[i], zb[i]) / tau)
         den = sum(math.exp(_cos(z[i], cand[k]) / tau) for k in neg_ids)
         total += -math.log(num / den)
@@ -101,7 +102,8 @@ def test_paired_ce_is_mean_over_both_batches_and_ignores_unknown() -> None:
     lx, lb = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     y = torch.tensor([0, 2, -1, 1])
     keep = y >= 0
-    expected = (F.cross_entropy(lx[keep], y[keep], reduction="sum") + F.cross_entropy(lb[keep], y[keep], reduction="sum")) / (2 * keep.sum())
+    ce_sum = F.cross_entropy(lx[keep], y[keep], reduction="sum") + F.cross_entropy(lb[keep], y[keep], reduction="sum")
+    expected = ce_sum / (2 * keep.sum())
     assert float(paired_ce_loss(lx, lb, y)) == pytest.approx(float(expected), rel=1e-6)
     assert float(paired_ce_loss(lx, lb, torch.full((4,), -1))) == 0.0
 
@@ -129,7 +131,8 @@ def test_paired_augment_shares_geometry() -> None:
     assert not torch.allclose(a, x)
     same = paired_augment([x], generator=torch.Generator().manual_seed(1), p=0.0)[0]
     assert torch.equal(same, x)
-    noisy = paired_augment([x], generator=torch.Generator().manual_seed(1), p=1.0, rotation=0.0, crop_min=1.0, noise_std=0.08)[0]
+    noisy = paired_augment([x], generator=torch.Generator().manual_seed(1), p=1.0, rotation=0.0, crop_min=1.0,
+                           noise_std=0.08)[0]
     diff = noisy - x.flip(-1).flip(-2)
     assert 0.03 < float(diff.std()) < 0.09  # σ = 0.08 before clipping to [0, 1]
 
@@ -224,12 +227,12 @@ def test_real_normalizers_on_real_tiles(shared_data) -> None:  # noqa: ANN001 - 
             assert float(after) < 0.6 * float(before)
 
 
-@pytest.mark.parametrize("name", ["stain_embed", "stain_embed_c"])
-def test_pretrain_through_the_loop_resumes_exactly(tmp_path, name: str) -> None:  # noqa: ANN001
+def test_pretrain_through_the_loop_resumes_exactly(tmp_path) -> None:  # noqa: ANN001
     """The real loop (stainshift.train.pretrain) with the real normalizers; kill + resume = same weights."""
     from stainshift.train import load, method_config, pretrain
     from test_data import make_stores
 
+    name = "stain_embed"
     stores = make_stores(tmp_path / "stores", n_tiles=8)
     cfg = method_config({"defaults": {"epochs": 2, "batch_size": 8, "seed": 0, "num_workers": 0, "device": "cpu"},
                          name: {"encoder": {"arch": "resnet18_narrow", "small_input": True, "widths": [4, 4, 8, 8, 8]},

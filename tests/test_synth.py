@@ -126,9 +126,10 @@ def test_mask_downsample_is_centre_sampling_of_level0_labels(tmp_path):
 
 def test_generation_is_deterministic_and_seeded(tmp_path, monkeypatch):
     a = _make(tmp_path / "a", "x", seed=7, tile_size=64)
-    # same seed, rendered in 64-row strips instead of one 512-row strip: identical files, so the
+    # same seed, rendered in 16-row strips instead of one 512-row strip: identical files, so the
     # output is both reproducible and independent of how the slide is cut into strips
-    monkeypatch.setattr(synth, "_STRIP_PIXELS", 1)
+    monkeypatch.setattr(synth, "_STRIP_PIXELS", 512 * 16)
+    assert synth._strip_rows(512, 64) == 16
     b = _make(tmp_path / "b", "x", seed=7, tile_size=64)
     monkeypatch.undo()
     for attr in ("slide_path", "mask_path", "xml_path"):

@@ -62,5 +62,33 @@ def synth(
     typer.echo(f"wrote {len(infos)} slides and {sheet}")
 
 
+@app.command()
+def inspect(
+    store: str = typer.Argument(..., help="A patch store (.zarr) written by the tile / import_crops / normalize stages."),
+    montage: Optional[str] = typer.Option(None, help="Write a montage PNG here (default: STORE's name + _montage.png beside it)."),
+    n: int = typer.Option(32, min=0, help="Random tiles in the montage (0 = no montage)."),
+    indices: Optional[str] = typer.Option(None, help="Comma-separated tile indices for the montage instead of random ones."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random tile choice."),
+    columns: int = typer.Option(8, min=1, help="Montage columns."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a patch store (tiles, labels, mpp, level, settings) and save a montage of its tiles."""
+    import json
+    from pathlib import Path
+
+    from stainshift.qc import format_summary, inspect_store
+    from stainshift.store import StoreError
+
+    idx = [int(i) for i in indices.split(",") if i.strip()] if indices else None
+    out = None
+    if n > 0 or idx:
+        out = montage or str(Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "_montage.png"))
+    try:
+        summary = inspect_store(store, n=n, indices=idx, seed=seed, montage_png=out, columns=columns)
+    except (StoreError, IndexError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -27,7 +27,8 @@ from stainshift.store import PatchStore
 class TileDataset(Dataset):
     """Tiles of one or many patch stores, addressed by a global index."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], *, labelled_only: bool = False) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], *, labelled_only: bool = False,
+                 cache_mb: float = 512.0) -> None:
         if not paths:
             raise ValueError("TileDataset: no stores given")
         self.paths = [str(p) for p in paths]
@@ -72,7 +73,10 @@ class TileDataset(Dataset):
             keep = self.labels >= 0
             for name in ("store_index", "tile_index", "labels", "slides", "center_ids", "coords"):
                 setattr(self, name, getattr(self, name)[keep])
+        self.cache_mb = float(cache_mb)
         self._stores: dict[int, PatchStore] = {}
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -85,14 +89,31 @@ class TileDataset(Dataset):
 
     def _store(self, s: int) -> PatchStore:
         if self._pid != os.getpid():  # first use in this process (main or a worker): fresh handles
-            self._stores, self._pid = {}, os.getpid()
+            self._stores, self._cache, self._cached_bytes, self._pid = {}, {}, 0, os.getpid()
         if s not in self._stores:
             self._stores[s] = PatchStore.open(self.paths[s])
         return self._stores[s]
 
+    def _read(self, s: int, tiles: np.ndarray) -> np.ndarray:
+        """Tiles of store ``s`` in the order asked for.
+
+        Random access into a sharded JPEG store decodes far slower than a sequential read (measured
+        in benchmarks/bench_train.py), so a store whose decoded size fits the remaining
+        ``cache_mb`` budget of this process is read once, sequentially, and served from memory.
+        """
+        store = self._store(s)
+        if s in self._cache:
+            return self._cache[s][tiles]
+        nbytes = int(np.prod(store.images.shape))
+        if self._cached_bytes + nbytes <= self.cache_mb * 2**20:
+            self._cache[s] = store.read(slice(None))
+            self._cached_bytes += nbytes
+            return self._cache[s][tiles]
+        return store.read(tiles)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_stores"], state["_pid"] = {}, None
+        state["_stores"], state["_cache"], state["_cached_bytes"], state["_pid"] = {}, {}, 0, None
         return state
 
     def _item(self, i: int, image: np.ndarray) -> dict[str, torch.Tensor]:
@@ -107,7 +128,7 @@ class TileDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         i = int(i)
-        image = self._store(int(self.store_index[i])).read(np.array([self.tile_index[i]]))[0]
+        image = self._read(int(self.store_index[i]), np.array([self.tile_index[i]]))[0]
         return self._item(i, image)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
@@ -115,7 +136,7 @@ class TileDataset(Dataset):
         images: list[np.ndarray | None] = [None] * len(idx)
         for s in np.unique(self.store_index[idx]):
             pos = np.nonzero(self.store_index[idx] == s)[0]
-            read = self._store(int(s)).read(self.tile_index[idx[pos]])  # in the order asked for
+            read = self._read(int(s), self.tile_index[idx[pos]])  # in the order asked for
             for k, p in enumerate(pos):
                 images[p] = read[k]
         return [self._item(int(i), img) for i, img in zip(idx, images)]

@@ -92,27 +92,25 @@ class SlideReader:
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
         """An RGB thumbnail whose longer side is <= ``max_size``; returns (image, level-0 downsample).
 
-        Built from the coarsest level at least as large as the thumbnail, read in row strips and
-        box-averaged by an integer factor, so memory stays bounded on single-level slides.
+        Taken from the coarsest level whose longer side is >= ``max_size / 2`` (a native level is
+        preferred to decoding a finer one), read in row strips and reduced by an integer box factor
+        (PIL ``Image.reduce``) when still larger than ``max_size``, so memory stays bounded.
         """
-        w0, h0 = self.dimensions
-        target_ds = max(w0, h0) / float(max_size)
         level = 0
-        for i, ds in enumerate(self.level_downsamples):
-            if ds <= target_ds * 1.0001:
+        for i, (w, h) in enumerate(self.level_dimensions):
+            if max(w, h) >= max_size / 2:
                 level = i
         lds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
-        factor = max(1, int(math.ceil(target_ds / lds - 1e-9)))
+        factor = max(1, int(math.ceil(max(lw, lh) / float(max_size) - 1e-9)))
         out_w, out_h = max(1, lw // factor), max(1, lh // factor)
         strip = max(factor, (2048 // factor) * factor)
         rows = []
         for ly in range(0, out_h * factor, strip):
             sh = min(strip, out_h * factor - ly)
             region = self.read_region(0, int(round(ly * lds)), level, out_w * factor, sh)
-            rows.append(region.reshape(sh // factor, factor, out_w, factor, 3).mean(axis=(1, 3)))
-        thumb = np.clip(np.concatenate(rows, 0) + 0.5, 0, 255).astype(np.uint8)
-        return thumb, lds * factor
+            rows.append(np.asarray(Image.fromarray(region).reduce(factor)) if factor > 1 else region)
+        return np.concatenate(rows, 0), lds * factor
 
     def close(self) -> None:
         pass

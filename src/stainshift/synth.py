@@ -7,7 +7,8 @@ with rows H and E, ``Io`` = the glass colour). The scene, all sizes in micrometr
 looks the same at the same magnification) unless noted:
 
 * **glass**: the center's background RGB (``Io`` per channel) with a ±1 % illumination gradient;
-* **tissue islands**: a smooth random field (lattice ``size/40`` px) plus a 20 µm detail octave,
+* **tissue islands**: a smooth random field (lattice ``size/40`` px) plus a detail octave
+  (lattice max(20 µm, ``size/150`` px), so big slides do not get lacy edges),
   thresholded at a seeded quantile (35–55 % of the slide), pushed away from the slide border;
   small round vacuoles (≈ 30 µm) are cut out of normal tissue;
 * **stroma**: eosin collagen "fibres", two families of domain-warped wavy bands (period 10 µm,
@@ -60,13 +61,13 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage, sparse
-from skimage.draw import polygon as draw_polygon
-from skimage.measure import points_in_poly
+
+if TYPE_CHECKING:  # scipy / scikit-image are imported where used: `CENTERS` stays cheap to import
+    from scipy import sparse
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ __all__ = [
 #: Pixels per level-0 rendering strip (memory knob; the output does not depend on it).
 _STRIP_PIXELS = 1 << 21
 #: Largest lattice-rows × columns table a field caches (float32 elements) to speed up strips.
-_XCACHE_ELEMENTS = 1 << 22
+_XCACHE_ELEMENTS = 1 << 21
 #: Pyramid downsample between consecutive levels.
 _LEVEL_FACTOR = 4
 #: Width (µm, ≈ Gaussian sigma) of the soft transition from normal to tumour stroma.
@@ -255,6 +256,8 @@ class _Field:
     def __init__(self, rng: np.random.Generator, extent: float, cell: float, smooth: float = 1.5) -> None:
         self.cell = float(cell)
         n = int(math.ceil(extent / self.cell)) + 2 * self._PAD + 1
+        from scipy import ndimage
+
         v = ndimage.gaussian_filter(rng.standard_normal((n, n)), smooth, mode="wrap")
         self.values = ((v - v.mean()) / (v.std() + 1e-12)).astype(np.float32)
         self._cache: dict[tuple[int, int, int], sparse.csr_matrix] = {}
@@ -268,6 +271,8 @@ class _Field:
         return np.clip(idx, 0, self.values.shape[0] - 1), w
 
     def _weights(self, coords: NDArray) -> sparse.csr_matrix:
+        from scipy import sparse
+
         idx, w = self._taps(coords)
         rows = np.repeat(np.arange(len(idx)), 4)
         return sparse.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(idx), self.values.shape[0]))
@@ -375,7 +380,7 @@ class _Scene:
         um = 1.0 / self.mpp  # px per micrometre
         n = self.size
         self.tissue = _Field(rng, n, n / 40.0, 2.5)
-        self.tissue_detail = _Field(rng, n, 20 * um, 1.5)
+        self.tissue_detail = _Field(rng, n, max(20 * um, n / 150.0), 1.5)  # edge roughness ∝ island size
         self.holes = _Field(rng, n, 12 * um, 1.3)
         self.warp1 = _Field(rng, n, 35 * um, 1.5)
         self.warp2 = _Field(rng, n, 35 * um, 1.5)
@@ -433,6 +438,8 @@ class _Scene:
     # -- tumour polygons -------------------------------------------------------------------
     def _place_tumours(self, rng: np.random.Generator, coarse_tissue: NDArray[np.bool_], cell: float) -> list[NDArray[np.int64]]:
         n = self.size
+        from scipy import ndimage
+
         dist = ndimage.distance_transform_edt(coarse_tissue) * cell - 1.5 * cell
         g = coarse_tissue.shape[0]
         centres = (np.arange(g) + 0.5) * cell
@@ -467,6 +474,8 @@ class _Scene:
 
     def tumour_rows(self, y0: int, y1: int) -> NDArray[np.bool_]:
         """Rasterised tumour polygons for level-0 rows ``y0:y1`` (all columns)."""
+        from skimage.draw import polygon as draw_polygon
+
         out = np.zeros((y1 - y0, self.size), dtype=bool)
         for poly in self.polygons:
             if poly[:, 1].max() < y0 or poly[:, 1].min() >= y1:
@@ -476,6 +485,8 @@ class _Scene:
         return out
 
     def _in_tumour(self, xs: NDArray, ys: NDArray) -> NDArray[np.bool_]:
+        from skimage.measure import points_in_poly
+
         inside = np.zeros(len(xs), dtype=bool)
         pts = np.stack([xs, ys], axis=1)
         for poly in self.polygons:
@@ -494,6 +505,8 @@ class _Scene:
 
     def _make_nuclei(self, rng: np.random.Generator) -> list[_Nuclei]:
         """Round normal, elongated (fibroblast) and tumour nuclei, each class sorted by row."""
+        from skimage.measure import points_in_poly
+
         um = 1.0 / self.mpp
         n = self.size
         # normal tissue: lymphocyte / epithelial-like round nuclei in cellular zones, fibroblasts in stroma
@@ -606,6 +619,8 @@ class _Scene:
         Identical however the slide is cut into strips: every field is evaluated at absolute
         coordinates, blurs see ``halo`` real neighbouring rows, noise is a coordinate hash.
         """
+        from scipy import ndimage
+
         st = self.style
         n = self.size
         um = 1.0 / self.mpp
@@ -771,8 +786,14 @@ def _write_mask(mask: NDArray[np.uint8], out: Path, downsample: int, size: int) 
 
 
 def _strip_rows(width: int, tile: int) -> int:
+    """Rows per rendering strip: ≈ ``_STRIP_PIXELS / width``, a multiple of the level factor that
+    either divides the tile height or is a multiple of it (so strips pack into tile rows)."""
     unit = tile * _LEVEL_FACTOR // math.gcd(tile, _LEVEL_FACTOR)
-    return max(unit, (_STRIP_PIXELS // max(1, width)) // unit * unit)
+    want = _STRIP_PIXELS // max(1, width)
+    if want >= unit:
+        return want // unit * unit
+    divisors = [r for r in range(_LEVEL_FACTOR, tile + 1, _LEVEL_FACTOR) if tile % r == 0 and r <= want]
+    return max(divisors) if divisors else _LEVEL_FACTOR
 
 
 def generate_slide(
@@ -838,7 +859,10 @@ def generate_slide(
         dims.append(-(-dims[-1] // _LEVEL_FACTOR))
     level1 = np.empty((dims[1], dims[1], 3), dtype=np.uint8) if levels > 1 else None
 
-    def level0_tiles() -> Iterator[NDArray[np.uint8]]:
+    def bands() -> Iterator[NDArray[np.uint8]]:
+        """Level-0 bands of ``tile_size`` rows (the last may be shorter), rendered strip by strip;
+        fills the mask and level 1 on the way."""
+        pending: list[NDArray[np.uint8]] = []
         for y0 in range(0, n, strip):
             rows, labels = scene.render_rows(y0, min(n, y0 + strip))
             first = (d // 2 - y0) % d  # first row in this strip with y % d == d // 2
@@ -848,13 +872,19 @@ def generate_slide(
             if level1 is not None:
                 small = _block_mean(rows, _LEVEL_FACTOR)
                 level1[y0 // _LEVEL_FACTOR:y0 // _LEVEL_FACTOR + small.shape[0]] = small
-            for ty in range(0, rows.shape[0], tile_size):
-                band = rows[ty:ty + tile_size]
-                for tx in range(0, n, tile_size):
-                    tile = band[:, tx:tx + tile_size]
-                    if tile.shape[:2] != (tile_size, tile_size):
-                        tile = np.pad(tile, ((0, tile_size - tile.shape[0]), (0, tile_size - tile.shape[1]), (0, 0)), mode="edge")
-                    yield np.ascontiguousarray(tile)
+            pending.append(rows)
+            while pending and (sum(len(r) for r in pending) >= tile_size or y0 + strip >= n):
+                buf = pending[0] if len(pending) == 1 else np.concatenate(pending)
+                yield buf[:tile_size]
+                pending = [buf[tile_size:]] if len(buf) > tile_size else []
+
+    def level0_tiles() -> Iterator[NDArray[np.uint8]]:
+        for band in bands():
+            for tx in range(0, n, tile_size):
+                tile = band[:, tx:tx + tile_size]
+                if tile.shape[:2] != (tile_size, tile_size):
+                    tile = np.pad(tile, ((0, tile_size - tile.shape[0]), (0, tile_size - tile.shape[1]), (0, 0)), mode="edge")
+                yield np.ascontiguousarray(tile)
 
     ppcm = 1e4 / mpp
     q = style.jpeg_quality
@@ -872,12 +902,12 @@ def generate_slide(
                     img = _block_mean(img, _LEVEL_FACTOR)
                 ds = n / img.shape[1]
                 tif.write(img, resolution=(ppcm / ds, ppcm / ds), subfiletype=1, **common)
+        _write_mask(mask, out_mask, d, n)
+        _write_xml(scene.polygons, out_xml)
+        os.replace(tmp, out_tiff)  # the slide last: its presence means all three files are complete
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _write_mask(mask, out_mask, d, n)
-    _write_xml(scene.polygons, out_xml)
-    os.replace(tmp, out_tiff)  # the slide last: its presence means all three files are complete
     counts = np.bincount(mask.ravel(), minlength=3)[:3]
     mask_size = (mask.shape[1], mask.shape[0])
 

@@ -62,6 +62,10 @@ __all__ = [
 log = logging.getLogger("stainshift.tiling")
 RESIZE_FILTER = "PIL.Image.BOX (area average)"
 MPP_TOLERANCE = 0.01
+# A grid tile is read only if its thumbnail-mask share is >= PREFILTER_FACTOR * min_tissue_fraction
+# (the thumbnail mask is closed/filled, so it over-covers tissue; on a 6144² real-pixel slide 0.8
+# reads 20 % more tiles than are kept and loses none of them, 0.5 reads 32 % more).
+PREFILTER_FACTOR = 0.8
 HUE_CONVENTIONS = ("opencv", "skimage")
 FILTER_PARTS = ("hsv", "otsu", "od")
 FILTERS = ("hsv", "otsu", "od", "hsv+otsu", "hsv+od", "otsu+od")
@@ -246,9 +250,18 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
     """Marker ink: saturated green/blue (hue 60°..235°, sat > 0.25, value < 0.9) or near-black (value < 0.15).
 
     Blue ink measured at hue 214-244° (median 225°); hematoxylin of bluish stains reaches 238-250°, so
-    the band stops at 235°."""
-    h, s, v = rgb_to_hsv(rgb)
-    return ((h > 60) & (h < 235) & (s > 0.25) & (v < 0.9)) | (v < 0.15)
+    the band stops at 235°. Integer arithmetic (no float HSV): with d = max - min, hue in (60°, 180°]
+    when G is the maximum and B - R > -d; hue in (180°, 235°) when B is the maximum and
+    12 (R - G) < -d.
+    """
+    x = rgb.astype(np.int16)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    mx = np.maximum(np.maximum(r, g), b)
+    d = mx - np.minimum(np.minimum(r, g), b)
+    coloured = (4 * d > mx) & (10 * mx < 9 * 255)
+    g_max = (g >= r) & (g >= b) & (b - r > -d)
+    b_max = (b > g) & (b > r) & (12 * (r - g) < -d)
+    return (coloured & (g_max | b_max)) | (20 * mx < 3 * 255)
 
 
 def grey(rgb: np.ndarray) -> np.ndarray:
@@ -284,10 +297,12 @@ def slide_stats(thumb: np.ndarray) -> SlideStats:
 
 
 def od_mask(rgb: np.ndarray, glass: Sequence[float], threshold: float = 0.15) -> np.ndarray:
-    """Max-channel optical density ``-log((I + 1) / (I0 + 1))`` above ``threshold``."""
-    i0 = np.asarray(glass, np.float32) + 1.0
-    ratio = (rgb.astype(np.float32) + 1.0) / i0
-    return ratio.min(axis=-1) < np.float32(np.exp(-threshold))
+    """Max-channel optical density ``-log((I + 1) / (I0 + 1))`` above ``threshold``.
+
+    Evaluated as per-channel uint8 comparisons ``I_c < (I0_c + 1) exp(-threshold) - 1``."""
+    limits = (np.asarray(glass, np.float64) + 1.0) * np.exp(-threshold) - 1.0
+    lim = np.ceil(limits).clip(0, 256).astype(np.int16)  # I < limit  <=>  I <= ceil(limit) - 1 for integers
+    return (rgb[..., 0] < lim[0]) | (rgb[..., 1] < lim[1]) | (rgb[..., 2] < lim[2])
 
 
 def foreground_mask(rgb: np.ndarray, cfg: TilingConfig, stats: SlideStats | None) -> np.ndarray:
@@ -355,6 +370,13 @@ def read_tile(reader: SlideReader, coord: Sequence[int], plan: ReadPlan) -> np.n
     return np.asarray(Image.fromarray(region).resize((plan.patch_size, plan.patch_size), resample))
 
 
+def tissue_fraction(tile: np.ndarray, cfg: TilingConfig, stats: SlideStats | None) -> float:
+    """Foreground share of a tile; tiles >= 128 px are measured on every 2nd pixel (4x cheaper,
+    a sampling error far below the 1/patch granularity that matters for min_tissue_fraction)."""
+    sample = tile[::2, ::2] if min(tile.shape[:2]) >= 128 else tile
+    return float(foreground_mask(sample, cfg, stats).mean())
+
+
 _WORKER: dict[str, Any] = {}
 
 
@@ -370,7 +392,7 @@ def _process_batch(coords: np.ndarray, plan: ReadPlan, cfg: TilingConfig, stats:
     out = []
     for c in coords:
         tile = read_tile(reader, c, plan)
-        frac = float(foreground_mask(tile, cfg, stats).mean())
+        frac = tissue_fraction(tile, cfg, stats)
         out.append((frac, encode_tile(tile, codec) if frac >= cfg.min_tissue_fraction else None))
     return out
 
@@ -492,7 +514,7 @@ def tile_slide(
         stats = slide_stats(thumb)
         tmask = thumbnail_mask(thumb, cfg, stats)
         thumb_frac = box_fractions(tmask, grid, plan.tile_size0, tds)
-        prefilter = 0.5 * cfg.min_tissue_fraction
+        prefilter = PREFILTER_FACTOR * cfg.min_tissue_fraction
         cand_idx = np.flatnonzero(thumb_frac >= prefilter if prefilter > 0 else np.ones(len(grid), bool))
         log.info("%s: grid %d tiles, %d candidates after the thumbnail filter (%.3f px/thumb px)",
                  slide_id, len(grid), len(cand_idx), tds)

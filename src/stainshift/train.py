@@ -332,7 +332,7 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
 def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int) -> str:
     """Hash of what determines a run (config minus I/O-only keys, stores, method, world size):
     a checkpoint is resumed only when it matches."""
-    ignore = {"resume", "num_workers", "device"}
+    ignore = {"resume", "num_workers", "device", "cache_mb"}
     payload = {"cfg": {k: v for k, v in cfg.items() if k not in ignore}, "stores": list(stores), "method": method,
                "world_size": world_size}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -407,7 +407,7 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
     rank, world = init_distributed(device)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.get("deterministic", False)
     cls = get_method_class(method_name)
-    dataset = TileDataset(stores, labelled_only=cls.supervised)
+    dataset = TileDataset(stores, labelled_only=cls.supervised, cache_mb=float(cfg.get("cache_mb", 512)))
     if len(dataset) == 0:
         raise ValueError(f"pretrain '{method_name}': no {'labelled ' if cls.supervised else ''}tiles in {list(stores)}")
     cfg = dict(cfg)

@@ -11,6 +11,7 @@ rule evaluate:
     input:
         predictions=f"{RESULTS}/predictions/{{method}}.csv",
         manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",  # every embeddings file of the method
+        tiles=lambda wc: [f"{RESULTS}/tiles/{s}.zarr" for s in STORES.index[STORES["split"] == "test"]],  # crop_groups attrs
     output:
         cross_center=report(f"{METRICS_DIR}/{{method}}/cross_center.csv", caption="../report/cross_center_csv.rst",
                             category="Tables", subcategory="{method}", labels={"method": "{method}", "table": "cross-center"}),
@@ -26,7 +27,6 @@ rule evaluate:
                              category="Latent space", subcategory="maps", labels={"method": "{method}", "figure": "map"}),
     params:
         evaluate=config["evaluate"],
-        results=RESULTS,
     wildcard_constraints:
         method="|".join(EVAL_METHODS),
     log:
@@ -71,8 +71,4 @@ rule summarize:
         "../scripts/summarize.py"
 
 
-def evaluate_targets():
-    return [f"{METRICS_DIR}/summary.csv"]
-
-
-TARGET_FUNCS.append(evaluate_targets)
+TARGET_FUNCS.append(lambda: [f"{METRICS_DIR}/summary.csv"])

@@ -29,8 +29,4 @@ rule report:
         "../scripts/report.py"
 
 
-def report_targets():
-    return [f"{RESULTS}/report/summary.md"]
-
-
-TARGET_FUNCS.append(report_targets)
+TARGET_FUNCS.append(lambda: [f"{RESULTS}/report/summary.md"])

@@ -3,7 +3,6 @@
 Writes {R}/embeddings/{method}/{store}.h5, .../variants/{store}/{stain}/{target}.h5 and
 manifest.csv (one row per file: path, store, source, split, center, variant_method, variant_target, n).
 """
-from __future__ import annotations
 
 import logging
 import os

@@ -2,6 +2,7 @@
 batch_effect.csv and its figures (thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
 import logging
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -16,9 +17,11 @@ sys.stderr = open(str(sm.log[0]), "a")
 
 method = sm.wildcards.method
 cfg = pl.EvalConfig.from_config(sm.params.evaluate)
-results = sm.params.results
 
 preds = read_predictions(sm.input.predictions)
+# crop sets: resample source slides (the store's crop_groups attr), not whole stores
+stores = {Path(p).name.removesuffix(".zarr"): p for p in sm.input.tiles}
+preds = pl.with_tile_groups(preds, pl.crop_groups(stores))
 log.info("%s: %d prediction rows, train centers %s, test centers %s", method, len(preds),
          sorted(preds["train"].unique()), sorted(preds["test"].unique()))
 

@@ -5,7 +5,6 @@ linear mode: a linear probe on the frozen embeddings of the center's training st
 validation stores (split `finetune.val_split`) of the same center(s). Writes
 {R}/models/{method}/{train_center}/head.pt and finetune_metrics.csv (every epoch of every center).
 """
-from __future__ import annotations
 
 import logging
 import os

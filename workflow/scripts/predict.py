@@ -3,7 +3,6 @@
 linear heads read the test embeddings (HDF5 from `embed`); full heads re-run the fine-tuned
 classifier on the tiles. Writes {R}/predictions/{method}.csv (layout: stainshift.embeddings).
 """
-from __future__ import annotations
 
 import logging
 

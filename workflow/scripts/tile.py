@@ -15,25 +15,33 @@ logging.basicConfig(
 logging.captureWarnings(True)
 log = logging.getLogger("tile")
 
-row = dict(snakemake.params.row)  # noqa: F821
-cfg = dict(snakemake.params.tiling)  # noqa: F821
-cfg["workers"] = max(1, min(int(cfg.get("workers", 1)), int(snakemake.threads)))  # noqa: F821
-try:
-    result = tile_slide(
-        snakemake.input.slide,  # noqa: F821
-        snakemake.output.store,  # noqa: F821
-        cfg,
-        slide_id=row["slide_id"],
-        center=row.get("center") or "",
-        patient=row.get("patient") or "",
-        split=row.get("split") or "",
-        label=row.get("label"),
-        annotation=snakemake.input.get("annotation"),  # noqa: F821
-        mpp=float(row["mpp"]) if row.get("mpp") not in (None, "") else None,
-        qc_png=snakemake.output.qc,  # noqa: F821
-        progress=sys.stderr.isatty(),
-    )
-except Exception:
-    log.exception("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
-    raise
-log.info("result %s", json.dumps(result.__dict__, default=str))
+
+
+def main() -> None:
+    row = dict(snakemake.params.row)  # noqa: F821
+    cfg = dict(snakemake.params.tiling)  # noqa: F821
+    cfg["workers"] = max(1, min(int(cfg.get("workers", 1)), int(snakemake.threads)))  # noqa: F821
+    try:
+        result = tile_slide(
+            snakemake.input.slide,  # noqa: F821
+            snakemake.output.store,  # noqa: F821
+            cfg,
+            slide_id=row["slide_id"],
+            center=row.get("center") or "",
+            patient=row.get("patient") or "",
+            split=row.get("split") or "",
+            label=row.get("label"),
+            annotation=snakemake.input.get("annotation"),  # noqa: F821
+            mpp=float(row["mpp"]) if row.get("mpp") not in (None, "") else None,
+            qc_png=snakemake.output.qc,  # noqa: F821
+            progress=sys.stderr.isatty(),
+        )
+    except Exception:
+        log.exception("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
+        raise
+    log.info("result %s", json.dumps(result.__dict__, default=str))
+
+
+# Guarded: worker processes (forkserver/spawn) re-import this file and must not tile again.
+if __name__ == "__main__":
+    main()

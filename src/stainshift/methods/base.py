@@ -169,7 +169,7 @@ class Method(nn.Module):
     #: settings shared by every method unless overridden (loop keys, see stainshift.train.fit)
     base_defaults: ClassVar[dict[str, Any]] = {
         "image_size": None, "grad_clip": None, "amp": True, "amp_dtype": "float16", "channels_last": True,
-        "sync_bn": True, "tiles_per_slide": 2, "num_workers": 4, "seed": 0, "schedule": "constant",
+        "sync_bn": True, "tiles_per_slide": 2, "num_workers": 4, "cache_mb": 512, "seed": 0, "schedule": "constant",
         "warmup_epochs": 0,
     }
     #: the seed paper's parameters for this method (override in subclasses)

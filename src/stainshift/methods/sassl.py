@@ -196,8 +196,8 @@ class SSLBase(nn.Module):
         self.encoder = encoder
         self.momentum = momentum
         self.tau = tau if tau is not None else {"simclr": 0.1, "moco": 0.2}.get(base, 0.1)
-        self.projector = _mlp([feat_dim, proj_dim, proj_dim, proj_dim] if base == "simsiam" else [feat_dim, proj_dim, proj_dim],
-                              last_bn=base == "simsiam")
+        proj_dims = [feat_dim, proj_dim, proj_dim, proj_dim] if base == "simsiam" else [feat_dim, proj_dim, proj_dim]
+        self.projector = _mlp(proj_dims, last_bn=base == "simsiam")
         self.predictor: nn.Module | None = None
         if base in ("simsiam", "byol"):
             self.predictor = _mlp([proj_dim, pred_dim, proj_dim])
@@ -305,27 +305,42 @@ def sassl_update(
     slide_ids: Sequence[str] | Tensor,
     step_d: Callable[[Tensor], None],
     step_g: Callable[[Tensor], None],
-    cfg: SASSLConfig = SASSLConfig(),
+    cfg: SASSLConfig | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
-    gather: Callable[[Tensor], Tensor] = lambda t: t,
+    gather_fn: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> dict[str, Tensor]:
     """One alternating SASSL update: D step(s) on detached S1, S2, then the G step with D frozen.
 
     D:  minimise L_D = a_diff − a_same over θ_D (``step_d(loss)`` back-propagates and steps D).
     G:  minimise L_ssl + λ_adv · L_adv over θ_G (encoder, projector, predictor) with D frozen;
         L_adv as in :func:`generator_adversarial_loss` (``step_g(loss)`` steps the encoder side).
-    ``gather`` concatenates S1, S2 and the slide ids over DDP ranks (identity on one process) so
-    A and R cover the global batch. Returns detached scalars for logging.
+    ``gather_fn`` concatenates S1, S2 and the slide ids over DDP ranks (identity on one process)
+    so A and R cover the global batch. A non-finite loss skips every update (on all ranks) and is
+    returned as ``loss`` so the training loop stops with its message before weights are spoiled.
+    Returns detached scalars for logging.
     """
+    cfg = cfg or SASSLConfig()
     normalize = cfg.affinity == "cosine"
     with autocast():
         s1, s2, l_ssl = model.ssl(v1, v2)
-    s1, s2 = gather(s1.float()), gather(s2.float())
-    r = relation_matrix(gather(slide_codes_tensor(slide_ids, v1.device)), device=v1.device)
+    s1, s2 = gather_fn(s1.float()), gather_fn(s2.float())
+    r = relation_matrix(gather_fn(slide_codes_tensor(slide_ids, v1.device)), device=v1.device)
     disc = model.discriminator
+    disc.requires_grad_(False)
+    try:
+        a = model.affinity(s1, s2, normalize)
+        l_adv = generator_adversarial_loss(a, r, cfg.adv_mode)
+        loss = l_ssl.float() + cfg.adv_weight * l_adv
+    finally:
+        disc.requires_grad_(True)
+    if not _all_finite(loss.detach()):
+        return {"loss": loss.detach()}
     for _ in range(max(cfg.d_steps, 1)):
         l_d = discriminator_loss(model.affinity(s1.detach(), s2.detach(), normalize), r)
+        if not _all_finite(l_d.detach()):
+            return {"loss": l_d.detach()}
         step_d(l_d)
+    # G step against the *updated* D (alternating updates): recompute A with D frozen
     disc.requires_grad_(False)
     try:
         a = model.affinity(s1, s2, normalize)
@@ -347,6 +362,14 @@ def sassl_update(
     }
 
 
+def _all_finite(x: Tensor) -> bool:
+    """Whether ``x`` is finite on every DDP rank (all ranks take the same branch)."""
+    flag = torch.isfinite(x).all().to(torch.float32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag)
+
+
 def slide_codes_tensor(slide_ids: Sequence[str] | Tensor, device: torch.device | str | None = None) -> Tensor:
     """Slide ids as an int64 tensor on ``device`` (tensors kept as they are, strings coded)."""
     if isinstance(slide_ids, Tensor):
@@ -361,7 +384,7 @@ def sassl_step(
     slide_ids: Sequence[str] | Tensor,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
-    cfg: SASSLConfig = SASSLConfig(),
+    cfg: SASSLConfig | None = None,
 ) -> dict[str, float]:
     """:func:`sassl_update` with two plain optimizers (no AMP / DDP) — for scripts and tests."""
 
@@ -465,7 +488,7 @@ class SASSL(Method):
             ctx.zero_grad("disc")
 
         return sassl_update(self.model, v1, v2, batch["slide"], step_d, step_g, self.sassl_cfg,
-                            autocast=ctx.autocast, gather=_gather_any)
+                            autocast=ctx.autocast, gather_fn=_gather_any)
 
     def export_encoder(self) -> nn.Module:
         return self.encoder

@@ -19,7 +19,14 @@ Seed 000 (Tiard et al., "stain normalization latent embedding"), Sec. II and III
   trained with a contrastive (NT-Xent) objective instead of the raw-anchored ℓ_c.
 
 The Discussion notes the negatives' memory grows as B²; ``num_negatives`` samples a fixed number
-of negatives per anchor (uniformly, without replacement) instead of all 2(B−1).
+of negatives per anchor (uniformly, without replacement) instead of all 2(B−1). Here the B × 2B
+cosine matrix comes from one matrix product of the normalised embeddings (B·2B scalars, no
+per-pair tensors), so memory is dominated by the 2B layer-l maps themselves; sampling is offered
+as the paper's mitigation of the objective, not needed for memory at the demo's sizes.
+
+Step-time note: X̄ is computed once per step by the stain library (numpy path for CPU batches,
+torch path on the batch's GPU); the seconds spent are logged per step as ``norm_s`` in the
+pretrain ``metrics.csv`` so the normalization share of the step time is visible in every run.
 """
 from __future__ import annotations
 
@@ -44,8 +51,6 @@ __all__ = [
     "paired_ce_loss",
     "LayerTap",
     "StainBatchNormalizer",
-    "to_uint8_nhwc",
-    "from_uint8_nhwc",
     "paired_augment",
     "StainEmbedMethod",
     "StainEmbedContrastiveMethod",
@@ -190,16 +195,6 @@ class LayerTap:
 # --------------------------------------------------------------------------------------------
 # Batched stain normalization of a batch to one of its own images
 # --------------------------------------------------------------------------------------------
-def to_uint8_nhwc(x: Tensor) -> Tensor:
-    """(N, 3, H, W) float in [0, 1] → (N, H, W, 3) uint8 (the stain library's layout)."""
-    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-
-
-def from_uint8_nhwc(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(N, H, W, 3) uint8 → (N, 3, H, W) float in [0, 1]."""
-    return x.permute(0, 3, 1, 2).to(dtype).div_(255.0).contiguous()
-
-
 NormalizerFactory = Callable[[str], object]
 
 
@@ -251,7 +246,8 @@ class StainBatchNormalizer:
             self._cache[name] = self.factory(name)
         return self._cache[name]
 
-    def draw(self, batch_size: int, generator: torch.Generator | None = None, exclude: int | None = None) -> tuple[str, int]:
+    def draw(self, batch_size: int, generator: torch.Generator | None = None,
+             exclude: int | None = None) -> tuple[str, int]:
         """Draw (method name, reference index) with the given generator."""
         p = torch.tensor(self.probs if self.probs is not None else [1.0] * len(self.methods), dtype=torch.float64)
         m = int(torch.multinomial(p / p.sum(), 1, generator=generator))
@@ -259,7 +255,8 @@ class StainBatchNormalizer:
         r = choices[int(torch.randint(len(choices), (1,), generator=generator))]
         return self.methods[m], r
 
-    def __call__(self, batch_u8: Tensor, generator: torch.Generator | None = None, exclude: int | None = None) -> Tensor:
+    def __call__(self, batch_u8: Tensor, generator: torch.Generator | None = None,
+                 exclude: int | None = None) -> Tensor:
         """Normalize ``batch_u8`` (N, H, W, 3) uint8 to a random member of itself."""
         n = batch_u8.shape[0]
         self.last_failed = False
@@ -352,8 +349,9 @@ class _StainEmbedBase(Method):
     (512), ``tau`` (0.70), ``w_c`` / ``w_e`` (1.0), ``embed_layer`` (module path of f^l inside the
     method, default ``encoder.stages.3`` = last residual stage; ``encoder`` = the pooled
     feature), ``num_negatives`` (null = all 2(B−1)), ``contrastive_reduction`` (sum | mean),
-    ``stain_methods`` / ``stain_probs`` / ``stain_backend`` (auto | numpy | torch), ``views`` ({p, rotation, noise_std, crop_min}, as
-    :class:`stainshift.augment.BaselineAug` but one geometric draw shared by x_i and x̄_i).
+    ``stain_methods`` / ``stain_probs`` / ``stain_backend`` (auto | numpy | torch), ``views``
+    ({p, rotation, noise_std, crop_min}, as :class:`stainshift.augment.BaselineAug` but one
+    geometric draw shared by x_i and x̄_i).
     Under DDP the embeddings are gathered so ℓ_c sees the global batch (each rank normalizes its
     own shard to its own reference).
     """
@@ -428,7 +426,8 @@ class StainEmbedMethod(_StainEmbedBase):
         t_norm = time.perf_counter() - t0
         x, x_bar = self._augment([to_float(raw), x_bar])
         logits, logits_bar, z, z_bar = self._forward_pair(x, x_bar, ctx)
-        l_c = latent_embedding_loss(gather(z.float()), gather(z_bar.float()), self.tau, self.num_negatives, reduction=self.reduction)
+        l_c = latent_embedding_loss(gather(z.float()), gather(z_bar.float()), self.tau, self.num_negatives,
+                                    reduction=self.reduction)
         l_e = paired_ce_loss(logits, logits_bar, batch["label"])
         loss = self.w_c * l_c + self.w_e * l_e
         return {"loss": loss, "loss_c": l_c.detach(), "loss_e": l_e.detach(),

@@ -23,6 +23,8 @@ METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auc", "macro_f1", 
 #: the ``test`` value of the headline row of each train center
 OFF_DIAGONAL = "mean_off_diagonal"
 IN_CENTER = "in_center"
+#: the ``test`` value of the in-center − off-diagonal row (stainshift.metrics.pipeline)
+DROP = "drop"
 
 
 def _as_int(y: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -206,5 +208,5 @@ def off_diagonal_mean(table: pd.DataFrame) -> pd.DataFrame:
 
 def wide_table(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The matrix view of one metric: index = train center, columns = test centers (cells only)."""
-    cells = table[(table["metric"] == metric) & ~table["test"].isin([OFF_DIAGONAL, IN_CENTER])]
+    cells = table[(table["metric"] == metric) & ~table["test"].isin([OFF_DIAGONAL, IN_CENTER, DROP])]
     return cells.pivot(index="train", columns="test", values="value")

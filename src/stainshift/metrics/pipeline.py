@@ -137,7 +137,7 @@ def cross_center(preds: pd.DataFrame, method: str, cfg: EvalConfig) -> pd.DataFr
             rows.append(_rows(method, train, cc.OFF_DIAGONAL, m, r.value, r.ci_low, r.ci_high,
                               int((strata != train).sum()), "mean_off_diagonal", r.unit))
             r = bs.bootstrap_ci(drop, len(y), groups=groups, strata=strata, n_boot=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-            rows.append(_rows(method, train, "drop", m, r.value, r.ci_low, r.ci_high, len(y), "drop", r.unit))
+            rows.append(_rows(method, train, cc.DROP, m, r.value, r.ci_low, r.ci_high, len(y), "drop", r.unit))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -215,6 +215,35 @@ def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
     if not feats:
         return EmbeddingSet(np.zeros((0, 0), np.float32), pd.DataFrame())
     return EmbeddingSet(np.concatenate(feats), pd.concat(metas, ignore_index=True))
+
+
+def crop_groups(store_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """Per-tile source groups (slides) of crop-set stores: the ``crop_groups`` attr written by
+    :mod:`stainshift.cropsets` (one entry per tile). Rows (store, index, slide_id); slide stores
+    (one slide per store, no such attr) contribute nothing."""
+    from stainshift.store import PatchStore
+
+    frames = []
+    for store, path in store_paths.items():
+        if not Path(path).exists():
+            continue
+        groups = PatchStore.open(path).attrs.get("crop_groups")
+        if not groups:
+            continue
+        frames.append(pd.DataFrame({"store": store, "index": np.arange(len(groups), dtype=np.int64),
+                                    "slide_id": [f"{store}:{g}" if str(g).startswith("crop") else str(g) for g in groups]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["store", "index", "slide_id"])
+
+
+def with_tile_groups(preds: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """``preds`` with ``slide_id`` replaced by the per-tile group where one is known."""
+    if groups.empty:
+        return preds
+    key = groups.set_index(["store", "index"])["slide_id"]
+    found = key.reindex(pd.MultiIndex.from_arrays([preds["store"].astype(str), preds["index"].astype(np.int64)])).to_numpy()
+    out = preds.copy()
+    out["slide_id"] = np.where(pd.isna(found), out["slide_id"].astype(str).to_numpy(), found)
+    return out
 
 
 def evaluation_embedding_paths(manifest: pd.DataFrame, preds: pd.DataFrame | None = None,

@@ -14,12 +14,10 @@ Conventions (all methods):
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-
-ArrayLike = "np.ndarray | torch.Tensor"
 
 #: Minimum tissue pixels an image needs for stain estimation (absolute and as a fraction).
 MIN_TISSUE_PIXELS = 64
@@ -71,16 +69,8 @@ def background_weight_lut(io: float, beta: float) -> np.ndarray:
     return np.clip((hi - v) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def blend_np(src: np.ndarray, out_f: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """uint8 result of src + w*(out - src), w per pixel (P,) ; src (P,3) uint8, out_f (P,3) float."""
-    res = src.astype(np.float32)
-    res += weight[:, None] * (out_f - res)
-    np.clip(res, 0, 255, out=res)
-    return np.rint(res, out=res).astype(np.uint8)
-
-
 def blend_torch(src: torch.Tensor, out_f: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Torch version of :func:`blend_np` on (N,P,3)/(N,P) tensors."""
+    """uint8 ``src + w * (out - src)``, rounded and clipped; (N,P,3) tensors, weights (N,P)."""
     res = src.float()
     res = res + weight[..., None] * (out_f - res)
     return res.clamp_(0, 255).round_().to(torch.uint8)
@@ -118,11 +108,6 @@ def masked_percentile_torch(values: torch.Tensor, mask: torch.Tensor, qs: list[f
     v_hi = srt.gather(-1, hi)
     out = v_lo + (v_hi - v_lo) * frac
     return torch.where((n > 0)[:, None], out, torch.zeros_like(out))
-
-
-def percentile_np(values: np.ndarray, q: float | list[float], axis: int = -1) -> np.ndarray:
-    """np.percentile (linear rule) — a thin alias kept for one place to change the rule."""
-    return np.percentile(values, q, axis=axis)
 
 
 # ----------------------------------------------------------------------------- params
@@ -237,5 +222,3 @@ def target_error(name: str, n_tissue: int, n_pixels: int) -> ValueError:
         f">= {max(MIN_TISSUE_PIXELS, int(np.ceil(MIN_TISSUE_FRACTION * n_pixels)))}); pick a tissue tile"
     )
 
-
-Fn = Callable[..., Any]

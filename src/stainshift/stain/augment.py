@@ -80,9 +80,7 @@ def _augment_np(
     out = np.empty_like(flat)
     flags = np.zeros(len(x), dtype=bool)
     for i in range(len(x)):
-        log1p = flat[i].astype(np.float32)
-        log1p += 1.0
-        np.log(log1p, out=log1p)
+        log1p = np.log1p(flat[i], dtype=np.float32)
         params, _ = est.estimate_np(x[i], log1p)
         if params is None:
             out[i] = flat[i]

@@ -21,7 +21,6 @@ from ._common import (
     Normalizer,
     StainParams,
     background_weight_lut,
-    blend_np,
     blend_torch,
     enough_tissue,
     masked_percentile_torch,
@@ -142,9 +141,9 @@ def brightest_channel_np(flat: np.ndarray) -> np.ndarray:
 class StainNormalizer(Normalizer):
     """Shared fit/transform of the stain-matrix methods (Macenko, Vahadane).
 
-    Estimation (stain vectors, 99th-percentile concentrations) uses the tissue pixels of a fixed
-    strided subsample of at most ``sample_pixels`` pixels per image (``None`` = all pixels); the
-    transform maps every pixel. For Macenko the map is linear in log(I + 1), so a batch is one
+    Estimation (stain vectors, 99th-percentile concentrations) of each transformed image uses the
+    tissue pixels of a fixed strided subsample of at most ``sample_pixels`` pixels (``None`` = all);
+    ``fit`` estimates the target from all its pixels; the transform maps every pixel. For Macenko the map is linear in log(I + 1), so a batch is one
     batched 3x3 matmul plus one exp.
     """
 
@@ -153,7 +152,7 @@ class StainNormalizer(Normalizer):
         io: float = 240.0,
         beta: float = 0.15,
         max_percentile: float = 99.0,
-        sample_pixels: int | None = 16384,
+        sample_pixels: int | None = 8192,
         tissue_rule: str = "sum",
     ) -> None:
         super().__init__()
@@ -206,10 +205,15 @@ class StainNormalizer(Normalizer):
         return self.io * torch.exp(-(od @ mix))
 
     # numpy ----------------------------------------------------------------------
-    def estimate_np(self, img: np.ndarray, log1p: np.ndarray | None = None) -> tuple[StainParams | None, int]:
-        """(params or None when unusable, tissue pixels in the subsample) of one (H,W,3) image."""
+    def estimate_np(
+        self, img: np.ndarray, log1p: np.ndarray | None = None, subsample: bool = True
+    ) -> tuple[StainParams | None, int]:
+        """(params or None when unusable, tissue pixels used) of one (H,W,3) image.
+
+        ``subsample=False`` uses every pixel (``fit`` does: a target is estimated once).
+        """
         flat = img.reshape(-1, 3)
-        stride = sample_stride(len(flat), self.sample_pixels)
+        stride = sample_stride(len(flat), self.sample_pixels if subsample else None)
         sub = flat[::stride]
         tissue = self._tissue_np(sub)
         n_tissue = int(np.count_nonzero(tissue))
@@ -246,9 +250,9 @@ class StainNormalizer(Normalizer):
         return (sub.int() + 1).prod(dim=-1) <= self._prod_thr
 
     def _fit_np(self, img: np.ndarray) -> StainParams:
-        params, n_tissue = self.estimate_np(img)
+        params, n_tissue = self.estimate_np(img, subsample=False)
         if params is None:
-            n_sub = len(img.reshape(-1, 3)[:: sample_stride(img.shape[0] * img.shape[1], self.sample_pixels)])
+            n_sub = img.shape[0] * img.shape[1]
             if not enough_tissue(n_tissue, n_sub):
                 raise target_error(self.name, n_tissue, n_sub)
             raise ValueError(f"{self.name}: target has no usable two-stain estimate (single stain?)")
@@ -261,9 +265,7 @@ class StainNormalizer(Normalizer):
         out = np.empty_like(flat)
         flags = np.zeros(n_img, dtype=bool)
         for i in range(n_img):  # per image: the working set stays in cache
-            log1p = flat[i].astype(np.float32)
-            log1p += 1.0
-            np.log(log1p, out=log1p)
+            log1p = np.log1p(flat[i], dtype=np.float32)
             params, _ = self.estimate_np(batch[i], log1p)
             if params is None:
                 out[i] = flat[i]
@@ -286,11 +288,11 @@ class StainNormalizer(Normalizer):
         return rec.astype(np.uint8)
 
     # torch ----------------------------------------------------------------------
-    def estimate_torch(self, batch: torch.Tensor) -> tuple[StainParams, torch.Tensor]:
+    def estimate_torch(self, batch: torch.Tensor, subsample: bool = True) -> tuple[StainParams, torch.Tensor]:
         """Batched (params with (N,2,3)/(N,2) tensors, ok (N,) bool) from uint8 (N,H,W,3)."""
         n_img = batch.shape[0]
         flat = batch.reshape(n_img, -1, 3)
-        sub = flat[:, :: sample_stride(flat.shape[1], self.sample_pixels)]
+        sub = flat[:, :: sample_stride(flat.shape[1], self.sample_pixels if subsample else None)]
         od = od_torch(sub, self.io)
         tissue = self._tissue_torch(sub)
         n_tissue = tissue.sum(dim=1)
@@ -305,10 +307,9 @@ class StainNormalizer(Normalizer):
         return StainParams(he, max_c), ok
 
     def _fit_torch(self, img: torch.Tensor) -> StainParams:
-        params, ok = self.estimate_torch(img[None])
+        params, ok = self.estimate_torch(img[None], subsample=False)
         if not bool(ok[0]):
-            flat = img.reshape(-1, 3)
-            sub = flat[:: sample_stride(flat.shape[0], self.sample_pixels)]
+            sub = img.reshape(-1, 3)
             n_tissue = int(self._tissue_torch(sub).sum())
             if not enough_tissue(n_tissue, sub.shape[0]):
                 raise target_error(self.name, n_tissue, sub.shape[0])
@@ -342,7 +343,7 @@ class Macenko(StainNormalizer):
         beta: float = 0.15,
         alpha: float = 1.0,
         max_percentile: float = 99.0,
-        sample_pixels: int | None = 16384,
+        sample_pixels: int | None = 8192,
         tissue_rule: str = "sum",
     ) -> None:
         super().__init__(io=io, beta=beta, max_percentile=max_percentile, sample_pixels=sample_pixels,

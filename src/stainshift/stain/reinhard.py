@@ -7,7 +7,8 @@ the statistics and blended back to the input.
 Fast path: with f = (fx, fy, fz) the CIELAB companding of XYZ, LAB is an affine map of f, so
 "standardise then rescale" in LAB is one 3x3 affine map in f-space. Per pixel that is: sRGB
 decoding (256-entry table), a 3x3 matrix, a cube root, a 3x3 affine map, a cube, a 3x3 matrix and
-sRGB encoding. The statistics use a fixed strided subsample of at most ``sample_pixels`` pixels.
+sRGB encoding. The statistics of a transformed image use a fixed strided subsample of at most
+``sample_pixels`` pixels; ``fit`` uses every pixel of the target.
 Conversions follow skimage.color.rgb2lab (D65, 2 degree observer); the tests check that.
 """
 from __future__ import annotations
@@ -67,14 +68,17 @@ def _finv_np(f: np.ndarray) -> np.ndarray:
     return t
 
 
-def _encode_np(lin: np.ndarray) -> np.ndarray:
-    """linear RGB -> sRGB in 0..255 (float32)."""
-    np.clip(lin, 0.0, 1.0, out=lin)
-    out = np.power(np.maximum(lin, 0.0031308, dtype=np.float32), np.float32(1 / 2.4))
+def _encode_np(lin: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """linear RGB -> sRGB in 0..255 (float32, plus ``offset``; 0.5 makes astype round)."""
+    low = lin.min() < 0.0031308
+    src = lin.copy() if low else lin
+    np.clip(lin, 0.0031308, 1.0, out=lin)
+    out = np.power(lin, np.float32(1 / 2.4), out=lin)
     out *= np.float32(1.055 * 255)
-    out -= np.float32(0.055 * 255)
-    if lin.min() < 0.0031308:
-        out = np.where(lin < 0.0031308, lin * np.float32(12.92 * 255), out)
+    out += np.float32(offset - 0.055 * 255)
+    if low:
+        dark = src < 0.0031308
+        out[dark] = np.maximum(src[dark], 0.0) * np.float32(12.92 * 255) + np.float32(offset)
     return out
 
 
@@ -91,7 +95,7 @@ def rgb_to_lab_np(flat: np.ndarray) -> np.ndarray:
 def lab_to_rgb_np(lab: np.ndarray) -> np.ndarray:
     """CIELAB (P,3) -> sRGB float (P,3) in 0..255 (before rounding)."""
     f = (lab - LAB_OFFSET) @ LAB2F
-    return _encode_np((_finv_np(f.astype(np.float32)) @ XYZN2RGB.astype(np.float32)))
+    return _encode_np(_finv_np(f.astype(np.float32)) @ XYZN2RGB.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- torch
@@ -145,7 +149,7 @@ class Reinhard(Normalizer):
 
     name = "reinhard"
 
-    def __init__(self, io: float = 240.0, beta: float = 0.15, sample_pixels: int | None = 16384) -> None:
+    def __init__(self, io: float = 240.0, beta: float = 0.15, sample_pixels: int | None = 8192) -> None:
         super().__init__()
         self.io = float(io)
         self.beta = float(beta)
@@ -156,22 +160,31 @@ class Reinhard(Normalizer):
         self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
 
     # numpy ----------------------------------------------------------------------
-    def stats_np(self, img: np.ndarray) -> tuple[LabParams | None, int, int]:
-        """(LAB mean/std of tissue pixels or None, tissue count, sampled pixels) of one image."""
+    def stats_np(self, img: np.ndarray, subsample: bool = True) -> tuple[LabParams | None, int, int]:
+        """(LAB mean/std of tissue pixels or None, tissue count, sampled pixels) of one image.
+
+        ``subsample=False`` uses every pixel (``fit`` does).
+        """
         flat = img.reshape(-1, 3)
-        sub = flat[:: sample_stride(len(flat), self.sample_pixels)]
+        sub = flat[:: sample_stride(len(flat), self.sample_pixels if subsample else None)]
         tissue = darkest_channel_np(sub) <= self._thr
         n_tissue = int(np.count_nonzero(tissue))
         if not enough_tissue(n_tissue, len(sub)):
             return None, n_tissue, len(sub)
-        lab = rgb_to_lab_np(sub[tissue]).astype(np.float64)
-        mean, std = lab.mean(axis=0), lab.std(axis=0)
+        # LAB is affine in f: mean_lab = mean_f @ F2LAB + offset, cov_lab = F2LAB^T cov_f F2LAB
+        # (one (3,n) @ (n,3) product instead of per-channel reductions over (n,3))
+        f = rgb_to_f_np(sub[tissue])
+        mean_f = (np.ones(n_tissue, np.float32) @ f).astype(np.float64) / n_tissue
+        f -= mean_f.astype(np.float32)
+        cov_f = (f.T @ f).astype(np.float64) / n_tissue
+        mean = mean_f @ F2LAB + LAB_OFFSET
+        std = np.sqrt(np.clip(np.diag(F2LAB.T @ cov_f @ F2LAB), 0.0, None))
         if not (np.all(np.isfinite(mean)) and np.all(std > 1e-3)):
             return None, n_tissue, len(sub)
         return LabParams(mean, std), n_tissue, len(sub)
 
     def _fit_np(self, img: np.ndarray) -> LabParams:
-        params, n_tissue, n_sub = self.stats_np(img)
+        params, n_tissue, n_sub = self.stats_np(img, subsample=False)
         if params is None:
             if not enough_tissue(n_tissue, n_sub):
                 raise target_error(self.name, n_tissue, n_sub)
@@ -196,24 +209,23 @@ class Reinhard(Normalizer):
             f = _f_np(_DECODE[flat[i]] @ m_in)
             f = f @ mat.astype(np.float32)
             f += const.astype(np.float32)
-            rec = _encode_np(_finv_np(f) @ m_out)
+            # values are in [0.5, 255.5) after encoding with offset 0.5: astype rounds them
+            rec = _encode_np(_finv_np(f) @ m_out, offset=0.5)
             darkest = darkest_channel_np(flat[i])
             band = np.nonzero(darkest > self._band_lo)[0]
             if band.size:
-                px = flat[i, band].astype(np.float32)
+                px = flat[i, band].astype(np.float32) + np.float32(0.5)
                 w = self._wlut[darkest[band]][:, None]
                 rec[band] = px + w * (rec[band] - px)
-            np.clip(rec, 0.0, 255.0, out=rec)
-            rec += 0.5
             out[i] = rec.astype(np.uint8)
         return out.reshape(batch.shape), flags
 
     # torch ----------------------------------------------------------------------
-    def stats_torch(self, batch: torch.Tensor) -> tuple[LabParams, torch.Tensor]:
+    def stats_torch(self, batch: torch.Tensor, subsample: bool = True) -> tuple[LabParams, torch.Tensor]:
         """Batched LAB mean/std (N,3) of tissue pixels and ok (N,)."""
         n_img = batch.shape[0]
         flat = batch.reshape(n_img, -1, 3)
-        sub = flat[:, :: sample_stride(flat.shape[1], self.sample_pixels)]
+        sub = flat[:, :: sample_stride(flat.shape[1], self.sample_pixels if subsample else None)]
         tissue = sub.amin(dim=-1) <= self._thr
         n = tissue.sum(dim=1)
         lab = rgb_to_lab_torch(sub).double()
@@ -225,10 +237,9 @@ class Reinhard(Normalizer):
         return LabParams(mean, std), ok
 
     def _fit_torch(self, img: torch.Tensor) -> LabParams:
-        params, ok = self.stats_torch(img[None])
+        params, ok = self.stats_torch(img[None], subsample=False)
         if not bool(ok[0]):
-            flat = img.reshape(-1, 3)
-            sub = flat[:: sample_stride(flat.shape[0], self.sample_pixels)]
+            sub = img.reshape(-1, 3)
             n_tissue = int((sub.amin(dim=-1) <= self._thr).sum())
             if not enough_tissue(n_tissue, sub.shape[0]):
                 raise target_error(self.name, n_tissue, sub.shape[0])

@@ -4,8 +4,8 @@ Vahadane et al., IEEE TMI 2016 (SNMF). StainTools calls SPAMS ``trainDL(K=2, lam
 posAlpha, posD)`` "for 1 second" (non-deterministic, and SPAMS does not build here). This is a
 deterministic equivalent with a FIXED iteration count:
 
-* data: tissue OD pixels (summed OD >= 3 beta, see ``macenko.TISSUE_RULES``) of a fixed strided subsample, at most
-  ``dl_pixels`` of them;
+* data: tissue OD pixels (summed OD >= 3 beta, see ``macenko.TISSUE_RULES``), at most
+  ``dl_pixels`` of them (a fixed stride);
 * init: the Macenko vectors of the same pixels (deterministic, already close);
 * ``n_iter`` alternations of (a) the exact non-negative lasso codes
   ``min_c 1/2 ||v - c D||^2 + lambda ||c||_1, c >= 0`` — with two atoms solved in closed form per
@@ -111,10 +111,16 @@ def vahadane_vectors_torch(
     n = tissue.sum(dim=1)
     k = ((n + dl_pixels - 1) // dl_pixels).clamp_min(1)
     rank = tissue.long().cumsum(dim=1) - 1
-    sel = (tissue & (rank % k[:, None] == 0)).to(od.dtype)[..., None]
+    sel = tissue & (rank % k[:, None] == 0)  # at most dl_pixels per image
+    # compact the selected pixels to the front (stable: same order as numpy), pad with zeros
+    width = int(min(dl_pixels, od.shape[1]))
+    order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)[:, :width]
+    sample = od.gather(1, order[..., None].expand(-1, -1, 3))
+    weight = sel.gather(1, order).to(od.dtype)[..., None]
+    od = sample
     d = init
     for _ in range(n_iter):
-        codes = nn_lasso2_torch(od, d, lam) * sel
+        codes = nn_lasso2_torch(od, d, lam) * weight
         a = (codes.transpose(1, 2) @ codes).double()  # (N,2,2)
         b = (od.transpose(1, 2) @ codes).double()  # (N,3,2)
         for j in range(2):
@@ -144,7 +150,7 @@ class Vahadane(StainNormalizer):
         n_iter: int = 30,
         dl_pixels: int = 4096,
         max_percentile: float = 99.0,
-        sample_pixels: int | None = 16384,
+        sample_pixels: int | None = 8192,
         tissue_rule: str = "sum",
     ) -> None:
         super().__init__(io=io, beta=beta, max_percentile=max_percentile, sample_pixels=sample_pixels,

@@ -1,0 +1,240 @@
+"""Stain-normalizer throughput per core: stainshift vs torchstain (numpy + torch) vs StainTools.
+
+One command (from the repo root):
+
+    .venv/bin/python benchmarks/bench_stain.py            # [--tiles 48] [--rounds 3] [--json out.json]
+
+What is timed, per 256x256 real H&E tile from ../shared/data (TCGA tiles, torchstain and
+tiatoolbox images cut into 256^2 crops with >= 50 % tissue): "fit + transform" = estimate the
+tile's own stain parameters (stain vectors + max concentrations, or LAB statistics) and map it to
+a fixed target (fitted once, untimed) — what torchstain's ``normalize(I)`` and StainTools'
+``transform(I)`` do per image. stainshift is timed per tile (a batch of 1) and on the whole batch
+in one call. All numbers are single-threaded (OMP/OpenBLAS/MKL = 1, ``torch.set_num_threads(1)``),
+so patches/s is per core; the implementations run interleaved, round by round, in one process, and
+the median round is reported, so the ratios compare like with like on a noisy machine.
+StainTools Vahadane/Macenko call SPAMS per tile and are time-capped (``--cap-seconds``).
+
+Benchmark-only extras (not project dependencies): torchstain, staintools, spams-bin (SPAMS
+wheels; SPAMS itself does not build here). They live in a separate virtual environment that this
+script creates on first use (default ``/tmp/stainshift-bench``, or ``$STAINSHIFT_BENCH_VENV``):
+``python -m venv`` + ``pip install torchstain==1.4.1 staintools==2.1.2 spams-bin==2.6.14
+numpy==<ours>``, plus a ``.pth`` file that puts this checkout's ``.venv`` site-packages (torch)
+and ``src/`` behind the extras; the script then re-runs itself with that interpreter.
+``--no-peers`` skips them and times stainshift alone.
+
+Also printed: the Hellinger colour-histogram distance (seed 004) tile -> target before and after
+each method (mean over tiles), and the mean absolute difference between stainshift Macenko with
+torchstain's tissue rule and torchstain's numpy Macenko (parity check).
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import site  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("STAINSHIFT_SHARED_DATA", REPO.parent / "shared" / "data"))
+BENCH_VENV = Path(os.environ.get("STAINSHIFT_BENCH_VENV", "/tmp/stainshift-bench"))
+PEERS = ["torchstain==1.4.1", "staintools==2.1.2", "spams-bin==2.6.14"]
+GOALS = {"reinhard": 1500.0, "macenko": 1000.0, "vahadane": 100.0}
+
+
+def peers_importable() -> bool:
+    try:
+        import spams  # noqa: F401
+        import staintools  # noqa: F401
+        import torchstain  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def ensure_bench_venv() -> Path:
+    """Create the benchmark venv (extras + a .pth to this checkout's venv); return its python."""
+    import numpy as np
+
+    py = BENCH_VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+    probe = subprocess.run([str(py), "-c", "import torchstain, staintools, spams"], capture_output=True)
+    if probe.returncode != 0:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEERS, f"numpy=={np.__version__}"], check=True)
+    out = subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"],
+                         capture_output=True, text=True, check=True)
+    pth = Path(out.stdout.strip()) / "zz_stainshift_checkout.pth"
+    ours = [p for p in site.getsitepackages() if p.endswith("site-packages")]
+    pth.write_text("\n".join([*ours, str(REPO / "src")]) + "\n")
+    return py
+
+
+def load_tiles(n: int, size: int = 256):
+    """Up to ``n`` real 256^2 tissue tiles (deterministic order) and the target image."""
+    import numpy as np
+    from PIL import Image
+
+    from stainshift.stain.targets import tissue_share
+
+    sources = sorted((DATA / "mopadi_tcga_tiles").glob("*/*.jpg"))
+    sources += sorted(p for p in (DATA / "histolab_tcga" / "tiles").glob("*.jpg") if "tissue" in p.name)
+    sources += [DATA / "torchstain" / "source.jpg", DATA / "tiatoolbox" / "target_image.jpg"]
+    tiles = []
+    for path in sources:
+        if not path.is_file():
+            continue
+        img = np.asarray(Image.open(path).convert("RGB"))
+        for y in range(0, img.shape[0] - size + 1, size):
+            for x in range(0, img.shape[1] - size + 1, size):
+                crop = np.ascontiguousarray(img[y : y + size, x : x + size])
+                if tissue_share(crop) >= 0.5:
+                    tiles.append(crop)
+    if not tiles:
+        raise SystemExit(f"no real tiles found under {DATA}")
+    target = np.asarray(Image.open(DATA / "torchstain" / "target.jpg").convert("RGB"))
+    idx = np.linspace(0, len(tiles) - 1, min(n, len(tiles))).round().astype(int)
+    return np.stack([tiles[i] for i in idx]), target
+
+
+def time_round(fn: Callable[[], int], cap: float | None = None) -> tuple[float, int]:
+    """(seconds, tiles done) for one call of ``fn`` (which returns how many tiles it did)."""
+    t0 = time.perf_counter()
+    done = fn()
+    return time.perf_counter() - t0, done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiles", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cap-seconds", type=float, default=15.0, help="time cap per StainTools SPAMS method")
+    ap.add_argument("--no-peers", action="store_true", help="time stainshift only")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    if not args.no_peers and not peers_importable():
+        if os.environ.get("STAINSHIFT_BENCH_REEXEC"):
+            raise SystemExit("benchmark venv lacks torchstain/staintools/spams (see the docstring)")
+        py = ensure_bench_venv()
+        env = {**os.environ, "STAINSHIFT_BENCH_REEXEC": "1"}
+        os.execve(str(py), [str(py), __file__, *sys.argv[1:]], env)
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from stainshift.stain import Macenko, get_normalizer
+    from stainshift.stain.quality import hellinger_distance
+
+    tiles, target = load_tiles(args.tiles)
+    n = len(tiles)
+    print(f"{n} tiles {tiles.shape[1]}x{tiles.shape[2]} from {DATA}; target torchstain/target.jpg {target.shape}")
+    print(f"python {sys.executable}; numpy {np.__version__}; torch {torch.__version__}; 1 thread")
+
+    impls: dict[str, tuple[str, Callable[[], int]]] = {}
+    ours = {m: get_normalizer(m).fit(target) for m in GOALS}
+    tt = torch.from_numpy(tiles.copy())
+    for m, norm in ours.items():
+        impls[f"stainshift {m} numpy, per tile"] = (m, lambda norm=norm: sum(len(norm.transform(t[None])) for t in tiles))
+        impls[f"stainshift {m} numpy, batch"] = (m, lambda norm=norm: len(norm.transform(tiles)))
+        impls[f"stainshift {m} torch-cpu, batch"] = (m, lambda norm=norm: len(norm.transform(tt)))
+
+    peer_outputs = {}
+    if not args.no_peers:
+        import staintools
+        import torchstain
+
+        ts_np = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
+        ts_np.fit(target)
+        ts_t = torchstain.normalizers.MacenkoNormalizer(backend="torch")
+        ts_t.fit(torch.from_numpy(target.copy()).permute(2, 0, 1).float())
+        ts_r = torchstain.normalizers.ReinhardNormalizer(backend="numpy")
+        ts_r.fit(target)
+        st_r = staintools.ReinhardColorNormalizer()
+        st_r.fit(target.copy())
+        st_v = staintools.StainNormalizer(method="vahadane")
+        st_v.fit(target.copy())
+        st_m = staintools.StainNormalizer(method="macenko")
+        st_m.fit(target.copy())
+        tchw = [torch.from_numpy(t.copy()).permute(2, 0, 1).float() for t in tiles]
+
+        def capped(fn: Callable[[np.ndarray], object]) -> Callable[[], int]:
+            def run() -> int:
+                t0, done = time.perf_counter(), 0
+                for t in tiles:
+                    fn(t)
+                    done += 1
+                    if time.perf_counter() - t0 > args.cap_seconds:
+                        break
+                return done
+            return run
+
+        impls["torchstain macenko numpy"] = ("macenko", lambda: sum(1 for t in tiles if ts_np.normalize(I=t, stains=False) is not None))
+        impls["torchstain macenko torch"] = ("macenko", lambda: sum(1 for t in tchw if ts_t.normalize(I=t, stains=False) is not None))
+        impls["torchstain reinhard numpy"] = ("reinhard", lambda: sum(1 for t in tiles if ts_r.normalize(t) is not None))
+        # StainTools writes into its input arrays: give it copies (a 196 KB memcpy per tile)
+        impls["staintools reinhard"] = ("reinhard", lambda: sum(1 for t in tiles if st_r.transform(t.copy()) is not None))
+        impls["staintools macenko (capped)"] = ("macenko", capped(lambda t: st_m.transform(t.copy())))
+        impls["staintools vahadane (capped)"] = ("vahadane", capped(lambda t: st_v.transform(t.copy())))
+        peer_outputs = {
+            "torchstain macenko numpy": np.stack([ts_np.normalize(I=t, stains=False)[0] for t in tiles]),
+        }
+
+    rates: dict[str, list[float]] = {k: [] for k in impls}
+    for r in range(args.rounds):
+        for name, (_, fn) in impls.items():
+            sec, done = time_round(fn)
+            rates[name].append(done / sec)
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+
+    print(f"\n{'implementation':40s} {'patches/s/core':>15s} {'vs goal':>8s}")
+    rows = []
+    for name, (method, _) in impls.items():
+        goal = GOALS[method]
+        ok = "" if not name.startswith("stainshift") else f"{med[name] / goal:7.2f}x"
+        print(f"{name:40s} {med[name]:15.1f} {ok:>8s}")
+        rows.append({"impl": name, "method": method, "patches_per_s": med[name], "rounds": rates[name]})
+
+    if not args.no_peers:
+        print("\nratios (same run):")
+        pairs = [
+            ("stainshift macenko numpy, per tile", "torchstain macenko numpy"),
+            ("stainshift macenko numpy, batch", "torchstain macenko numpy"),
+            ("stainshift macenko torch-cpu, batch", "torchstain macenko torch"),
+            ("stainshift reinhard numpy, per tile", "staintools reinhard"),
+            ("stainshift reinhard numpy, batch", "staintools reinhard"),
+            ("stainshift reinhard numpy, batch", "torchstain reinhard numpy"),
+            ("stainshift vahadane numpy, per tile", "staintools vahadane (capped)"),
+            ("stainshift vahadane numpy, batch", "staintools vahadane (capped)"),
+        ]
+        for a, b in pairs:
+            print(f"  {a:38s} / {b:30s} = {med[a] / med[b]:8.1f}x")
+        parity = Macenko(tissue_rule="all").fit(target).transform(tiles)
+        diff = np.abs(parity.astype(int) - peer_outputs["torchstain macenko numpy"].astype(int))
+        print(f"\nparity: stainshift Macenko(tissue_rule='all') vs torchstain numpy: mean |diff| {diff.mean():.2f} "
+              f"grey levels, 99th pct {np.percentile(diff, 99):.0f}")
+
+    print("\nHellinger colour-histogram distance tile -> target (mean over tiles, seed 004):")
+    before = np.mean([hellinger_distance(t, target) for t in tiles])
+    print(f"  raw          {before:.3f}")
+    quality = {"raw": before}
+    for m, norm in ours.items():
+        out = norm.transform(tiles)
+        quality[m] = float(np.mean([hellinger_distance(o, target) for o in out]))
+        print(f"  {m:12s} {quality[m]:.3f}   (fallback tiles: {int(np.count_nonzero(norm.last_flags))})")
+    if args.json:
+        args.json.write_text(json.dumps({"tiles": n, "rows": rows, "hellinger": quality}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
