@@ -326,15 +326,18 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
             dist.barrier()
         for cb in callbacks:
             cb(epoch, row)
+    if rank == 0 and history:  # also after a resume that found every epoch done
+        _write_csv(out_dir / "metrics.csv", history)
     return history
 
 
 def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int) -> str:
-    """Hash of what determines a run (config minus I/O-only keys, stores, method, world size):
-    a checkpoint is resumed only when it matches."""
+    """Hash of what determines a run (config minus I/O-only keys, store paths and mtimes, method,
+    world size): a checkpoint is resumed only when it matches."""
     ignore = {"resume", "num_workers", "device", "cache_mb"}
-    payload = {"cfg": {k: v for k, v in cfg.items() if k not in ignore}, "stores": list(stores), "method": method,
-               "world_size": world_size}
+    mtimes = [Path(p).stat().st_mtime_ns if Path(p).exists() else None for p in stores]  # re-made stores → fresh run
+    payload = {"cfg": {k: v for k, v in cfg.items() if k not in ignore}, "stores": list(stores), "mtimes": mtimes,
+               "method": method, "world_size": world_size}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

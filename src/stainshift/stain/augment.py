@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._common import as_batch, blend_torch, is_torch, unbatch, weight_torch
+from ._common import as_batch, blas_single_thread, blend_torch, is_torch, unbatch, weight_torch
 from .macenko import Macenko, od_torch
 
 
@@ -66,7 +66,8 @@ def he_augment(
     if is_torch(x):
         out, flags = _augment_torch(x, alphas, betas, est)
     else:
-        out, flags = _augment_np(x, alphas, betas, est)
+        with blas_single_thread():
+            out, flags = _augment_np(x, alphas, betas, est)
     out = unbatch(out, single)
     if return_info:
         return out, {"alpha": alphas, "beta": betas, "fallback": flags}
