@@ -42,10 +42,11 @@ BENCH_TOOL = REPO.parent / "shared" / "tools" / "make_bench_slide.py"
 
 
 def peak_rss_mb() -> dict[str, float]:
-    """Peak RSS of this process and of its (waited-for) children, MB."""
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"self_mb": self_kb / 1024, "children_mb": child_kb / 1024}
+    """Peak RSS of this process and of its (waited-for) children, MB, and their CPU seconds
+    (user + system: unlike wall time, not inflated by other jobs on a shared machine)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self_mb": me.ru_maxrss / 1024, "children_mb": kids.ru_maxrss / 1024,
+            "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
 
 
 # ---- steps (each runs in a fresh subprocess: python bench_tiling.py --step NAME ...) ---------------
@@ -228,6 +229,9 @@ def main() -> None:
     report["tiles_per_s"] = rate
     read_rate = {k: report[k]["n_read"] / report[k]["seconds"] for k in ("stage_w1", "stage_w2", "stage_w2_thread")}
     report["read_tiles_per_s"] = read_rate
+    cpu_ms = {k: 1000 * report[k]["cpu_s"] / report[k].get("n_kept", report[k].get("n", 1))
+              for k in ("stage_w1", "bare_w1", "bare_w2", "stage_w2", "stage_w2_thread")}
+    report["cpu_ms_per_kept_tile"] = cpu_ms
     report["ratios"] = {
         "stage_w1 / bare_w1 (tiles read incl. rejected)": read_rate["stage_w1"] / rate["bare_w1"],
         "stage_w1 / bare_w1": rate["stage_w1"] / rate["bare_w1"],
@@ -238,10 +242,12 @@ def main() -> None:
     }
     print(f"\nslide {slide}: {report['stage_w1']['n_grid']} grid tiles, {n} kept, patch {args.patch}, "
           f"plan {report['stage_w1']['plan']}")
-    print(f"{'step':<18}{'tiles/s':>10}{'seconds':>10}{'peak MB self':>14}{'children':>10}")
+    print(f"{'step':<18}{'tiles/s':>10}{'seconds':>10}{'CPU ms/tile':>13}{'peak MB self':>14}{'children':>10}")
     for k in rate:
         r = report[k]
-        print(f"{k:<18}{rate[k]:>10.1f}{r['seconds']:>10.1f}{r['self_mb']:>14.0f}{r['children_mb']:>10.0f}")
+        print(f"{k:<18}{rate[k]:>10.1f}{r['seconds']:>10.1f}{cpu_ms[k]:>13.2f}{r['self_mb']:>14.0f}{r['children_mb']:>10.0f}")
+    print(f"CPU-time ratio bare_w1 / stage_w1 (per kept tile, load-independent): "
+          f"{cpu_ms['bare_w1'] / cpu_ms['stage_w1']:.2f}")
     if "stage_w1_half_slide" in report:
         h = report["stage_w1_half_slide"]
         print(f"{'stage_w1 (half)':<18}{h['n_kept'] / h['seconds']:>10.1f}{h['seconds']:>10.1f}{h['self_mb']:>14.0f}{h['children_mb']:>10.0f}")

@@ -150,3 +150,13 @@ def test_evaluation_embedding_paths_from_manifest():
     assert pl.evaluation_embedding_paths(manifest) == ["e/a_test.h5", "e/b_test.h5", "e/variants/a_test/reinhard/t1.h5"]
     preds = pd.DataFrame(dict(store=["a_test"]))
     assert pl.evaluation_embedding_paths(manifest, preds) == ["e/a_test.h5", "e/variants/a_test/reinhard/t1.h5"]
+
+
+def test_one_slide_per_center_excludes_only_the_tile_itself(tmp_path):
+    """WSI demo: one test slide per center. Excluding same-slide neighbours would remove every
+    same-center neighbour (RI_P ≡ 1 whatever the embeddings); the pipeline falls back to self-exclusion."""
+    root = synthetic_run(tmp_path, methods=("baseline",), n_slides=1, tiles=30)
+    e = pl.load_embedding_set(sorted((root / "embeddings" / "baseline").glob("*.h5")))
+    b = pl.batch_effect(e, "baseline", pl.EvalConfig(w2_max_samples=30)).set_index("metric")
+    assert b.loc["ri_pathorob", "unit"] == "self-excluded"
+    assert b.loc["ri_pathorob", "value"] < 0.5  # center-shifted embeddings: same-center neighbours dominate

@@ -106,7 +106,7 @@ def test_rgb_to_lab_matches_skimage() -> None:
 # Tolerances in LAB units (mean, std) after normalizing a center_b tile to a center_a target.
 # Reinhard matches by construction (up to uint8 rounding/clipping); Macenko/Vahadane only map
 # stain vectors and 99th-percentile intensities, so the statistics move close, not onto it.
-LAB_TOL = {"reinhard": (0.6, 0.6), "macenko": (4.0, 3.0), "vahadane": (4.0, 3.0)}
+LAB_TOL = {"reinhard": (0.6, 0.6), "macenko": (2.0, 1.5), "vahadane": (2.0, 1.5)}
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -29,7 +29,8 @@ def _crop_folder(root: Path) -> Path:
 
 def test_tile_and_import_crops_rules(tmp_path: Path) -> None:
     crops = _crop_folder(tmp_path / "crops")
-    work = make_workdir(tmp_path / "w", {"crops": [{"name": "toy", "folder": str(crops), "group_column": "slide"}]})
+    work = make_workdir(tmp_path / "w", {"crops": [{"name": "toy", "folder": str(crops), "group_column": "slide"}],
+                                         "tiling": {"workers": 2}})  # the process pool inside a Snakemake script
     targets = ["results/tiles/a_test.zarr", "results/qc/a_test.png", "results/tiles/toy-dom1-test.zarr"]
     run_snakemake(work, *targets)
     store = PatchStore.open(work / "results/tiles/a_test.zarr")

@@ -15,8 +15,10 @@ a registration before a plain ``zarr.open_group`` can decode (imagecodecs declar
 but zarr 3 gives sharding (one file per ``shard_tiles`` tiles instead of one per tile) and the
 codec is registered for every process through the package entry point
 ``[project.entry-points."zarr.codecs"] "stainshift.jpeg" = "stainshift.store:JpegCodec"``
-(importing this module registers it too). Measured sizes and read speeds: benchmarks/bench_tiling.py
-``--codecs``.
+(importing this module registers it too). Measured with benchmarks/bench_tiling.py ``--codecs``
+(512 real 256² CMU-1 tiles): JPEG q90 4:4:4 32.2 KB/tile in 9 shard files (zarr 2 + imagecodecs JPEG,
+4:2:0: 25.9 KB/tile in 514 files), zstd-3 172 KB, lz4 180 KB. 4:4:4 is the default because 4:2:0
+costs ~5 dB on small downsampled tiles (32 px at 1 µm/px: 38 vs 43 dB mean PSNR at q90).
 
 Writes are atomic: everything goes to a hidden temp directory beside the target, which is renamed
 into place on success and removed on error.
@@ -40,7 +42,7 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.abc.codec import ArrayBytesCodec
-from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.codecs.numcodecs import LZ4 as ZarrLZ4
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration

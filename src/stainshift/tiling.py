@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -440,7 +441,10 @@ def _executor(cfg: TilingConfig, path: str, mpp: float | None) -> Executor | Non
         return ThreadPoolExecutor(cfg.workers)
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn" if os.name == "nt" else "forkserver")
+    # fork on Linux: spawn/forkserver re-import the __main__ file in every worker, which for a
+    # Snakemake `script:` is the whole job (workers crashed). Workers only use openslide/tifffile,
+    # numpy and imagecodecs and open their own reader, so forking the parent is safe here.
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     return ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(path, mpp))
 
 
@@ -523,45 +527,19 @@ def tile_slide(
             order = cand_idx[rng.permutation(len(cand_idx))]
         else:
             order = cand_idx
-        batch = 16
-        batches = [grid[order[i : i + batch]] for i in range(0, len(order), batch)]
-        kept: list[tuple[int, float, bytes]] = []
-        n_read = 0
-        executor = _executor(cfg, str(slide_path), mpp)
-        try:
-            bar = tqdm(total=len(order), desc=f"tile {slide_id}", unit="tile", disable=not progress, mininterval=1.0)
-            for b_i, results in enumerate(_run_batches(batches, plan, cfg, stats, reader, executor)):
-                for j, (frac, data) in enumerate(results):
-                    n_read += 1
-                    if data is not None:
-                        kept.append((int(order[b_i * batch + j]), frac, data))
-                bar.update(len(results))
-                if cfg.max_tiles is not None and len(kept) >= cfg.max_tiles:
-                    kept = kept[: cfg.max_tiles]
-                    break
-            bar.close()
-        finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
-        kept.sort(key=lambda t: t[0])
-        kept_idx = np.array([k[0] for k in kept], dtype=np.int64)
-        coords = grid[kept_idx] if len(kept) else np.zeros((0, 2), np.int64)
-
-        # labels
-        n = len(kept)
+        # labels: the annotation is parsed (and checked) before any tile is read
         if annotation:
             raster = load_annotation(annotation, dims0, tile_size0=plan.tile_size0,
                                      exclude_groups=cfg.exclude_groups, positive_values=cfg.mask_positive_values)
-            labels, label_frac = raster.tile_labels(coords, plan.tile_size0, cfg.label_threshold)
+            slide_lab = None
         else:
             raster = None
-            labels = np.full(n, slide_label_to_int(label, cfg.class_names, slide_id), dtype=np.int64)
-            label_frac = np.full(n, np.nan, dtype=np.float32)
-        if n == 0:
-            msg = f"{slide_id}: no tile passed the foreground filter ({slide_path}); writing an empty store"
-            warnings.warn(msg, stacklevel=2)
-            log.warning(msg)
-            notes.append(msg)
+            slide_lab = slide_label_to_int(label, cfg.class_names, slide_id)
+
+        def labels_of(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            if raster is not None:
+                return raster.tile_labels(c, plan.tile_size0, cfg.label_threshold)
+            return np.full(len(c), slide_lab, dtype=np.int64), np.full(len(c), np.nan, dtype=np.float32)
 
         stat = slide_path.stat()
         attrs = {
@@ -574,12 +552,57 @@ def tile_slide(
             "read_plan": asdict(plan), "backend": reader.backend, "slide_dimensions": list(dims0),
             "annotation": str(annotation) if annotation else None, "slide_label": label,
             "label_threshold": cfg.label_threshold, "max_tiles": cfg.max_tiles,
-            "n_grid": int(len(grid)), "n_candidates": int(len(cand_idx)), "n_read": n_read,
+            "n_grid": int(len(grid)), "n_candidates": int(len(cand_idx)),
         }
+        batch = 16
+        batches = [grid[order[i : i + batch]] for i in range(0, len(order), batch)]
+        sampled: list[tuple[int, float, bytes]] = []  # max_tiles mode: held until the sample is complete
+        out_coords: list[np.ndarray] = []
+        out_labels: list[np.ndarray] = []
+        n_read = 0
         with StoreWriter(out_store, patch_size=cfg.patch_size, attrs=attrs, codec=cfg.codec,
                          jpeg_quality=cfg.jpeg_quality, shard_tiles=cfg.shard_tiles) as writer:
-            for (_, frac, data), c, lab, lf in zip(kept, coords, labels, label_frac):
-                writer.append_encoded(data, c, frac, int(lab), float(lf))
+            executor = _executor(cfg, str(slide_path), mpp)
+            try:
+                bar = tqdm(total=len(order), desc=f"tile {slide_id}", unit="tile", disable=not progress, mininterval=1.0)
+                for b_i, results in enumerate(_run_batches(batches, plan, cfg, stats, reader, executor)):
+                    n_read += len(results)
+                    bar.update(len(results))
+                    hits = [(int(order[b_i * batch + j]), frac, data) for j, (frac, data) in enumerate(results)
+                            if data is not None]
+                    if cfg.max_tiles is not None:
+                        sampled.extend(hits)
+                        if len(sampled) >= cfg.max_tiles:
+                            sampled = sampled[: cfg.max_tiles]
+                            break
+                    elif hits:  # all tiles: grid order already, stream to disk (memory stays flat)
+                        c = grid[[h[0] for h in hits]]
+                        lab, lf = labels_of(c)
+                        for (_, frac, data), xy, la, f in zip(hits, c, lab, lf):
+                            writer.append_encoded(data, xy, frac, int(la), float(f))
+                        out_coords.append(c)
+                        out_labels.append(lab)
+                bar.close()
+            finally:
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
+            if sampled:
+                sampled.sort(key=lambda t: t[0])
+                c = grid[[h[0] for h in sampled]]
+                lab, lf = labels_of(c)
+                for (_, frac, data), xy, la, f in zip(sampled, c, lab, lf):
+                    writer.append_encoded(data, xy, frac, int(la), float(f))
+                out_coords.append(c)
+                out_labels.append(lab)
+            n = len(writer)
+            writer.attrs["n_read"] = n_read
+            if n == 0:
+                msg = f"{slide_id}: no tile passed the foreground filter ({slide_path}); writing an empty store"
+                warnings.warn(msg, stacklevel=2)
+                log.warning(msg)
+                notes.append(msg)
+        coords = np.concatenate(out_coords) if out_coords else np.zeros((0, 2), np.int64)
+        labels = np.concatenate(out_labels) if out_labels else np.zeros(0, np.int64)
 
         if qc_png is not None:
             from stainshift.qc import slide_qc_png

@@ -252,7 +252,7 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = ckpt_dir / "last.pt"
-    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world)
+    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world, code=_code_digest(type(method)))
     state = load(last, map_location=device) if cfg.get("resume", True) and last.exists() else None
     if state is not None and state.get("fingerprint") != fingerprint:
         if rank == 0:
@@ -331,13 +331,26 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
     return history
 
 
-def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int) -> str:
+def _code_digest(cls: type) -> str:
+    """Hash of the source files that define a method's training (its module and the shared core)."""
+    import sys
+
+    files = {sys.modules[cls.__module__].__file__, __file__}
+    for name in ("stainshift.methods.base", "stainshift.methods.losses", "stainshift.models", "stainshift.augment"):
+        files.add(sys.modules[name].__file__)
+    digest = hashlib.sha256()
+    for f in sorted(str(x) for x in files if x):
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int, code: str = "") -> str:
     """Hash of what determines a run (config minus I/O-only keys, store paths and mtimes, method,
-    world size): a checkpoint is resumed only when it matches."""
+    world size, training code): a checkpoint is resumed only when it matches."""
     ignore = {"resume", "num_workers", "device", "cache_mb"}
     mtimes = [Path(p).stat().st_mtime_ns if Path(p).exists() else None for p in stores]  # re-made stores → fresh run
     payload = {"cfg": {k: v for k, v in cfg.items() if k not in ignore}, "stores": list(stores), "mtimes": mtimes,
-               "method": method, "world_size": world_size}
+               "method": method, "world_size": world_size, "code": code}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

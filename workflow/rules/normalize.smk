@@ -2,50 +2,27 @@
 #   select_targets     -> {R}/normalize/targets.json           k targets, split evenly over the methods
 #   normalize          -> {R}/variants/{store}/{method}/{target}.zarr   one job per store, all its variants
 #   normalize_montage  -> {R}/normalize/montage/{target}.png   the same tiles raw and under each method
-# Target ids and methods are fixed by the config alone (stainshift.stain.targets.plan_targets), so the
+# Target ids and methods are fixed by the config alone (stainshift.stain.targets.NormalizePlan), so the
 # DAG is static; which tile fills each slot is decided by select_targets (random draw or list).
-from stainshift.stain.targets import plan_targets
+from stainshift.stain.targets import NormalizePlan
 
 NORM = config["normalize"]
-NORM_TARGETS = NORM["targets"]
 NORM_DIR = f"{RESULTS}/normalize"
-if NORM_TARGETS["mode"] == "list" and not NORM_TARGETS.get("paths"):
-    raise ValueError("config normalize.targets: mode 'list' needs a non-empty 'paths' list")
-NORM_K = len(NORM_TARGETS["paths"]) if NORM_TARGETS["mode"] == "list" else int(NORM_TARGETS["k"])
-NORM_PLAN = plan_targets(NORM["methods"], NORM_K)
-
-
-def normalize_store_ids():
-    """Stores that get normalized variants: the tile stores of split normalize.stores."""
-    return slides_where(split=NORM["stores"])
-
-
-def variant_stores():
-    """(store, stain_method, target id) of every variant store (read by rules/train.smk)."""
-    return [(s, m, t) for s in normalize_store_ids() for t, m in NORM_PLAN]
-
-
-def target_candidates():
-    """Candidate stores of the random draw: the slides of normalize.targets.split."""
-    if NORM_TARGETS["mode"] != "random":
-        return []
-    rows = SAMPLES[SAMPLES["split"] == NORM_TARGETS["split"]]
-    return [
-        {"path": f"{RESULTS}/tiles/{r.slide_id}.zarr", "slide_id": r.slide_id, "patient": r.patient, "center": r.center}
-        for r in rows.itertuples()
-    ]
+NORM_PLAN = NormalizePlan(NORM, SAMPLES, RESULTS)
+NORM_TARGET_IDS = [t for t, _ in NORM_PLAN.plan]
+variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every variant (rules/train.smk)
 
 
 rule select_targets:
     input:
-        stores=[c["path"] for c in target_candidates()],
+        stores=[c["path"] for c in NORM_PLAN.candidates()],
     output:
         targets=f"{NORM_DIR}/targets.json",
     params:
-        targets=NORM_TARGETS,
+        targets=NORM["targets"],
         methods=NORM["methods"],
-        plan=NORM_PLAN,
-        candidates=target_candidates(),
+        plan=NORM_PLAN.plan,
+        candidates=NORM_PLAN.candidates(),
     log:
         log_path("normalize", "select_targets"),
     benchmark:
@@ -65,12 +42,12 @@ rule normalize:
         store=f"{RESULTS}/tiles/{{store}}.zarr",
         targets=f"{NORM_DIR}/targets.json",
     output:
-        variants=directory([f"{RESULTS}/variants/{{store}}/{m}/{t}.zarr" for t, m in NORM_PLAN]),
+        variants=directory(NORM_PLAN.variant_paths()),
     params:
-        plan=NORM_PLAN,
+        plan=NORM_PLAN.plan,
         batch_size=NORM.get("batch_size", 64),
     wildcard_constraints:
-        store="|".join(normalize_store_ids()) or "__none__",
+        store="|".join(NORM_PLAN.store_ids()) or "__none__",
     log:
         log_path("normalize", "{store}"),
     benchmark:
@@ -87,7 +64,7 @@ rule normalize:
 
 rule normalize_montage:
     input:
-        stores=[f"{RESULTS}/tiles/{s}.zarr" for s in normalize_store_ids()],
+        stores=[f"{RESULTS}/tiles/{s}.zarr" for s in NORM_PLAN.store_ids()],
         targets=f"{NORM_DIR}/targets.json",
     output:
         montage=report(f"{NORM_DIR}/montage/{{target}}.png", category="Stain variants",
@@ -95,9 +72,9 @@ rule normalize_montage:
     params:
         methods=NORM["methods"],
         n_tiles=NORM.get("montage_tiles", 6),
-        seed=NORM_TARGETS.get("seed", 0),
+        seed=NORM["targets"].get("seed", 0),
     wildcard_constraints:
-        target="|".join(t for t, _ in NORM_PLAN),
+        target="|".join(NORM_TARGET_IDS),
     log:
         log_path("normalize", "montage_{target}"),
     benchmark:
@@ -112,11 +89,4 @@ rule normalize_montage:
         "../scripts/normalize.py"
 
 
-def normalize_targets():
-    out = [f"{RESULTS}/variants/{s}/{m}/{t}.zarr" for s, m, t in variant_stores()]
-    if normalize_store_ids():
-        out += [f"{NORM_DIR}/montage/{t}.png" for t, _ in NORM_PLAN]
-    return out
-
-
-TARGET_FUNCS.append(normalize_targets)
+TARGET_FUNCS.append(NORM_PLAN.final_files)

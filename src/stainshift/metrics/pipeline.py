@@ -292,11 +292,17 @@ def batch_effect(emb: EmbeddingSet, method: str, cfg: EvalConfig) -> pd.DataFram
         ks = [k for k in cfg.ri_k if k < len(m)]
         if ks and m["label"].nunique() >= 2:
             groups = m["slide_id"].astype(str).to_numpy()
+            # With a single slide per center, excluding same-slide neighbours would exclude every
+            # same-center neighbour (OS ≡ 0, RI_P ≡ 1): then only the tile itself is excluded.
+            per_center = m.groupby("center")["slide_id"].nunique()
+            ri_unit = "slide-excluded" if (per_center >= 2).all() else "self-excluded"
+            if ri_unit == "self-excluded":
+                groups = np.array([f"tile{i}" for i in range(len(m))])
             ri = rob.robustness_index(f, m["label"].to_numpy(), m["center"].to_numpy(), groups, ks)
             lo = {"pathorob": (np.nan, np.nan), "de_jong": (np.nan, np.nan)}
-            unit = ""
+            unit = ri_unit
             if cfg.bootstrap_latent > 0:
-                g = bs.resampling_groups(groups, m["center"].to_numpy(), cfg.min_slides)
+                g = bs.resampling_groups(m["slide_id"].astype(str).to_numpy(), m["center"].to_numpy(), cfg.min_slides)
                 # resampled copies keep their slide id, so a duplicate is never its own neighbour;
                 # both forms come from the same replicates (same seed), computed once each
                 memo: dict[bytes, rob.RobustnessIndexResult] = {}
@@ -313,11 +319,11 @@ def batch_effect(emb: EmbeddingSet, method: str, cfg: EvalConfig) -> pd.DataFram
                         lambda idx, form=form: getattr(ri_at(idx), form),
                         len(m), groups=g, strata=m["center"].to_numpy(), n_boot=cfg.bootstrap_latent, ci=cfg.ci, seed=cfg.seed)
                     lo[form] = (r.ci_low, r.ci_high)
-                    unit = r.unit
+                unit = f"{ri_unit}; bootstrap {r.unit}"
             rows.append(_rows(method, ENCODER, "all", "ri_pathorob", ri.pathorob, *lo["pathorob"], ri.n, "ri", unit))
             rows.append(_rows(method, ENCODER, "all", "ri_de_jong", ri.de_jong, *lo["de_jong"], ri.n, "ri", unit))
             for name in ("k", "support", "knn_balanced_accuracy", "ss", "so", "os", "oo"):
-                rows.append(_rows(method, ENCODER, "all", f"ri_{name}", getattr(ri, name), n=ri.n, kind="ri"))
+                rows.append(_rows(method, ENCODER, "all", f"ri_{name}", getattr(ri, name), n=ri.n, kind="ri", unit=ri_unit))
     rows += [_rows(method, ENCODER, *r[1:]) for r in _tightness_rows(emb, cfg)]
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -39,8 +39,12 @@ def blas_single_thread() -> ContextManager[Any]:
     except ImportError:  # pragma: no cover - scikit-learn brings it
         return contextlib.nullcontext()
     if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = threadpoolctl.ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        controller = threadpoolctl.ThreadpoolController().select(user_api="blas")
+        multi = any(lib.get("num_threads", 1) > 1 for lib in controller.info())
+        _BLAS_CONTROLLER = controller if multi else False  # False: already single-threaded
+    if _BLAS_CONTROLLER is False:
+        return contextlib.nullcontext()
+    return _BLAS_CONTROLLER.limit(limits=1)
 
 
 def is_torch(x: Any) -> bool:

@@ -209,6 +209,7 @@ def read_targets(path: str | os.PathLike) -> list[dict]:
 __all__ = [
     "Candidate",
     "MIN_TARGET_TISSUE",
+    "NormalizePlan",
     "check_target",
     "load_target",
     "load_target_image",
@@ -219,3 +220,53 @@ __all__ = [
     "tissue_share",
     "write_json_atomic",
 ]
+
+
+class NormalizePlan:
+    """What the `normalize` stage makes, from config['normalize'] and the sample sheet alone.
+
+    Used by workflow/rules/normalize.smk (parse time): target ids/methods, the stores that get
+    variants, the random-draw candidates and the final files.
+    """
+
+    def __init__(self, cfg: dict[str, Any], samples: Any, results: str) -> None:
+        self.cfg = cfg
+        self.targets_cfg = cfg["targets"]
+        self.results = results.rstrip("/")
+        self.samples = samples
+        mode = self.targets_cfg["mode"]
+        if mode == "list" and not self.targets_cfg.get("paths"):
+            raise ValueError("config normalize.targets: mode 'list' needs a non-empty 'paths' list")
+        k = len(self.targets_cfg["paths"]) if mode == "list" else int(self.targets_cfg["k"])
+        self.plan = plan_targets(cfg["methods"], k)
+
+    def _slides(self, split: str) -> list[str]:
+        return list(self.samples[self.samples["split"] == split]["slide_id"])
+
+    def store_ids(self) -> list[str]:
+        """Stores that get normalized variants: the tile stores of split normalize.stores."""
+        return self._slides(self.cfg["stores"])
+
+    def variant_stores(self) -> list[tuple[str, str, str]]:
+        """(store, stain_method, target id) of every variant store (read by rules/train.smk)."""
+        return [(s, m, t) for s in self.store_ids() for t, m in self.plan]
+
+    def candidates(self) -> list[dict[str, str]]:
+        """Candidate stores of the random draw: the slides of normalize.targets.split."""
+        if self.targets_cfg["mode"] != "random":
+            return []
+        rows = self.samples[self.samples["split"] == self.targets_cfg["split"]]
+        return [
+            {"path": f"{self.results}/tiles/{r.slide_id}.zarr", "slide_id": str(r.slide_id),
+             "patient": str(r.patient), "center": str(r.center)}
+            for r in rows.itertuples()
+        ]
+
+    def variant_paths(self, store: str = "{store}") -> list[str]:
+        return [f"{self.results}/variants/{store}/{m}/{t}.zarr" for t, m in self.plan]
+
+    def final_files(self) -> list[str]:
+        out = [f"{self.results}/variants/{s}/{m}/{t}.zarr" for s, m, t in self.variant_stores()]
+        if self.store_ids():
+            out += [f"{self.results}/normalize/montage/{t}.png" for t, _ in self.plan]
+        return out
