@@ -27,10 +27,9 @@ rule select_targets:
         log_path("normalize", "select_targets"),
     benchmark:
         bench_path("normalize", "select_targets")
-    threads: 1
+    threads: stage_threads("normalize")
     resources:
-        mem_mb=lambda wc: res("normalize", "mem_mb"),
-        runtime=lambda wc: res("normalize", "runtime"),
+        **stage_resources("normalize"),
     conda:
         ENV_CPU
     script:
@@ -52,10 +51,9 @@ rule normalize:
         log_path("normalize", "{store}"),
     benchmark:
         bench_path("normalize", "{store}")
-    threads: 1
+    threads: stage_threads("normalize")
     resources:
-        mem_mb=lambda wc: res("normalize", "mem_mb"),
-        runtime=lambda wc: res("normalize", "runtime"),
+        **stage_resources("normalize"),
     conda:
         ENV_CPU
     script:
@@ -79,10 +77,9 @@ rule normalize_montage:
         log_path("normalize", "montage_{target}"),
     benchmark:
         bench_path("normalize", "montage_{target}")
-    threads: 1
+    threads: stage_threads("normalize")
     resources:
-        mem_mb=lambda wc: res("normalize", "mem_mb"),
-        runtime=lambda wc: res("normalize", "runtime"),
+        **stage_resources("normalize"),
     conda:
         ENV_CPU
     script:
