@@ -12,7 +12,7 @@ import yaml
 
 from workflow_helpers import REPO, make_workdir, run_snakemake
 
-pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+pytestmark = pytest.mark.realdata
 
 DOMAINS = {"midog21_hamamatsu_xr", "midog21_hamamatsu_s360", "tupac16", "tcga_brca"}
 METHODS = ["baseline", "simclr"]
@@ -42,6 +42,7 @@ def mitosis_run(shared_data, tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_cross_center_tables_cover_every_domain_pair(mitosis_run):
     s = pd.read_csv(mitosis_run / "results" / "metrics" / "summary.csv", dtype={"train": str, "test": str})
     assert set(s["method"]) == set(METHODS)
@@ -65,6 +66,7 @@ def test_cross_center_tables_cover_every_domain_pair(mitosis_run):
     assert list(paired["method"]) == ["simclr"] and np.isfinite(paired["value"]).all()
 
 
+@pytest.mark.slow
 def test_figures_report_and_summary(mitosis_run):
     r = mitosis_run / "results"
     for m in METHODS:
@@ -75,3 +77,80 @@ def test_figures_report_and_summary(mitosis_run):
     assert "Closing note" in md and "tcga_brca" in md and "midog21_hamamatsu_xr" in md
     html = (mitosis_run / "report.html")
     assert html.is_file() and html.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation stage alone on the real crops (no training DAG): a fixed colour/texture feature
+# and a logistic-regression head per domain, scored on every domain's held-out slides. Exercises
+# the same library calls as the `evaluate` rule on real cross-scanner data in a few seconds.
+def _features(paths: list[Path]) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        x = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+        c = x[32:96, 32:96]  # the mitotic figure sits in the centre of the 128 px crop
+        g = c.mean(2)
+        gy, gx = np.gradient(g)
+        out.append(np.concatenate([x.mean((0, 1)), x.std((0, 1)), c.mean((0, 1)), c.std((0, 1)),
+                                   np.percentile(g, [5, 25, 50]), [np.hypot(gx, gy).mean()]]))
+    return np.asarray(out)
+
+
+def _real_predictions(shared_data: Path) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupShuffleSplit
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from stainshift.embeddings import prediction_frame
+
+    ami = pd.read_csv(shared_data / "ami_br" / "labels.csv").assign(folder="ami_br")
+    atn = pd.read_csv(shared_data / "atnorm_br" / "labels.csv").assign(folder="atnorm_br", domain="tcga_brca")
+    atn["slide"] = [f"crop{i}" for i in range(len(atn))]  # no slide ids in AtNorM-Br
+    df = pd.concat([ami[["path", "label", "domain", "slide", "folder"]], atn[["path", "label", "domain", "slide", "folder"]]],
+                   ignore_index=True)
+    df["y"] = (df["label"] == "atypical").astype(int)
+    feats = _features([shared_data / f / p for f, p in zip(df["folder"], df["path"])])
+    df["split"] = "train"
+    for dom, part in df.groupby("domain"):
+        tr, te = next(GroupShuffleSplit(n_splits=1, test_size=0.3, random_state=0).split(part, part["y"], part["slide"]))
+        df.loc[part.index[te], "split"] = "test"
+    test = df[df["split"] == "test"]
+    frames = []
+    heads = {d: df[(df["split"] == "train") & (df["domain"] == d)] for d in sorted(DOMAINS)}
+    heads["all"] = df[df["split"] == "train"]
+    for train, part in heads.items():
+        clf = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000))
+        clf.fit(feats[part.index], part["y"])
+        for dom, tp in test.groupby("domain"):
+            frames.append(prediction_frame(clf.predict_proba(feats[tp.index]), method="colour_lr", train=train,
+                                           index=tp.index.to_numpy(), label=tp["y"].to_numpy(),
+                                           meta=dict(store=f"mitosis-{dom}-test", slide_id="x", test=dom, split="test")))
+    preds = pd.concat(frames, ignore_index=True)
+    preds["slide_id"] = df.loc[preds["index"], "slide"].astype(str).to_numpy()
+    return preds, feats, df
+
+
+def test_evaluation_on_real_crops_train_one_domain_test_the_others(shared_data):
+    from stainshift.metrics import pipeline as pl
+    from stainshift.metrics import robustness as rob
+    from stainshift.metrics import batch_effect as be
+
+    preds, feats, df = _real_predictions(shared_data)
+    cfg = pl.EvalConfig(bootstrap=100)
+    t = pl.cross_center(preds, "colour_lr", cfg)
+    acc = t[(t.metric == "auc") & t.kind.isin(["cell", "in_center"])]
+    assert set(acc["train"]) == DOMAINS | {"all"} and set(acc["test"]) == DOMAINS and len(acc) == 20
+    assert acc["value"].between(0, 1).all()
+    units = t[t.kind == "cell"].groupby("test")["unit"].first()
+    assert units["midog21_hamamatsu_xr"] == "slide" and units["tcga_brca"] == "tile"  # slides where given
+    off = t[(t.kind == "mean_off_diagonal") & (t.metric == "balanced_accuracy")]
+    assert len(off) == 4 and (off["ci_low"] <= off["value"]).all() and (off["value"] <= off["ci_high"]).all()
+    # colour features: the scanner domain is far easier to read off the crops than the mitosis class
+    test = df[df["split"] == "test"]
+    ri = rob.robustness_index(feats[test.index], test["y"].to_numpy(), test["domain"].to_numpy(),
+                              test["slide"].astype(str).to_numpy(), k_candidates=[5, 11, 21])
+    assert ri.pathorob < 0.5 and ri.support > 0.5
+    w2 = be.w2_between_centers(feats[test.index], test["domain"], test["y"], max_samples=200)
+    assert len(w2) == 6 * 3 * 2 and (w2["value"] > 0).all()

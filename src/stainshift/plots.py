@@ -51,18 +51,19 @@ def _order(train_or_test: Sequence[str]) -> list[str]:
 def cross_center_heatmap(table: pd.DataFrame, path: str | os.PathLike, title: str = "",
                          metrics: Sequence[str] = HEATMAP_METRICS) -> Path:
     """Heatmaps of a long cross-center table (``train, test, metric, value``), one per metric;
-    the in-center cells get a black frame, the mean off-diagonal per row is printed at its end."""
+    the in-center cells get a black frame, the mean off-diagonal of each row is in its tick label."""
     metrics = [m for m in metrics if m in set(table["metric"])]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 0.6, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics) + 0.6, 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         w = wide_table(table, m)
         w = w.reindex(index=_order(w.index), columns=_order(w.columns))
         im = ax.imshow(w.to_numpy(dtype=float), vmin=0 if m != "qwk" else -1, vmax=1, cmap="viridis")
+        off = table[(table["metric"] == m) & (table["test"] == OFF_DIAGONAL)].set_index("train")["value"]
         ax.set_xticks(range(w.shape[1]), w.columns, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(w.shape[0]), w.index, fontsize=7)
+        ax.set_yticks(range(w.shape[0]), [f"{tr}\n(off {off[tr]:.2f})" if tr in off.index else tr for tr in w.index],
+                      fontsize=7)
         ax.set_xlabel("test center", fontsize=8)
         ax.set_title(m, fontsize=9)
-        off = table[(table["metric"] == m) & (table["test"] == OFF_DIAGONAL)].set_index("train")["value"]
         for i, tr in enumerate(w.index):
             for j, te in enumerate(w.columns):
                 v = w.iloc[i, j]
@@ -71,9 +72,7 @@ def cross_center_heatmap(table: pd.DataFrame, path: str | os.PathLike, title: st
                             color="white" if v < 0.6 else "black")
                 if tr == te:
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
-            if tr in off.index:
-                ax.text(w.shape[1] - 0.4, i, f" off {off[tr]:.2f}", va="center", fontsize=6)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.18)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     axes[0][0].set_ylabel("train center", fontsize=8)
     fig.suptitle(title or "cross-center table (framed: in-center)", fontsize=10)
     return save_figure(fig, path)

@@ -63,6 +63,13 @@ def resampling_groups(
     return g
 
 
+def _unit(groups: Sequence | np.ndarray | None, n: int) -> str:
+    """"slide" for a cluster bootstrap, "tile" when no groups are given or every group is one tile."""
+    if groups is None or np.unique(np.asarray(groups).astype(str)).size >= n:
+        return "tile"
+    return "slide"
+
+
 def _index_sets(n: int, groups: np.ndarray | None, strata: np.ndarray | None) -> list[list[np.ndarray]]:
     """Per stratum, the list of index arrays that are resampled as units (slides or single tiles)."""
     s = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
@@ -103,7 +110,7 @@ def bootstrap_ci(
     """
     full = np.arange(n)
     value = float(statistic(full))
-    unit = "tile" if groups is None else "slide"
+    unit = _unit(groups, n)
     if n == 0 or n_boot <= 0:
         return BootstrapResult(value, np.nan, np.nan, 0, 0, unit)
     units = _index_sets(n, None if groups is None else np.asarray(groups), None if strata is None else np.asarray(strata))
@@ -135,7 +142,7 @@ def paired_bootstrap_test(
     (the bootstrap-percentile test; resolution 1/B)."""
     full = np.arange(n)
     diff = float(statistic_a(full) - statistic_b(full))
-    unit = "tile" if groups is None else "slide"
+    unit = _unit(groups, n)
     units = _index_sets(n, None if groups is None else np.asarray(groups), None if strata is None else np.asarray(strata))
     rng = np.random.default_rng(seed)
     reps = []
