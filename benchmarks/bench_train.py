@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--out", default="bench_out/bench_train.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,7 +158,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             result["loader"] = [row for cache in (0.0, 512.0) for row in bench_loader(
                 Path(tmp), args.loader_tiles, args.loader_tile_size, args.loader_batch, args.workers, cache_mb=cache)]
-    result["train"] = [bench_method(m, c, args.tile_size, device, args.steps, args.warmup, args.batch_size)
+    result["train"] = [] if args.skip_train else [bench_method(m, c, args.tile_size, device, args.steps, args.warmup, args.batch_size)
                        for m, c in method_cfgs(args.config, methods).items()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

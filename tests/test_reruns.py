@@ -51,9 +51,11 @@ def test_completed_run_is_up_to_date(base, graph):
 
 def test_tiling_param_reruns_tiling_and_downstream_only(work, graph):
     set_config(work, {"tiling": {"min_tissue_fraction": 0.6}})
-    changed = _list_changes_params(work)
-    assert changed, "no output reported with changed params"
-    assert all(p.startswith(("results/tiles/", "results/qc/")) for p in changed), changed
+    # --list-changes params names every tile store (in Snakemake 9.27 it also lists files whose
+    # params did not change, so only the plan below is compared exactly)
+    changed = set(_list_changes_params(work))
+    stores = {f"results/tiles/{p.name}" for p in (work / "results" / "tiles").glob("*.zarr")}
+    assert stores and stores <= changed, sorted(stores - changed)
     planned = planned_rules(work)
     assert set(planned) == descendants(graph, "tile"), (
         f"planned {dict(planned)}; expected tile and downstream: {sorted(descendants(graph, 'tile'))}")
@@ -127,6 +129,8 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     assert planned_rules(work, target).get("tile") == 1
     run_snakemake(work, target)
     import zarr
+
+    import stainshift.store  # noqa: F401  (registers the stores' codecs)
 
     group = zarr.open_group(str(store), mode="r")
     n = group["images"].shape[0]

@@ -23,7 +23,7 @@ def test_tiny_workflow_pretrain_embed_finetune_predict(tmp_path: Path) -> None:
     assert len(metrics) == 1 and metrics["loss"].notna().all()
     manifest = pd.read_csv(res / "embeddings/simclr/manifest.csv", dtype=str)
     assert set(manifest["variant_method"]) >= {"raw", "reinhard", "macenko", "vahadane"}
-    with h5py.File(manifest["path"].iloc[0]) as fh:
+    with h5py.File(work / manifest["path"].iloc[0]) as fh:  # paths are relative to the working directory
         assert fh["features"].shape[0] == len(fh["label"]) == len(fh["coords"]) == len(fh["index"])
         assert fh.attrs["method"] == "simclr"
     heads = sorted(p.parent.name for p in (res / "models/simclr").glob("*/head.pt"))

@@ -224,6 +224,6 @@ def make_loader(dataset: TileDataset, sampler: Sampler, num_workers: int = 0, pi
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
         worker_init_fn=seed_worker if num_workers > 0 else None,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,  # keeps each worker's store handles and tile cache across epochs
         multiprocessing_context="spawn" if num_workers > 0 and torch.cuda.is_initialized() else None,
     )

@@ -25,7 +25,6 @@ SAMPLES = load_sample_sheet(
     generated_prefixes=[SYNTH_DIR] if config["synth"]["enabled"] else [],
 )
 SLIDES = list(SAMPLES["slide_id"])
-CENTERS = sorted(SAMPLES["center"].unique())
 
 # --- Patch stores (issue 3) -----------------------------------------------------------------------
 # STORES: one row per patch store {RESULTS}/tiles/{store_id}.zarr, indexed by store_id, columns
@@ -45,6 +44,9 @@ STORES = pd.DataFrame(
 if STORES.index.duplicated().any():
     raise ValueError(f"store ids clash between the sample sheet and crop sets: {sorted(STORES.index[STORES.index.duplicated()])}")
 
+STORE_IDS = list(STORES.index)  # every patch store: tiled slides, then crop stores
+CENTERS = sorted(STORES["center"].unique())
+
 # Each rules file registers a function returning the final targets it contributes to `rule all`.
 TARGET_FUNCS = []
 
@@ -53,22 +55,14 @@ def all_targets(wildcards=None):
     return [t for f in TARGET_FUNCS for t in f()]
 
 
-def slides_where(split=None, center=None):
-    """Slide ids of the sample sheet, optionally filtered by split and/or center."""
-    df = SAMPLES
+def stores_where(split=None, center=None):
+    """Patch-store ids (slides and crop stores), optionally filtered by split and/or center."""
+    df = STORES
     if split is not None:
         df = df[df["split"] == split]
     if center is not None:
         df = df[df["center"] == center]
-    return list(df["slide_id"])
-
-
-def res(stage, key):
-    """A resource of a stage from config['resources'] (falls back to the 'default' entry)."""
-    stage_res = config["resources"].get(stage, {})
-    if key in stage_res:
-        return stage_res[key]
-    return config["resources"]["default"].get(key, 0)
+    return list(df["store_id"])
 
 
 def log_path(stage, name="{slide}"):
@@ -142,3 +136,119 @@ def torchrun_prefix(stage):
     if gpus <= 1:
         return "python"
     return f"torchrun --standalone --nnodes=1 --nproc_per_node={gpus}"
+
+
+# --- Synthetic slides (rules/synth.smk) -------------------------------------------------------------
+from stainshift.synth import CENTERS as SYNTH_CENTERS
+
+
+def _check_synth_centers():
+    """Fail at parse time, naming the rows, when a generated slide asks for an unknown center."""
+    if not config["synth"]["enabled"]:
+        return
+    bad = [
+        f"  - slide_id={sid!r}: center {c!r}"
+        for sid, p, c in zip(SAMPLES["slide_id"], SAMPLES["path"], SAMPLES["center"])
+        if str(p).startswith(f"{SYNTH_DIR}/") and c not in SYNTH_CENTERS
+    ]
+    if bad:
+        raise ValueError(
+            f"sample sheet '{config['samples']}': rows generated under {SYNTH_DIR}/ need a synthetic center "
+            f"({', '.join(sorted(SYNTH_CENTERS))}):\n" + "\n".join(bad)
+        )
+
+
+_check_synth_centers()
+
+
+def synth_slide_params(wildcards):
+    row = SAMPLES.loc[wildcards.slide]
+    return {"center": row["center"], "slide_id": wildcards.slide, **config["synth"]}
+
+
+def synth_targets():
+    if not config["synth"]["enabled"]:
+        return []
+    return [p for p in SAMPLES["path"] if str(p).startswith(f"{SYNTH_DIR}/")]
+
+
+
+# --- Tile stage (rules/tile.smk) -------------------------------------------------------------------
+import re
+
+
+def _alternatives(ids):
+    return "|".join(re.escape(i) for i in ids) if ids else "(?!x)x"
+
+
+def tile_inputs(wildcards):
+    row = SAMPLES.loc[wildcards.slide]
+    inputs = {"slide": row["path"]}
+    if row.get("annotation"):
+        inputs["annotation"] = row["annotation"]
+    return inputs
+
+
+def tile_row(wildcards):
+    row = SAMPLES.loc[wildcards.slide]
+    return {k: (None if pd.isna(v) else v) for k, v in row.items()} | {"slide_id": wildcards.slide}
+
+
+def crop_store_entry(wildcards):
+    return CROP_ENTRIES[STORES.loc[wildcards.store, "set"]]
+
+
+def tile_targets():
+    return [f"{RESULTS}/tiles/{s}.zarr" for s in STORES.index] + [f"{RESULTS}/qc/{s}.png" for s in SLIDES]
+
+
+
+# --- Training stages (rules/train.smk) -------------------------------------------------------------
+import json
+import shlex
+
+
+def tile_store(store):
+    return f"{RESULTS}/tiles/{store}.zarr"
+
+
+def pretrain_methods():
+    return list(config["pretrain"]["methods"])
+
+
+def train_centers():
+    """Fine-tuning centers: `each` expands to every center with training slides; `all` pools them."""
+    out = []
+    for entry in config["finetune"].get("train_centers", ["each", "all"]):
+        if entry == "each":
+            out += [c for c in CENTERS if stores_where(split="train", center=c)]
+        else:
+            out.append(entry)
+    return list(dict.fromkeys(out))
+
+
+def variant_store_list():
+    """(store, stain_method, target) of every normalized variant store, from rules/normalize.smk's
+    `variant_stores()` (include it before this file); empty when the normalize stage is absent."""
+    func = globals().get("variant_stores")
+    return list(func()) if callable(func) else []
+
+
+def variant_store_paths(wildcards=None):
+    return [f"{RESULTS}/variants/{s}/{m}/{t}.zarr" for s, m, t in variant_store_list()]
+
+
+def pretrain_config_json(wildcards):
+    from stainshift.train import method_config
+
+    return shlex.quote(json.dumps(method_config(config["pretrain"], wildcards.method), sort_keys=True))
+
+
+def train_targets():
+    out = []
+    for m in pretrain_methods():
+        out += [f"{RESULTS}/models/{m}/encoder.pt", f"{RESULTS}/embeddings/{m}/manifest.csv",
+                f"{RESULTS}/models/{m}/finetune_metrics.csv", f"{RESULTS}/predictions/{m}.csv"]
+    return out
+
+

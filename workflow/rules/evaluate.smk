@@ -35,8 +35,7 @@ rule evaluate:
         bench_path("evaluate", "{method}")
     threads: 1
     resources:
-        mem_mb=lambda wc: res("evaluate", "mem_mb"),
-        runtime=lambda wc: res("evaluate", "runtime"),
+        **stage_resources("evaluate"),
     conda:
         ENV_CPU
     script:
@@ -63,8 +62,7 @@ rule summarize:
         bench_path("summarize", "summary")
     threads: 1
     resources:
-        mem_mb=lambda wc: res("evaluate", "mem_mb"),
-        runtime=lambda wc: res("evaluate", "runtime"),
+        **stage_resources("evaluate"),
     conda:
         ENV_CPU
     script:

@@ -8,7 +8,7 @@ from stainshift.stain.targets import NormalizePlan
 
 NORM = config["normalize"]
 NORM_DIR = f"{RESULTS}/normalize"
-NORM_PLAN = NormalizePlan(NORM, SAMPLES, RESULTS)
+NORM_PLAN = NormalizePlan(NORM, STORES, RESULTS)
 NORM_TARGET_IDS = [t for t, _ in NORM_PLAN.plan]
 variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every variant (rules/train.smk)
 

@@ -21,8 +21,7 @@ rule report:
         bench_path("report", "summary")
     threads: 1
     resources:
-        mem_mb=lambda wc: res("default", "mem_mb"),
-        runtime=lambda wc: res("default", "runtime"),
+        **stage_resources("default"),
     conda:
         ENV_CPU
     script:

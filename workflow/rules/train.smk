@@ -4,49 +4,9 @@
 #                                    {R}/embeddings/{method}/variants/{store}/{stain}/{target}.h5, manifest.csv
 #   finetune  one job per method  -> {R}/models/{method}/{train_center}/head.pt for every train center (+ "all")
 #   predict   one job per method  -> {R}/predictions/{method}.csv (layout: stainshift.embeddings docstring)
-import json
-import shlex
-
-
-def tile_store(store):
-    return f"{RESULTS}/tiles/{store}.zarr"
-
-
-def pretrain_methods():
-    return list(config["pretrain"]["methods"])
-
-
-def train_centers():
-    """Fine-tuning centers: `each` expands to every center with training slides; `all` pools them."""
-    out = []
-    for entry in config["finetune"].get("train_centers", ["each", "all"]):
-        if entry == "each":
-            out += [c for c in CENTERS if slides_where(split="train", center=c)]
-        else:
-            out.append(entry)
-    return list(dict.fromkeys(out))
-
-
-def variant_store_list():
-    """(store, stain_method, target) of every normalized variant store, from rules/normalize.smk's
-    `variant_stores()` (include it before this file); empty when the normalize stage is absent."""
-    func = globals().get("variant_stores")
-    return list(func()) if callable(func) else []
-
-
-def variant_store_paths(wildcards=None):
-    return [f"{RESULTS}/variants/{s}/{m}/{t}.zarr" for s, m, t in variant_store_list()]
-
-
-def pretrain_config_json(wildcards):
-    from stainshift.train import method_config
-
-    return shlex.quote(json.dumps(method_config(config["pretrain"], wildcards.method), sort_keys=True))
-
-
 rule pretrain:
     input:
-        stores=lambda wc: [tile_store(s) for s in slides_where(split=config["pretrain"].get("train_split", "train"))],
+        stores=lambda wc: [tile_store(s) for s in stores_where(split=config["pretrain"].get("train_split", "train"))],
     output:
         encoder=f"{RESULTS}/models/{{method}}/encoder.pt",
         metrics=f"{RESULTS}/models/{{method}}/metrics.csv",
@@ -73,15 +33,15 @@ rule pretrain:
 rule embed:
     input:
         encoder=f"{RESULTS}/models/{{method}}/encoder.pt",
-        stores=[tile_store(s) for s in SLIDES],
+        stores=[tile_store(s) for s in STORE_IDS],
         variants=variant_store_paths,
     output:
-        raw=[f"{RESULTS}/embeddings/{{method}}/{s}.h5" for s in SLIDES],
+        raw=[f"{RESULTS}/embeddings/{{method}}/{s}.h5" for s in STORE_IDS],
         variants=[f"{RESULTS}/embeddings/{{method}}/variants/{s}/{m}/{t}.h5" for s, m, t in variant_store_list()],
         manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",
     params:
         cfg=lambda wc: config["embed"],
-        results=RESULTS,
+        results=lambda wc, output: str(Path(output.manifest).parents[2]),  # {results}/embeddings/{method}/
         variant_list=lambda wc: [list(v) for v in variant_store_list()],
     log:
         log_path("embed", "{method}"),
@@ -100,14 +60,13 @@ rule finetune:
     input:
         encoder=f"{RESULTS}/models/{{method}}/encoder.pt",
         embeddings=f"{RESULTS}/embeddings/{{method}}/manifest.csv",
-        stores=[tile_store(s) for s in SLIDES],
+        stores=[tile_store(s) for s in STORE_IDS],
     output:
         heads=[f"{RESULTS}/models/{{method}}/{c}/head.pt" for c in train_centers()],
         metrics=f"{RESULTS}/models/{{method}}/finetune_metrics.csv",
     params:
         cfg=lambda wc: config["finetune"],
         centers=train_centers(),
-        results=RESULTS,
     log:
         log_path("finetune", "{method}"),
     benchmark:
@@ -129,7 +88,6 @@ rule predict:
         f"{RESULTS}/predictions/{{method}}.csv",
     params:
         centers=train_centers(),
-        results=RESULTS,
         test_split="test",
         cfg=lambda wc: config["embed"],
     log:
@@ -143,14 +101,6 @@ rule predict:
         ENV_GPU
     script:
         "../scripts/predict.py"
-
-
-def train_targets():
-    out = []
-    for m in pretrain_methods():
-        out += [f"{RESULTS}/models/{m}/encoder.pt", f"{RESULTS}/embeddings/{m}/manifest.csv",
-                f"{RESULTS}/models/{m}/finetune_metrics.csv", f"{RESULTS}/predictions/{m}.csv"]
-    return out
 
 
 TARGET_FUNCS.append(train_targets)

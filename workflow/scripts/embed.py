@@ -6,7 +6,6 @@ manifest.csv (one row per file: path, store, source, split, center, variant_meth
 
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 

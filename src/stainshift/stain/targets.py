@@ -223,29 +223,32 @@ __all__ = [
 
 
 class NormalizePlan:
-    """What the `normalize` stage makes, from config['normalize'] and the sample sheet alone.
+    """What the `normalize` stage makes, from config['normalize'] and the table of patch stores alone.
+
+    ``stores``: one row per patch store with columns store_id (or slide_id for a bare sample sheet),
+    center, split, patient — tiled slides and labelled crop stores alike.
 
     Used by workflow/rules/normalize.smk (parse time): target ids/methods, the stores that get
     variants, the random-draw candidates and the final files.
     """
 
-    def __init__(self, cfg: dict[str, Any], samples: Any, results: str) -> None:
+    def __init__(self, cfg: dict[str, Any], stores: Any, results: str) -> None:
         self.cfg = cfg
         self.targets_cfg = cfg["targets"]
         self.results = results.rstrip("/")
-        self.samples = samples
+        self.stores = stores.rename(columns={"slide_id": "store_id"}) if "store_id" not in stores else stores
         mode = self.targets_cfg["mode"]
         if mode == "list" and not self.targets_cfg.get("paths"):
             raise ValueError("config normalize.targets: mode 'list' needs a non-empty 'paths' list")
         k = len(self.targets_cfg["paths"]) if mode == "list" else int(self.targets_cfg["k"])
         self.plan = plan_targets(cfg["methods"], k)
 
-    def _slides(self, split: str) -> list[str]:
-        return list(self.samples[self.samples["split"] == split]["slide_id"])
+    def _stores(self, split: str) -> list[str]:
+        return list(self.stores[self.stores["split"] == split]["store_id"])
 
     def store_ids(self) -> list[str]:
         """Stores that get normalized variants: the tile stores of split normalize.stores."""
-        return self._slides(self.cfg["stores"])
+        return self._stores(self.cfg["stores"])
 
     def variant_stores(self) -> list[tuple[str, str, str]]:
         """(store, stain_method, target id) of every variant store (read by rules/train.smk)."""
@@ -255,10 +258,13 @@ class NormalizePlan:
         """Candidate stores of the random draw: the slides of normalize.targets.split."""
         if self.targets_cfg["mode"] != "random":
             return []
-        rows = self.samples[self.samples["split"] == self.targets_cfg["split"]]
+        rows = self.stores[self.stores["split"] == self.targets_cfg["split"]]
+        # A crop store pooling several patients ("mixed", or none given) is drawn from as one unit:
+        # at most one target per such store keeps "at most one target per patient" true.
         return [
-            {"path": f"{self.results}/tiles/{r.slide_id}.zarr", "slide_id": str(r.slide_id),
-             "patient": str(r.patient), "center": str(r.center)}
+            {"path": f"{self.results}/tiles/{r.store_id}.zarr", "slide_id": str(r.store_id),
+             "patient": str(r.store_id) if str(r.patient) in ("", "mixed", "nan", "None") else str(r.patient),
+             "center": str(r.center)}
             for r in rows.itertuples()
         ]
 
