@@ -138,6 +138,8 @@ def _rgba_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         return np.repeat(arr[..., None], 3, axis=2).astype(np.uint8)
     if arr.shape[2] == 4:
+        if arr[..., 3].min() == 255:  # opaque (every pixel inside the scanned area): no compositing
+            return np.ascontiguousarray(arr[..., :3])
         rgb = arr[..., :3].astype(np.uint16)
         a = arr[..., 3:4].astype(np.uint16)
         return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
