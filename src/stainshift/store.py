@@ -486,6 +486,11 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
+# A shard's requested tiles are read as one slice when it spans <= this many tiles per requested tile
+# (slice ~0.35 ms/tile of span vs ~1.1 ms per single-tile read; PatchStore._read_sorted).
+SLICE_READ_FACTOR = 3
+
+
 class PatchStore:
     """Read side of a patch store: ``images`` (lazy zarr array) and the per-tile numpy arrays."""
 
@@ -544,8 +549,29 @@ class PatchStore:
             raise IndexError(f"tile index out of range for {self.path} ({n} tiles)")
         order %= n
         unique, inverse = np.unique(order, return_inverse=True)
-        tiles = np.asarray(self.images.get_orthogonal_selection((unique,)))
-        return tiles[inverse]
+        return self._read_sorted(unique)[inverse]
+
+    def _read_sorted(self, unique: np.ndarray) -> np.ndarray:
+        """Tiles at sorted unique indices, read shard by shard.
+
+        zarr 3.1's ``get_orthogonal_selection`` over a sharded array re-reads a shard per requested
+        tile (measured: ~7 ms/tile for 256 random 224² JPEG tiles vs ~1.1 ms for single-tile reads
+        and ~0.35 ms/tile for a contiguous slice), so each shard's requested tiles are read as one
+        contiguous slice when that slice is short enough, else one by one.
+        """
+        shards = getattr(self.images, "shards", None)
+        per_shard = int(shards[0]) if shards else 1
+        out = np.empty((len(unique), *self.images.shape[1:]), dtype=np.uint8)
+        shard_of = unique // per_shard
+        bounds = np.flatnonzero(np.diff(shard_of)) + 1
+        for run in np.split(np.arange(len(unique)), bounds):
+            lo, hi = int(unique[run[0]]), int(unique[run[-1]]) + 1
+            if hi - lo <= SLICE_READ_FACTOR * len(run):
+                out[run] = np.asarray(self.images[lo:hi])[unique[run] - lo]
+            else:
+                for k in run:
+                    out[k] = np.asarray(self.images[int(unique[k]) : int(unique[k]) + 1])[0]
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Counts and settings for ``stainshift inspect``."""
