@@ -172,7 +172,6 @@ def synth_targets():
     return [p for p in SAMPLES["path"] if str(p).startswith(f"{SYNTH_DIR}/")]
 
 
-
 # --- Tile stage (rules/tile.smk) -------------------------------------------------------------------
 import re
 
@@ -200,7 +199,6 @@ def crop_store_entry(wildcards):
 
 def tile_targets():
     return [f"{RESULTS}/tiles/{s}.zarr" for s in STORES.index] + [f"{RESULTS}/qc/{s}.png" for s in SLIDES]
-
 
 
 # --- Training stages (rules/train.smk) -------------------------------------------------------------
