@@ -270,13 +270,37 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, bn: bool = Fals
     return nn.Sequential(*mods)
 
 
-class Classifier(nn.Module):
-    """Encoder + linear head: what full fine-tuning trains and ``predict`` runs on images."""
+def build_head(spec: dict[str, Any]) -> nn.Module:
+    """A classification head (features → logits) from its spec; sets ``.spec``.
 
-    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+    - ``{"kind": "linear", "in_dim": D, "num_classes": C}``: one linear layer (baseline, probes,
+      full fine-tuning);
+    - ``{"kind": "mlp", "in_dim": D, "hidden": H, "num_classes": C, "act": "leaky_relu"}``:
+      Linear → act → Linear (seed 000's "two fully connected layers of 256 and 512 neurons").
+    """
+    spec = dict(spec)
+    kind = spec.get("kind", "linear")
+    d, c = int(spec["in_dim"]), int(spec["num_classes"])
+    if kind == "linear":
+        head: nn.Module = nn.Linear(d, c)
+    elif kind == "mlp":
+        hidden = int(spec.get("hidden", 512))
+        head = nn.Sequential(nn.Linear(d, hidden), _act(str(spec.get("act", "leaky_relu"))), nn.Linear(hidden, c))
+    else:
+        raise ValueError(f"unknown head kind {kind!r} (expected linear or mlp)")
+    head.spec = {**spec, "kind": kind}
+    return head
+
+
+class Classifier(nn.Module):
+    """Encoder + head (linear unless ``head`` is given): what full fine-tuning trains, what a
+    supervised method exports as its own classifier, and what ``predict`` runs on images."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, head: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.out_dim, num_classes)
+        self.head = head if head is not None else build_head(
+            {"kind": "linear", "in_dim": encoder.out_dim, "num_classes": num_classes})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
@@ -293,5 +317,5 @@ def encoder_fingerprint(model: nn.Module) -> str:
     return f"{spec.get('arch')}({count_parameters(model) / 1e6:.2f}M)"
 
 
-__all__ = ["build_encoder", "register_encoder", "mlp", "Classifier", "ResNet", "ViT", "count_parameters",
+__all__ = ["build_encoder", "build_head", "register_encoder", "mlp", "Classifier", "ResNet", "ViT", "count_parameters",
            "encoder_fingerprint", "MEAN", "STD"]
