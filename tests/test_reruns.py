@@ -110,7 +110,7 @@ def _wait_for(pred, proc: subprocess.Popen, timeout: float, poll: float) -> bool
 def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work):
     # many overlapping tiles for one slide: the store's write takes long enough to be caught mid-way
     set_config(work, {"tiling": {"stride": 8, "max_tiles": None}})
-    slide = "a_train"
+    slide = "a_train1"
     tiles = work / "results" / "tiles"
     store = tiles / f"{slide}.zarr"
     target = f"results/tiles/{slide}.zarr"

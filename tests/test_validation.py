@@ -81,6 +81,16 @@ def test_duplicate_slide_id(tmp_path: Path) -> None:
         load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
 
 
+def test_patient_in_two_splits_names_patient_and_rows(tmp_path: Path) -> None:
+    (tmp_path / "a.tiff").write_bytes(b"x")
+    sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff"), _row("s2", "a.tiff", patient="p2", split="val"),
+                                    _row("s3", "a.tiff", split="test")])
+    with pytest.raises(ConfigError) as exc:
+        load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+    msg = str(exc.value)
+    assert "patient 'p1'" in msg and "row 2 (train)" in msg and "row 4 (test)" in msg and "p2" not in msg
+
+
 def test_unknown_split(tmp_path: Path) -> None:
     (tmp_path / "a.tiff").write_bytes(b"x")
     sheet = _write_sheet(tmp_path, [_row("s1", "a.tiff", split="training")])
@@ -112,9 +122,13 @@ def test_missing_required_column_value(tmp_path: Path) -> None:
     [
         (lambda cfg, sheet: cfg["tiling"].update(filter="magic"), "tiling.filter"),
         (lambda cfg, sheet: sheet.loc.__setitem__((1, "split"), "holdout"), "column 'split'"),
-        (lambda cfg, sheet: sheet.loc.__setitem__((2, "slide_id"), "a_train"), "duplicate slide_id 'a_train'"),
+        (lambda cfg, sheet: sheet.loc.__setitem__((2, "slide_id"), "a_train1"), "duplicate slide_id 'a_train1'"),
+        (lambda cfg, sheet: cfg["pretrain"].update(sources=["each", "center_x"]), "center_x"),
+        (lambda cfg, sheet: cfg["finetune"].update(mode="full"), "finetune"),
+        (lambda cfg, sheet: cfg["finetune"].update(fusion=["stain_embed_c"]), "finetune.fusion"),
     ],
-    ids=["bad-key", "unknown-split", "duplicate-id"],
+    ids=["bad-key", "unknown-split", "duplicate-id", "unknown-source-center", "unknown-finetune-key",
+         "fusion-method-not-pretrained"],
 )
 def test_snakemake_fails_at_parse_time(tmp_path: Path, mutate, expected: str) -> None:
     work = make_workdir(tmp_path)

@@ -207,6 +207,7 @@ def write_crop_store(cs: CropSet, store_id: str, out: str | os.PathLike, *, code
         "downsample": None, "patch_size": side, "stride": None, "filter": None, "filter_params": None,
         "seed": int(cs.config.get("seed", 0)), "kind": "crops", "crop_set": cs.name, "classes": cs.classes,
         "crop_files": list(part["file"]), "crop_groups": list(part["group"]),
+        "crop_patients": [p or g for p, g in zip(part["patient"], part["group"])],
         "n_duplicates_dropped": cs.n_duplicates_dropped, "n_conflicts_dropped": cs.n_conflicts_dropped,
     }
     with StoreWriter(out, patch_size=side, attrs=attrs, codec=codec, jpeg_quality=jpeg_quality) as writer:
@@ -216,6 +217,22 @@ def write_crop_store(cs: CropSet, store_id: str, out: str | os.PathLike, *, code
                 raise CropSetError(f"{cs.folder / row.file}: {tile.shape[1]}x{tile.shape[0]} differs from {side}x{side}; set patch_size")
             writer.append(tile, (-1, -1), float("nan"), int(row.label), float("nan"))
     return len(part)
+
+
+def tile_groups(attrs: Mapping[str, Any], n: int) -> tuple[list[str], list[str]]:
+    """Per-tile (slide ids, patient ids) of a patch store with ``attrs`` and ``n`` tiles: a slide
+    store's tiles all share its slide and patient; a crop store's come from ``crop_groups`` /
+    ``crop_patients`` (a group without a slide id, e.g. ``crop12``, is made unique per store)."""
+    store = str(attrs.get("slide_id", ""))
+    groups = attrs.get("crop_groups")
+    if not groups:
+        return [store] * n, [str(attrs.get("patient") or store)] * n
+    slides = [f"{store}:{g}" if str(g).startswith("crop") else str(g) for g in groups]
+    patients = attrs.get("crop_patients") or groups
+    patients = [f"{store}:{p}" if str(p).startswith("crop") else str(p) for p in patients]
+    if len(slides) != n or len(patients) != n:
+        raise ValueError(f"crop store {store}: {len(slides)} crop groups for {n} tiles")
+    return slides, patients
 
 
 def import_crop_set(entry: Mapping[str, Any], out_dir: str | os.PathLike, *, base_dir: str | os.PathLike = ".",

@@ -1,28 +1,36 @@
 """Embedding files (HDF5, CLAM-style) and the predictions table: the one module owning both formats.
 
-**Embeddings** — ``{R}/embeddings/{method}/{store}.h5`` for every tile store and
-``{R}/embeddings/{method}/variants/{store}/{stain_method}/{target}.h5`` for every normalized variant
-(mirroring ``{R}/variants/{store}/{stain_method}/{target}.zarr``). Datasets:
+**Embeddings** — one folder per run (method, source, seed; :mod:`stainshift.protocol`):
+``{R}/embeddings/{method}/{source}/seed{seed}/stores/{store}.h5`` for every store the run embeds
+(the source's train/val stores and every test store) and
+``.../stores/variants/{store}/{stain_method}/{target}.h5`` for every normalized variant of a test
+store (mirroring ``{R}/variants/{store}/{stain_method}/{target}.zarr``), listed by
+``.../seed{seed}/manifest.csv`` (path, store, source, slide_id, patient, split, center,
+variant_method, variant_target, n). Datasets:
 
 - ``features`` (N, D) float32 — the pretrained encoder's pooled features, no augmentation;
 - ``coords``   (N, 2) int64   — level-0 x, y of the tile (from the store);
 - ``label``    (N,)   int64   — tile label (−1 unknown);
 - ``index``    (N,)   int64   — tile index in the store (row i of features = store tile index[i]).
 
-attrs: ``method, store, slide_id, center, split, patient, encoder, encoder_path, feature_dim,
-variant_method, variant_target, source_store, software_version``. For raw stores
+attrs: ``method, source, seed, store, slide_id, center, split, patient, encoder, encoder_path,
+feature_dim, variant_method, variant_target, source_store, software_version``. For raw stores
 ``variant_method = variant_target = "raw"``; for variants they are the stain method and target id
 and ``store`` is the source (test) store id.
 
-**Predictions** — one CSV per method: ``{R}/predictions/{method}.csv``, one row per
-(train_center head, tile of a test store or test variant store). Columns:
+**Predictions** — one CSV per run: ``{R}/predictions/{method}/{source}/seed{seed}.csv``, one row
+per (protocol head, tile of a test store or test variant store). Columns:
 
-``method, train, store, slide_id, test, split, variant_method, variant_target, index, label,
-p0 … p{C−1}, pred``
+``method, source, source_kind, seed, protocol, encoder_centers, head_centers, store, slide_id,
+patient, test, split, variant_method, variant_target, index, label, p0 … p{C−1}, pred, threshold``
 
-``train`` is the fine-tuning center (a center id or ``all``), ``test`` the tile's center,
-``p{k}`` the softmax probability of class k, ``pred`` the argmax. Raw test stores have
-``variant_method = variant_target = "raw"`` (cf. :data:`stainshift.metrics.variants.RAW`).
+``protocol`` is ``probe`` (linear probe on frozen features, every method) or ``native`` (the
+method's own seed downstream). ``encoder_centers`` / ``head_centers``: the ``+``-joined centers
+whose stores trained the encoder / the head (and chose its epoch); a row's test center ``test`` is
+*seen* when it is in either. ``p{k}`` is the softmax probability of class k, ``pred`` the argmax,
+``threshold`` the decision threshold on p1 chosen on the source's validation split (binary tasks;
+NaN otherwise). Raw test stores have ``variant_method = variant_target = "raw"``
+(cf. :data:`stainshift.metrics.variants.RAW`).
 """
 from __future__ import annotations
 
@@ -37,10 +45,12 @@ import pandas as pd
 import stainshift
 
 RAW = "raw"
-ATTR_KEYS = ("method", "store", "slide_id", "center", "split", "patient", "encoder", "encoder_path",
-             "feature_dim", "variant_method", "variant_target", "source_store", "software_version")
-PREDICTION_COLUMNS = ["method", "train", "store", "slide_id", "test", "split", "variant_method",
-                      "variant_target", "index", "label"]
+ATTR_KEYS = ("method", "source", "seed", "store", "slide_id", "center", "split", "patient", "encoder",
+             "encoder_path", "feature_dim", "variant_method", "variant_target", "source_store", "software_version")
+PREDICTION_COLUMNS = ["method", "source", "source_kind", "seed", "protocol", "encoder_centers", "head_centers",
+                      "store", "slide_id", "patient", "test", "split", "variant_method", "variant_target", "index",
+                      "label"]
+PROTOCOLS = ("probe", "native")
 
 
 def _attr(value: Any) -> Any:
@@ -97,28 +107,33 @@ def read_embeddings(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def embedding_path(results: str, method: str, store: str, variant_method: str | None = None,
+def embedding_path(stores_dir: str, store: str, variant_method: str | None = None,
                    variant_target: str | None = None) -> str:
-    """Path of the embeddings of a raw store or of one of its variants."""
+    """Path of the embeddings of a raw store or of one of its variants inside a run's ``stores/``."""
     if variant_method in (None, "", RAW):
-        return f"{results}/embeddings/{method}/{store}.h5"
-    return f"{results}/embeddings/{method}/variants/{store}/{variant_method}/{variant_target}.h5"
+        return f"{stores_dir}/{store}.h5"
+    return f"{stores_dir}/variants/{store}/{variant_method}/{variant_target}.h5"
 
 
-def prediction_frame(probs: np.ndarray, *, method: str, train: str, meta: Mapping[str, Any], index: np.ndarray,
-                     label: np.ndarray) -> pd.DataFrame:
-    """Rows of the predictions table for one (head, store): ``meta`` gives store, slide_id, test,
-    split, variant_method, variant_target."""
+def prediction_frame(probs: np.ndarray, *, meta: Mapping[str, Any], index: np.ndarray, label: np.ndarray,
+                     threshold: float = float("nan")) -> pd.DataFrame:
+    """Rows of the predictions table for one (head, store): ``meta`` gives every non-array column
+    of :data:`PREDICTION_COLUMNS` (missing ones: store for slide_id/patient, ``raw`` variants)."""
     n = len(probs)
-    df = pd.DataFrame({
-        "method": method, "train": train, "store": meta["store"], "slide_id": meta.get("slide_id", meta["store"]),
-        "test": meta["test"], "split": meta.get("split", ""), "variant_method": meta.get("variant_method") or RAW,
-        "variant_target": meta.get("variant_target") or RAW, "index": np.asarray(index, np.int64),
-        "label": np.asarray(label, np.int64),
-    }, index=range(n))
+    missing = [k for k in ("method", "source", "seed", "protocol", "store", "test") if k not in meta]
+    if missing:
+        raise KeyError(f"prediction_frame: meta lacks {missing}")
+    cols: dict[str, Any] = {k: meta.get(k, "") for k in PREDICTION_COLUMNS[:-2]}
+    cols["slide_id"] = meta.get("slide_id") or meta["store"]
+    cols["patient"] = meta.get("patient") or cols["slide_id"]
+    cols["variant_method"] = meta.get("variant_method") or RAW
+    cols["variant_target"] = meta.get("variant_target") or RAW
+    df = pd.DataFrame({**cols, "index": np.asarray(index, np.int64), "label": np.asarray(label, np.int64)},
+                      index=range(n))
     for k in range(probs.shape[1]):
         df[f"p{k}"] = probs[:, k].astype(np.float32)
     df["pred"] = probs.argmax(1) if n else np.zeros(0, np.int64)
+    df["threshold"] = float(threshold)
     return df
 
 
@@ -135,7 +150,8 @@ def write_predictions(path: str | os.PathLike, frames: list[pd.DataFrame]) -> Pa
 
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     """The predictions table (``variant_target`` kept as a string)."""
-    return pd.read_csv(path, dtype={"variant_target": str, "store": str, "slide_id": str, "train": str, "test": str})
+    return pd.read_csv(path, dtype={"variant_target": str, "store": str, "slide_id": str, "patient": str, "source": str,
+                                    "test": str, "encoder_centers": str, "head_centers": str})
 
 
 def embed_store(encoder: Any, store_path: str | os.PathLike, out_path: str | os.PathLike, *, attrs: Mapping[str, Any],

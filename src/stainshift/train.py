@@ -16,9 +16,9 @@ Pretraining (``pretrain``): build the method from the merged config (:func:`meth
   ``ctx.backward_step``. Contrastive losses gather embeddings, so the loss equals the one-process
   loss on the same global batch (``tests/test_ddp.py``).
 
-Fine-tuning (``finetune_linear`` on frozen embeddings, ``finetune_full`` on images) selects the
-best epoch by a validation metric. Prediction writes the table documented in
-:mod:`stainshift.embeddings`.
+Fine-tuning (``finetune_linear`` on frozen embeddings, ``finetune_classifier`` on images) selects
+the best epoch by a validation metric; ``choose_threshold`` picks a binary decision threshold on
+it. Prediction writes the table documented in :mod:`stainshift.embeddings`.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ from tqdm import tqdm
 import stainshift
 from stainshift.data import EpochBatchSampler, TileDataset, make_loader
 from stainshift.methods import Method, StepContext, build_method, get_method_class
-from stainshift.models import Classifier, build_encoder, count_parameters
+from stainshift.metrics.cross_center import accuracy, balanced_accuracy
+from stainshift.models import Classifier, build_encoder, build_head, count_parameters
 
 log = logging.getLogger("stainshift.train")
 
@@ -70,8 +71,9 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, 
 
 def method_config(pretrain_cfg: dict[str, Any], method: str) -> dict[str, Any]:
     """Merged settings of one method: base defaults ← the method's ``seed_defaults`` (seed paper)
-    ← ``pretrain.defaults`` ← ``pretrain.<method>``; top-level ``pretrain.seed`` / ``device`` /
-    ``num_workers`` apply unless the method block sets them.
+    ← ``pretrain.defaults`` ← ``pretrain.<method>``; top-level ``pretrain.device`` /
+    ``num_workers`` apply unless the method block sets them. The run's replicate seed
+    (``pretrain.seeds``) is set by the caller.
     """
     cls = get_method_class(method)
     block = pretrain_cfg.get(method) or {}
@@ -84,7 +86,7 @@ def method_config(pretrain_cfg: dict[str, Any], method: str) -> dict[str, Any]:
             if "arch" in enc and enc["arch"] != prev.get("arch"):
                 cfg["encoder"] = {}
         cfg = deep_merge(cfg, {**layer, **({"encoder": enc} if enc is not None else {})})
-    for key in ("seed", "device", "num_workers"):
+    for key in ("device", "num_workers"):
         if key in pretrain_cfg and key not in block:
             cfg[key] = pretrain_cfg[key]
     for key in ("encoder", "epochs", "batch_size"):
@@ -252,7 +254,7 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = ckpt_dir / "last.pt"
-    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world, code=_code_digest(type(method)))
+    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world, code=package_digest())
     state = load(last, map_location=device) if cfg.get("resume", True) and last.exists() else None
     if state is not None and state.get("fingerprint") != fingerprint:
         if rank == 0:
@@ -304,7 +306,7 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
             means = dict(zip(keys, (t / world).tolist()))
         row = {"epoch": epoch + 1, **means,
                **{f"lr_{k}": opt.param_groups[0]["lr"] for k, opt in optimizers.items()},
-               "seconds": round(seconds, 3), "images_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 2)}
+               "images": steps_per_epoch * batch_size, "seconds": round(seconds, 3), "images_per_s": round(steps_per_epoch * batch_size / max(seconds, 1e-9), 2)}
         history.append(row)
         method.on_epoch_end(epoch)
         rng_states = [_rng_state()]
@@ -331,16 +333,15 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
     return history
 
 
-def _code_digest(cls: type) -> str:
-    """Hash of the source files that define a method's training (its module and the shared core)."""
-    import sys
-
-    files = {sys.modules[cls.__module__].__file__, __file__}
-    for name in ("stainshift.methods.base", "stainshift.methods.losses", "stainshift.models", "stainshift.augment"):
-        files.add(sys.modules[name].__file__)
+def package_digest(root: str | os.PathLike | None = None) -> str:
+    """SHA-256 (16 hex) of every ``.py`` file of the installed stainshift package (or ``root``):
+    any change on the training path — methods, models, augmentations, stain, data, store — makes a
+    checkpoint of an older code version unusable for resume."""
+    root = Path(root) if root is not None else Path(stainshift.__file__).parent
     digest = hashlib.sha256()
-    for f in sorted(str(x) for x in files if x):
-        digest.update(Path(f).read_bytes())
+    for f in sorted(root.rglob("*.py")):
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -412,13 +413,34 @@ def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     return enc.to(device).eval()
 
 
-def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_dir: str | os.PathLike, *,
-             callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (), progress: bool = True) -> Path:
-    """Pretrain ``method_name`` on ``stores`` with merged ``cfg``; write ``out_dir/encoder.pt``.
+class DidNotLearnError(RuntimeError):
+    """Pretraining finished but the method's :meth:`learning_check` found it did not learn."""
 
-    Returns the encoder path. Under torchrun only rank 0 writes files.
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_dir: str | os.PathLike, *,
+             meta: dict[str, Any] | None = None, on_no_learning: str = "fail",
+             callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (), progress: bool = True) -> Path:
+    """Pretrain ``method_name`` on ``stores`` with merged ``cfg``; write ``out_dir/encoder.pt``,
+    ``metrics.csv`` and ``train_summary.json`` (budget, first/final losses, learning verdict).
+
+    ``meta``: run provenance (source, source_kind, centers, seed, ...) copied into both files.
+    After training, the method's ``learning_check(history)`` lists reasons it did not learn (loss at
+    its chance level, collapsed embeddings): ``on_no_learning = "fail"`` raises
+    :class:`DidNotLearnError` (the checkpoint is kept, so re-running with ``flag`` costs nothing),
+    ``"flag"`` records the verdict for the report. A finished run deletes its resume checkpoint, so
+    a forced re-run (``snakemake --forcerun pretrain``) trains from scratch. Under torchrun only
+    rank 0 writes files. Returns the encoder path.
     """
+    if on_no_learning not in ("fail", "flag"):
+        raise ValueError(f"on_no_learning must be 'fail' or 'flag', got {on_no_learning!r}")
     out_dir = Path(out_dir)
+    meta = dict(meta or {})
     device = select_device(cfg.get("device", "auto"))
     rank, world = init_distributed(device)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.get("deterministic", False)
@@ -440,13 +462,41 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
     seed_everything(seed)  # identical initial weights on every rank
     method = build_method(method_name, cfg, num_classes)
     seed_everything(seed + 1009 * rank)  # per-rank augmentation streams
+    t0 = time.perf_counter()
     history = fit(method, dataset, cfg, out_dir, device=device, callbacks=callbacks, progress=progress)
+    seconds = time.perf_counter() - t0
     path = out_dir / "encoder.pt"
     if rank == 0:
-        save_encoder(method.export_encoder(), path, method=method_name, epochs=int(cfg["epochs"]),
-                     num_classes=num_classes, tile_size=dataset.tile_size, train_stores=list(stores),
-                     final_loss=float(history[-1]["loss"]) if history else float("nan"))
-        log.info("wrote %s", path)
+        check = getattr(method, "learning_check", None)
+        reasons = [str(r) for r in check(history)] if check is not None else []
+        learning = {"status": "did_not_learn" if reasons else "ok", "reasons": reasons}
+        epochs = int(cfg["epochs"])
+        summary = {
+            "method": method_name, **meta, "epochs": epochs, "tiles": len(dataset),
+            "images_seen": int(sum(r.get("images", 0) for r in history)),
+            "batch_size": int(cfg["batch_size"]), "num_classes": num_classes, "tile_size": dataset.tile_size,
+            "train_stores": list(stores), "first": history[0] if history else {},
+            "final": history[-1] if history else {}, "learning": learning, "seconds": round(seconds, 1),
+        }
+        for reason in reasons:
+            log.warning("%s did not learn: %s", method_name, reason)
+        if reasons and on_no_learning == "fail":
+            raise DidNotLearnError(
+                f"pretrain '{method_name}' ({meta.get('source', '')}, seed {seed}) did not learn: "
+                + "; ".join(reasons) + ". Per-epoch losses: " + str(out_dir / "metrics.csv")
+                + ". Fix the recipe, or set pretrain.on_no_learning: flag to report it as 'did not learn'.")
+        extra: dict[str, Any] = {}
+        native = getattr(method, "native_classifier", None)
+        classifier = native() if native is not None else None
+        if classifier is not None:
+            extra["native_head"] = {"spec": classifier.head.spec,
+                                    "state_dict": {k: v.detach().cpu() for k, v in classifier.head.state_dict().items()}}
+        save_encoder(method.export_encoder(), path, method=method_name, epochs=epochs, num_classes=num_classes,
+                     tile_size=dataset.tile_size, train_stores=list(stores), learning=learning, meta=meta,
+                     final_loss=float(history[-1]["loss"]) if history else float("nan"), **extra)
+        _write_json(out_dir / "train_summary.json", summary)
+        (out_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)  # done: a forced re-run starts afresh
+        log.info("wrote %s (%s)", path, learning["status"])
     if world > 1:
         dist.barrier()
     return path
@@ -487,16 +537,25 @@ class LinearProbe(nn.Module):
         return self.linear((x - self.mean) / self.std)
 
 
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean per-class recall over the classes present in ``y`` (NaN when ``y`` is empty)."""
-    classes = np.unique(y)
-    if len(classes) == 0:
-        return float("nan")
-    return float(np.mean([(pred[y == c] == c).mean() for c in classes]))
+SELECT_METRICS = {"balanced_accuracy": balanced_accuracy, "accuracy": accuracy}
 
 
-SELECT_METRICS = {"balanced_accuracy": balanced_accuracy,
-                  "accuracy": lambda y, p: float((y == p).mean()) if len(y) else float("nan")}
+def choose_threshold(y: np.ndarray, p1: np.ndarray) -> float:
+    """Decision threshold t on P(class 1) maximising balanced accuracy of [p1 ≥ t] on (y, p1) —
+    chosen on the source's validation split, so a head whose scores drift between centers is also
+    scored at its own operating point. Candidates: midpoints between sorted unique scores (and
+    0.5); ties → the candidate closest to 0.5. 0.5 when y has a single class."""
+    y = np.asarray(y)
+    p1 = np.asarray(p1, dtype=np.float64)
+    keep = y >= 0
+    y, p1 = y[keep], p1[keep]
+    if np.unique(y).size < 2:
+        return 0.5
+    u = np.unique(p1)
+    cands = np.unique(np.concatenate([[0.5], (u[1:] + u[:-1]) / 2 if u.size > 1 else u]))
+    scores = np.array([balanced_accuracy(y, (p1 >= t).astype(np.int64)) for t in cands])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 
 
 def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -521,10 +580,7 @@ def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     probe = LinearProbe(x.shape[1], num_classes)
     probe.mean.copy_(x.mean(0))
     probe.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
-    weight = None
-    if cfg.get("class_weight") == "balanced":
-        counts = torch.bincount(y, minlength=num_classes).float()
-        weight = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    weight = class_weights(y, num_classes) if cfg.get("class_weight") == "balanced" else None
     opt = torch.optim.Adam(probe.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
     metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
     bs = int(cfg.get("batch_size", 256))
@@ -555,29 +611,48 @@ def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     return probe.eval(), rows
 
 
-def finetune_full(encoder: nn.Module, train_stores: Sequence[str], val_stores: Sequence[str], num_classes: int,
-                  cfg: dict[str, Any], device: torch.device) -> tuple[Classifier, list[dict[str, Any]]]:
-    """Full fine-tuning of encoder + linear head with seed 000's augmentations; best epoch on val.
+def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """"Balanced" class weights w_c = N / (C · N_c) (0 for classes absent from ``y``)."""
+    counts = torch.bincount(y, minlength=num_classes).float()
+    return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
 
-    cfg keys: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed``, ``select``, ``views``.
+
+def stack_tiles(stores: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every labelled tile (uint8 (N, S, S, 3)) and its label from ``stores``."""
+    ds = TileDataset(stores, labelled_only=True)
+    if len(ds) == 0:
+        return np.zeros((0, ds.tile_size, ds.tile_size, 3), np.uint8), np.zeros(0, np.int64)
+    items = ds.__getitems__(range(len(ds)))
+    return np.stack([it["image"].permute(1, 2, 0).numpy() for it in items]), ds.labels.copy()
+
+
+def finetune_classifier(model: Classifier, train_stores: Sequence[str], val_stores: Sequence[str],
+                        cfg: dict[str, Any], device: torch.device) -> tuple[Classifier, list[dict[str, Any]]]:
+    """Full fine-tuning of ``model``'s trainable parameters (encoder + head; for seed 002's fusion
+    encoder: E_s + head, E_g frozen) with CE and seed 000's augmentations; best epoch on val.
+
+    cfg keys: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed``, ``select``,
+    ``class_weight``, ``views`` (BaselineAug kwargs).
     """
     from stainshift.augment import BaselineAug
 
     seed_everything(int(cfg.get("seed", 0)))
     train = TileDataset(train_stores, labelled_only=True)
-    model = Classifier(copy.deepcopy(encoder), num_classes).to(device)
+    model = model.to(device)
+    num_classes = int(model.head.spec["num_classes"]) if hasattr(model.head, "spec") else model.head.out_features
     aug = BaselineAug(train.tile_size, **(cfg.get("views") or {}))
     bs = min(int(cfg.get("batch_size", 64)), len(train))
     sampler = EpochBatchSampler(len(train), bs, seed=int(cfg.get("seed", 0)))
     loader = make_loader(train, sampler, int(cfg.get("num_workers", 0)))
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg.get("lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 0.0)))
-    val = TileDataset(val_stores, labelled_only=True) if val_stores else None
-    if val is None or len(val) == 0:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=float(cfg.get("lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    weight = (class_weights(torch.as_tensor(train.labels), num_classes).to(device)
+              if cfg.get("class_weight") == "balanced" else None)
+    vimg, vlab = stack_tiles(val_stores) if val_stores else (None, None)
+    if vimg is None or len(vimg) == 0:
         log.warning("no labelled validation tiles: selecting the epoch on the training metric")
-        val = train
+        vimg, vlab = stack_tiles(train_stores)
     metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
-    val_images = val.__getitems__(range(len(val)))
-    vimg = np.stack([v["image"].permute(1, 2, 0).numpy() for v in val_images])
     best_state, best_score, rows = None, -np.inf, []
     for epoch in range(int(cfg.get("epochs", 5))):
         sampler.set_epoch(epoch)
@@ -585,15 +660,16 @@ def finetune_full(encoder: nn.Module, train_stores: Sequence[str], val_stores: S
         total, n = 0.0, 0
         for batch in loader:
             x = aug(batch["image"].to(device))
-            loss = F.cross_entropy(model(x), batch["label"].to(device))
+            loss = F.cross_entropy(model(x), batch["label"].to(device), weight=weight)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(x)
             n += len(x)
-        pred = encode_images(model, vimg, device).argmax(1)
-        score = metric(val.labels, pred)
+        score = metric(vlab, encode_images(model, vimg, device).argmax(1))
         rows.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_metric": score})
+        log.info("fine-tuning epoch %d: train loss %.4f, val %s %.4f", epoch + 1, rows[-1]["train_loss"],
+                 cfg.get("select", "balanced_accuracy"), score)
         if score > best_score:
             best_score, best_state = score, copy.deepcopy(model.state_dict())
             rows[-1]["best"] = True
@@ -603,13 +679,15 @@ def finetune_full(encoder: nn.Module, train_stores: Sequence[str], val_stores: S
 
 def save_head(path: str | os.PathLike, module: nn.Module, *, mode: str, num_classes: int,
               **meta: Any) -> None:
-    """Write ``head.pt``: linear → the probe (``in_dim``, state); full → encoder spec + classifier state."""
+    """Write ``head.pt``: linear → the probe on frozen features (``in_dim``, state); full → a
+    :class:`~stainshift.models.Classifier` on images (encoder spec, head spec, state)."""
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     payload: dict[str, Any] = {"mode": mode, "num_classes": int(num_classes), "state_dict": state, **meta}
     if mode == "linear":
         payload["in_dim"] = int(module.linear.in_features)
     else:
         payload["encoder_spec"] = module.encoder.spec
+        payload["head_spec"] = module.head.spec
     atomic_save(payload, path)
 
 
@@ -620,11 +698,24 @@ def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> tu
     if mode == "linear":
         module: nn.Module = LinearProbe(int(payload["in_dim"]), int(payload["num_classes"]))
     elif mode == "full":
-        module = Classifier(build_encoder(payload["encoder_spec"]), int(payload["num_classes"]))
+        module = Classifier(build_encoder(payload["encoder_spec"]), int(payload["num_classes"]),
+                            head=build_head(payload["head_spec"]))
     else:
         raise ValueError(f"{path}: unknown head mode {mode!r} (expected 'linear' or 'full')")
     module.load_state_dict(payload["state_dict"])
     return mode, module.to(device).eval(), payload
+
+
+def load_native_classifier(encoder_path: str | os.PathLike, device: torch.device | str = "cpu") -> Classifier:
+    """The end-to-end classifier a supervised method trained during pretraining (seed 000's own
+    downstream): the encoder of ``encoder.pt`` with its saved ``native_head``."""
+    state = load(encoder_path)
+    if "native_head" not in state:
+        raise ValueError(f"{encoder_path}: the method '{state.get('method')}' trained no classifier head")
+    encoder = load_encoder(encoder_path, device)
+    head = build_head(state["native_head"]["spec"])
+    head.load_state_dict(state["native_head"]["state_dict"])
+    return Classifier(encoder, int(state["native_head"]["spec"]["num_classes"]), head=head).to(device).eval()
 
 
 @torch.no_grad()
@@ -635,8 +726,3 @@ def probabilities(module: nn.Module, inputs: np.ndarray, device: torch.device, *
     else:
         logits = torch.as_tensor(encode_images(module, inputs, device))
     return torch.softmax(logits.float(), 1).numpy()
-
-
-def iter_batches(n: int, size: int) -> Iterable[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))

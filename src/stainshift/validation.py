@@ -111,6 +111,7 @@ def validate_sample_sheet(
                     f"  - row {row_no} (slide_id={rec.get('slide_id')!r}), column '{col}': file '{value}' does not exist"
                 )
         records.append(rec)
+    problems += _patients_in_several_splits(records)
     ids = [r.get("slide_id") for r in records]
     seen: dict[str, int] = {}
     for i, sid in enumerate(ids):
@@ -124,6 +125,23 @@ def validate_sample_sheet(
         raise ConfigError(f"invalid sample sheet '{sheet}':\n" + "\n".join(problems))
     out = pd.DataFrame.from_records(records, columns=SAMPLE_COLUMNS)
     return out.set_index("slide_id", drop=False)
+
+
+def _patients_in_several_splits(records: list[dict[str, Any]]) -> list[str]:
+    """One problem line per patient whose slides sit in more than one split (train/val/test must be
+    split by patient, or the test set shares patients with training; DESIGN.md)."""
+    rows_by_patient: dict[str, list[tuple[int, str]]] = {}
+    for i, rec in enumerate(records):
+        if rec.get("patient") and rec.get("split"):
+            rows_by_patient.setdefault(str(rec["patient"]), []).append((i + 2, str(rec["split"])))
+    out = []
+    for patient, rows in rows_by_patient.items():
+        splits = sorted({s for _, s in rows})
+        if len(splits) > 1:
+            where = ", ".join(f"row {r} ({s})" for r, s in rows)
+            out.append(f"  - column 'patient': patient {patient!r} is in several splits {splits}: {where}; "
+                       "split by patient so no test patient is seen in training")
+    return out
 
 
 def load_sample_sheet(

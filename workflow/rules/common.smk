@@ -1,4 +1,5 @@
 # Shared parse-time state: validated config, the sample sheet, the store table, helpers for rules.
+import json
 import os
 from pathlib import Path
 
@@ -201,28 +202,71 @@ def tile_targets():
     return [f"{RESULTS}/tiles/{s}.zarr" for s in STORES.index] + [f"{RESULTS}/qc/{s}.png" for s in SLIDES]
 
 
-# --- Training stages (rules/train.smk) -------------------------------------------------------------
-import json
-import shlex
+# --- Training stages (rules/train.smk): sources, replicate seeds, runs -----------------------------
+# A run = (method, source, seed): its own encoder, heads, embeddings and predictions, trained only on
+# the source's centers' train/val stores (stainshift.protocol; DESIGN.md "Evaluation protocol").
+from stainshift.protocol import join_centers, parse_sources
+
+METHODS = list(config["pretrain"]["methods"])
+TRAIN_SPLIT = config["pretrain"]["train_split"]
+VAL_SPLIT = config["finetune"]["val_split"]
+SOURCES = parse_sources(config["pretrain"]["sources"],
+                        [c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)])
+SEEDS = [int(s) for s in config["pretrain"]["seeds"]]
+RUNS = [(m, s, k) for m in METHODS for s in SOURCES for k in SEEDS]
+
+
+def native_downstream(method):
+    """The method's own seed downstream, evaluated beside the common linear probe:
+    ``end_to_end`` (its pretraining classifier: baseline, stain_embed, stain_embed_c — seed 000),
+    ``fusion`` (full fine-tuning with seed 002's fusion encoder, for methods in finetune.fusion),
+    or None (the seed's downstream is the frozen-feature probe itself: simclr 001, lmc 003)."""
+    from stainshift.methods import get_method_class
+
+    if method in (config["finetune"].get("fusion") or []):
+        return "fusion"
+    if get_method_class(method).supervised:
+        return "end_to_end"
+    return None
+
+
+def _check_fusion_methods():
+    unknown = [m for m in config["finetune"].get("fusion") or [] if m not in METHODS]
+    if unknown:
+        raise ValueError(f"finetune.fusion names {unknown}, not in pretrain.methods {METHODS}")
+
+
+_check_fusion_methods()
+NATIVE_METHODS = [m for m in METHODS if native_downstream(m)]
+
+
+def run_dir(method, source, seed):
+    return f"{RESULTS}/models/{method}/{source}/seed{seed}"
+
+
+def embed_dir(method, source, seed):
+    return f"{RESULTS}/embeddings/{method}/{source}/seed{seed}"
+
+
+def embed_manifest_path(method, source, seed):
+    return f"{embed_dir(method, source, seed)}/manifest.csv"
+
+
+def prediction_path(method, source, seed):
+    return f"{RESULTS}/predictions/{method}/{source}/seed{seed}.csv"
+
+
+def train_summary_path(method, source, seed):
+    return f"{run_dir(method, source, seed)}/train_summary.json"
 
 
 def tile_store(store):
     return f"{RESULTS}/tiles/{store}.zarr"
 
 
-def pretrain_methods():
-    return list(config["pretrain"]["methods"])
-
-
-def train_centers():
-    """Fine-tuning centers: `each` expands to every center with training slides; `all` pools them."""
-    out = []
-    for entry in config["finetune"].get("train_centers", ["each", "all"]):
-        if entry == "each":
-            out += [c for c in CENTERS if stores_where(split="train", center=c)]
-        else:
-            out.append(entry)
-    return list(dict.fromkeys(out))
+def source_stores(source, split):
+    """Store ids of one split of the source's centers (what its models may learn from)."""
+    return [s for c in SOURCES[source].centers for s in stores_where(split=split, center=c)]
 
 
 def variant_store_list():
@@ -236,17 +280,30 @@ def variant_store_paths(wildcards=None):
     return [f"{RESULTS}/variants/{s}/{m}/{t}.zarr" for s, m, t in variant_store_list()]
 
 
+def embed_store_ids(source):
+    """Stores a run's encoder embeds: the source's train and val stores (probe, model selection) and
+    every test store (scored; test stores of the source's own centers give the seen cells)."""
+    own = source_stores(source, TRAIN_SPLIT) + source_stores(source, VAL_SPLIT)
+    return list(dict.fromkeys(own + stores_where(split="test")))
+
+
+def run_meta(wildcards):
+    """Provenance a run's files carry: method, source (id, kind, centers), seed."""
+    src = SOURCES[wildcards.source]
+    return {"method": wildcards.method, "source": src.id, "source_kind": src.kind,
+            "centers": join_centers(src.centers), "seed": int(wildcards.seed)}
+
+
 def pretrain_config_json(wildcards):
     from stainshift.train import method_config
 
-    return shlex.quote(json.dumps(method_config(config["pretrain"], wildcards.method), sort_keys=True))
+    cfg = method_config(config["pretrain"], wildcards.method)
+    cfg["seed"] = int(wildcards.seed)
+    return json.dumps(cfg, sort_keys=True)
 
 
 def train_targets():
-    out = []
-    for m in pretrain_methods():
-        out += [f"{RESULTS}/models/{m}/encoder.pt", f"{RESULTS}/embeddings/{m}/manifest.csv",
-                f"{RESULTS}/models/{m}/finetune_metrics.csv", f"{RESULTS}/predictions/{m}.csv"]
-    return out
+    return [prediction_path(m, s, k) for m, s, k in RUNS]
 
 
+RUN_CONSTRAINTS = {"method": _alternatives(METHODS), "source": _alternatives(list(SOURCES)), "seed": r"\d+"}

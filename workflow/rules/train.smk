@@ -1,52 +1,63 @@
-# Training stages (stainshift.train / stainshift.methods / stainshift.embeddings):
-#   pretrain  one job per method  -> {R}/models/{method}/encoder.pt, metrics.csv (+ checkpoints/ for resume)
-#   embed     one job per method  -> {R}/embeddings/{method}/{store}.h5 for every tile store,
-#                                    {R}/embeddings/{method}/variants/{store}/{stain}/{target}.h5, manifest.csv
-#   finetune  one job per method  -> {R}/models/{method}/{train_center}/head.pt for every train center (+ "all")
-#   predict   one job per method  -> {R}/predictions/{method}.csv (layout: stainshift.embeddings docstring)
+# Training stages (stainshift.train / stainshift.methods / stainshift.embeddings), one job per run
+# (method, source, seed) — a source's models learn only from its centers' train/val stores:
+#   pretrain         -> {R}/models/{m}/{src}/seed{k}/encoder.pt, metrics.csv, train_summary.json
+#   embed            -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 per store and test variant), manifest.csv
+#   finetune         -> {R}/models/{m}/{src}/seed{k}/head_probe.pt   linear probe on frozen features (every method)
+#   finetune_native  -> {R}/models/{m}/{src}/seed{k}/head_native.pt  the method's own seed downstream
+#                       (end-to-end classifier of seeds 000 / fusion fine-tuning of seed 002)
+#   predict          -> {R}/predictions/{m}/{src}/seed{k}.csv  (layout: stainshift.embeddings docstring)
+RUN = "{method}/{source}/seed{seed}"
+
+
 rule pretrain:
     input:
-        stores=lambda wc: [tile_store(s) for s in stores_where(split=config["pretrain"].get("train_split", "train"))],
+        stores=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
     output:
-        encoder=f"{RESULTS}/models/{{method}}/encoder.pt",
-        metrics=f"{RESULTS}/models/{{method}}/metrics.csv",
+        encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
+        metrics=f"{RESULTS}/models/{RUN}/metrics.csv",
+        summary=f"{RESULTS}/models/{RUN}/train_summary.json",
     params:
         cfg=pretrain_config_json,
+        meta=lambda wc: json.dumps(run_meta(wc), sort_keys=True),
+        on_no_learning=config["pretrain"]["on_no_learning"],
         launcher=lambda wc: torchrun_prefix("pretrain"),
         script=lambda wc: str(Path(workflow.basedir) / "scripts" / "pretrain.py"),
         out_dir=lambda wc, output: str(Path(output.encoder).parent),
+    wildcard_constraints:
+        **RUN_CONSTRAINTS,
     log:
-        log_path("pretrain", "{method}"),
+        log_path("pretrain", RUN),
     benchmark:
-        bench_path("pretrain", "{method}")
+        bench_path("pretrain", RUN)
     threads: stage_threads("pretrain")
     resources:
         **stage_resources("pretrain"),
     conda:
         ENV_GPU
     shell:
-        "OMP_NUM_THREADS={threads} {params.launcher} {params.script} --method {wildcards.method} "
-        "--out-dir {params.out_dir} --threads {threads} --config-json {params.cfg} --stores {input.stores} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} --method {wildcards.method:q} "
+        "--out-dir {params.out_dir:q} --threads {threads} --config-json {params.cfg:q} --meta-json {params.meta:q} "
+        "--on-no-learning {params.on_no_learning:q} --stores {input.stores:q} > {log:q} 2>&1"
 
 
 rule embed:
     input:
-        encoder=f"{RESULTS}/models/{{method}}/encoder.pt",
-        stores=[tile_store(s) for s in STORE_IDS],
+        encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
+        stores=lambda wc: [tile_store(s) for s in embed_store_ids(wc.source)],
         variants=variant_store_paths,
     output:
-        raw=[f"{RESULTS}/embeddings/{{method}}/{s}.h5" for s in STORE_IDS],
-        variants=[f"{RESULTS}/embeddings/{{method}}/variants/{s}/{m}/{t}.h5" for s, m, t in variant_store_list()],
-        manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",
+        stores=directory(f"{RESULTS}/embeddings/{RUN}/stores"),
+        manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
     params:
-        cfg=lambda wc: config["embed"],
-        results=lambda wc, output: str(Path(output.manifest).parents[2]),  # {results}/embeddings/{method}/
+        cfg=config["embed"],
+        meta=run_meta,
         variant_list=lambda wc: [list(v) for v in variant_store_list()],
+    wildcard_constraints:
+        **RUN_CONSTRAINTS,
     log:
-        log_path("embed", "{method}"),
+        log_path("embed", RUN),
     benchmark:
-        bench_path("embed", "{method}")
+        bench_path("embed", RUN)
     threads: stage_threads("embed")
     resources:
         **stage_resources("embed"),
@@ -58,19 +69,21 @@ rule embed:
 
 rule finetune:
     input:
-        encoder=f"{RESULTS}/models/{{method}}/encoder.pt",
-        embeddings=f"{RESULTS}/embeddings/{{method}}/manifest.csv",
-        stores=[tile_store(s) for s in STORE_IDS],
+        manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
     output:
-        heads=[f"{RESULTS}/models/{{method}}/{c}/head.pt" for c in train_centers()],
-        metrics=f"{RESULTS}/models/{{method}}/finetune_metrics.csv",
+        head=f"{RESULTS}/models/{RUN}/head_probe.pt",
+        metrics=f"{RESULTS}/models/{RUN}/finetune_probe.csv",
     params:
-        cfg=lambda wc: config["finetune"],
-        centers=train_centers(),
+        cfg=config["finetune"],
+        meta=run_meta,
+        train_stores=lambda wc: source_stores(wc.source, TRAIN_SPLIT),
+        val_stores=lambda wc: source_stores(wc.source, VAL_SPLIT),
+    wildcard_constraints:
+        **RUN_CONSTRAINTS,
     log:
-        log_path("finetune", "{method}"),
+        log_path("finetune", f"{RUN}_probe"),
     benchmark:
-        bench_path("finetune", "{method}")
+        bench_path("finetune", f"{RUN}_probe")
     threads: stage_threads("finetune")
     resources:
         **stage_resources("finetune"),
@@ -80,20 +93,50 @@ rule finetune:
         "../scripts/finetune.py"
 
 
+rule finetune_native:
+    input:
+        encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
+        train=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
+        val=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
+    output:
+        head=f"{RESULTS}/models/{RUN}/head_native.pt",
+        metrics=f"{RESULTS}/models/{RUN}/finetune_native.csv",
+    params:
+        cfg=config["finetune"],
+        meta=run_meta,
+        downstream=lambda wc: native_downstream(wc.method),
+    wildcard_constraints:
+        **(RUN_CONSTRAINTS | {"method": _alternatives(NATIVE_METHODS)}),
+    log:
+        log_path("finetune", f"{RUN}_native"),
+    benchmark:
+        bench_path("finetune", f"{RUN}_native")
+    threads: stage_threads("finetune")
+    resources:
+        **stage_resources("finetune"),
+    conda:
+        ENV_GPU
+    script:
+        "../scripts/finetune_native.py"
+
+
 rule predict:
     input:
-        heads=[f"{RESULTS}/models/{{method}}/{c}/head.pt" for c in train_centers()],
-        manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",
+        manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
+        heads=lambda wc: [f"{run_dir(wc.method, wc.source, wc.seed)}/head_probe.pt"]
+        + ([f"{run_dir(wc.method, wc.source, wc.seed)}/head_native.pt"] if wc.method in NATIVE_METHODS else []),
     output:
-        f"{RESULTS}/predictions/{{method}}.csv",
+        f"{RESULTS}/predictions/{RUN}.csv",
     params:
-        centers=train_centers(),
+        meta=run_meta,
         test_split="test",
-        cfg=lambda wc: config["embed"],
+        cfg=config["embed"],
+    wildcard_constraints:
+        **RUN_CONSTRAINTS,
     log:
-        log_path("predict", "{method}"),
+        log_path("predict", RUN),
     benchmark:
-        bench_path("predict", "{method}")
+        bench_path("predict", RUN)
     threads: stage_threads("embed")
     resources:
         **stage_resources("embed"),

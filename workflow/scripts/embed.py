@@ -1,7 +1,9 @@
-"""Rule `embed`: encoder features of every tile store and every normalized variant store → HDF5.
+"""Rule `embed`: one run's encoder features of its stores → HDF5 (stainshift.embeddings).
 
-Writes {R}/embeddings/{method}/{store}.h5, .../variants/{store}/{stain}/{target}.h5 and
-manifest.csv (one row per file: path, store, source, split, center, variant_method, variant_target, n).
+Embeds the source's train/val stores (for the probe and its model selection), every test store and
+every normalized variant of a test store into {R}/embeddings/{method}/{source}/seed{seed}/stores/,
+and lists them in manifest.csv (path, store, source, slide_id, patient, split, center,
+variant_method, variant_target, n).
 """
 
 import logging
@@ -21,25 +23,26 @@ logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO,
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("stainshift.embed")
 torch.set_num_threads(max(1, smk.threads))
-method = smk.wildcards.method
-results = smk.params.results
+meta = dict(smk.params.meta)
+stores_dir = smk.output.stores
 device = select_device(smk.params.cfg.get("device", "auto"))
 encoder = load_encoder(smk.input.encoder, device)
 batch_size = int(smk.params.cfg.get("batch_size", 64))
 jobs = [(Path(p).name.removesuffix(".zarr"), p, RAW, RAW) for p in smk.input.stores]
-jobs += [(s, f"{results}/variants/{s}/{m}/{t}.zarr", m, t) for s, m, t in smk.params.variant_list]
+jobs += [(s, path, m, t) for (s, m, t), path in zip(smk.params.variant_list, smk.input.variants)]
 rows = []
 t0 = time.perf_counter()
 n_tiles = 0
-for store, path, vm, vt in jobs:
-    out = embedding_path(results, method, store, vm, vt)
-    attrs = {"method": method, "store": store, "encoder": encoder_fingerprint(encoder), "encoder_path": smk.input.encoder}
+for k, (store, path, vm, vt) in enumerate(jobs, 1):
+    out = embedding_path(stores_dir, store, vm, vt)
+    attrs = {"method": meta["method"], "source": meta["source"], "seed": meta["seed"], "store": store,
+             "encoder": encoder_fingerprint(encoder), "encoder_path": smk.input.encoder}
     info = embed_store(encoder, path, out, attrs=attrs, device=device, batch_size=batch_size)
     n_tiles += info["n"]
     rows.append({"path": out, "store": store, "source": path, "slide_id": info.get("slide_id"),
-                 "split": info.get("split"), "center": info.get("center"), "variant_method": vm,
-                 "variant_target": vt, "n": info["n"]})
-    log.info("%s: %d tiles -> %s", path, info["n"], out)
+                 "patient": info.get("patient"), "split": info.get("split"), "center": info.get("center"),
+                 "variant_method": vm, "variant_target": vt, "n": info["n"]})
+    log.info("[%d/%d] %s: %d tiles -> %s", k, len(jobs), path, info["n"], out)
 seconds = time.perf_counter() - t0
 log.info("embedded %d stores, %d tiles in %.1f s (%.0f tiles/s) with %s on %s", len(jobs), n_tiles, seconds,
          n_tiles / max(seconds, 1e-9), encoder_fingerprint(encoder), device)

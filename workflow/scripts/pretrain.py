@@ -1,9 +1,11 @@
-"""Rule `pretrain`: pretrain one method on the training stores (launched by python or torchrun).
+"""Rule `pretrain`: pretrain one run (method, source, seed) on the source's training stores
+(launched by python, or by torchrun for several GPUs).
 
 Usage (the rule's shell command):
-    [torchrun --nproc_per_node=N] pretrain.py --method simclr --out-dir results/models/simclr \
-        --config-json '{...merged method config...}' --stores results/tiles/a.zarr ...
-Resumes from {out-dir}/checkpoints/last.pt when a previous run of the same config was killed.
+    [torchrun --nproc_per_node=N] pretrain.py --method simclr --out-dir results/models/simclr/center_a/seed0 \
+        --config-json '{...merged method config...}' --meta-json '{"source": "center_a", ...}' \
+        --on-no-learning fail --stores results/tiles/a_train.zarr ...
+Resumes from {out-dir}/checkpoints/last.pt when a previous run of the same config and code was killed.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--config-json", required=True, help="merged method config (stainshift.train.method_config)")
+    parser.add_argument("--meta-json", default="{}", help="run provenance: source, source_kind, centers, seed")
+    parser.add_argument("--on-no-learning", choices=["fail", "flag"], default="fail")
     parser.add_argument("--stores", nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -30,8 +34,12 @@ def main(argv: list[str] | None = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))
     cfg = json.loads(args.config_json)
-    logging.getLogger("stainshift.pretrain").info("method %s config: %s", args.method, json.dumps(cfg, sort_keys=True))
-    pretrain(args.method, args.stores, cfg, args.out_dir, progress=sys.stderr.isatty())
+    meta = json.loads(args.meta_json)
+    log = logging.getLogger("stainshift.pretrain")
+    log.info("method %s, run %s, config: %s", args.method, json.dumps(meta, sort_keys=True), json.dumps(cfg, sort_keys=True))
+    log.info("training stores: %s", " ".join(args.stores))
+    pretrain(args.method, args.stores, cfg, args.out_dir, meta=meta, on_no_learning=args.on_no_learning,
+             progress=sys.stderr.isatty())
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
