@@ -1,12 +1,35 @@
-"""Bootstrap confidence intervals and paired tests between methods.
+"""Hierarchical bootstrap CIs over replicate seeds and test units, and paired comparisons.
 
-Tiles of one slide are not independent (same patient, same staining run), so the resampling unit
-is the slide whenever slide ids exist (a cluster bootstrap): draw as many slides as there are,
-with replacement, and take all their tiles. Crop sets without usable slide ids fall back to
-resampling tiles. With ``strata`` (e.g. the test center) the draw is done within each stratum, so
-every replicate keeps every test center — the mean off-diagonal number stays a mean over the same
-centers. Intervals are percentile intervals (Efron & Tibshirani 1993, ch. 13); the seeds report
-point estimates only (000 Tables I-IV, 002 Tables 1-7), the CIs are this project's addition.
+A number in a table is the mean over replicate training seeds s = 1..S of a per-seed statistic
+θ_s computed on the test tiles: θ̄ = (1/S) Σ_s θ_s(all tiles). Two things make it uncertain:
+which seeds were trained (seed variance) and which patients happened to be in the test set
+(test-set variance). One bootstrap replicate b redraws both (a two-level, crossed bootstrap):
+
+1. *outer level* (when S ≥ 2): draw S seeds with replacement, s*_1..s*_S;
+2. *inner level*: within every stratum h (test center) draw as many units as it holds, with
+   replacement, and take all their tiles (idx*_b);
+3. θ*_b = (1/S) Σ_j θ_{s*_j}(idx*_b).
+
+The interval is the ((1−ci)/2, (1+ci)/2) percentile interval of the finite θ*_b (Efron &
+Tibshirani 1993, ch. 13). With one seed it is the plain stratified cluster bootstrap.
+
+**Resampling unit per stratum** (:func:`resampling_design`): tiles of one patient share the
+patient, tiles of one slide the staining run, so they are not independent. A stratum resamples
+patients when it holds ≥ ``min_units`` distinct patients (a patient draw takes every tile of
+every slide of that patient: slides are nested in patients), else slides when it holds ≥
+``min_units`` slides, else single tiles. Groups of one tile each are reported as ``tile``.
+
+**Paired comparisons** (method A vs reference B): pass ``statistic = θ^A − θ^B`` evaluated on the
+same drawn seeds and the same resampled tiles, so Δ_s = θ^A_s − θ^B_s pairs the two methods by
+replicate seed and test-set difficulty cancels. p-value (two-sided, H0: Δ = 0):
+p = min(1, 2 · min(P*(Δ* ≤ 0), P*(Δ* ≥ 0))) (the bootstrap-percentile test; resolution 1/B).
+
+**Streams**: a statistic that combines runs trained independently (e.g. the mean over sources of
+their per-source numbers) asks for ``n_streams`` independent seed draws per replicate, one per
+source; every stream shares the same resampled tiles.
+
+The seeds report point estimates only (000 Tables I-IV, 002 Tables 1-7); the CIs are this
+project's addition (issue 11).
 """
 from __future__ import annotations
 
@@ -14,159 +37,121 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.stats import binomtest
 
-Statistic = Callable[[np.ndarray], float]
+#: statistic(seeds, idx) -> (M,) values. ``seeds`` (n_streams, n_drawn) seed indices drawn for
+#: each stream (with repetition), ``idx`` the resampled tile indices.
+SeedStatistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+UNIT_ORDER = ("patient", "slide", "tile")
+
+
+@dataclass(frozen=True)
+class ResamplingDesign:
+    """How N test tiles are resampled: per stratum, the tile indices of each unit."""
+
+    n: int
+    strata: np.ndarray                         # (N,) stratum (test center) of every tile
+    units: tuple[tuple[np.ndarray, ...], ...]  # per stratum, one index array per unit
+    unit_of: dict[str, str]                    # stratum -> "patient" | "slide" | "tile"
+
+    @property
+    def label(self) -> str:
+        """The unit per stratum, e.g. ``"center_a:patient; center_b:tile"``."""
+        return "; ".join(f"{h}:{u}" for h, u in self.unit_of.items())
+
+    def resample(self, rng: np.random.Generator) -> np.ndarray:
+        """One inner-level draw: per stratum as many units as it holds, with replacement, all their tiles."""
+        parts = [np.zeros(0, dtype=np.int64)]
+        for stratum in self.units:
+            pick = rng.integers(0, len(stratum), size=len(stratum))
+            parts.extend(stratum[i] for i in pick)
+        return np.concatenate(parts)
+
+
+def _units(idx: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    if groups is None:
+        return tuple(idx[i: i + 1] for i in range(idx.size))
+    g = groups[idx]
+    order = np.argsort(g, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, g[order][1:] != g[order][:-1], True])
+    return tuple(idx[order[a:b]] for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+def resampling_design(strata: Sequence | np.ndarray, patients: Sequence | np.ndarray | None = None,
+                      slides: Sequence | np.ndarray | None = None, min_units: int = 5) -> ResamplingDesign:
+    """Per stratum, the first of patient → slide → tile with at least ``min_units`` distinct
+    units (module docstring). ``patients`` / ``slides`` are per-tile ids (None = unknown)."""
+    s = np.asarray(strata).astype(str)
+    levels = [(name, None if ids is None else np.asarray(ids).astype(str))
+              for name, ids in (("patient", patients), ("slide", slides))]
+    units, unit_of = [], {}
+    for h in dict.fromkeys(s):  # strata in order of first appearance
+        idx = np.flatnonzero(s == h)
+        chosen, groups = "tile", None
+        for name, ids in levels:
+            if ids is not None and np.unique(ids[idx]).size >= min_units:
+                chosen, groups = name, ids
+                break
+        u = _units(idx, groups)
+        units.append(u)
+        unit_of[h] = chosen if len(u) < idx.size else "tile"
+    return ResamplingDesign(len(s), s, tuple(units), unit_of)
 
 
 @dataclass(frozen=True)
 class BootstrapResult:
-    """Point estimate on the full data, percentile interval, and how it was obtained."""
+    """Per component of the statistic: point estimate (mean over seeds), percentile interval,
+    two-sided p-value of H0: value = 0, standard deviation of the per-seed point estimates
+    (NaN with one seed), and how many of the replicates were finite."""
 
-    value: float
-    ci_low: float
-    ci_high: float
+    value: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_value: np.ndarray
+    seed_sd: np.ndarray
+    n_valid: np.ndarray
     n_boot: int
-    n_valid: int  # replicates with a finite statistic
-    unit: str  # "slide" or "tile"
-
-
-@dataclass(frozen=True)
-class PairedTestResult:
-    """Paired comparison A − B on the same tiles: difference, its CI and a two-sided p-value."""
-
-    diff: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    n_boot: int
+    n_seeds: int
     unit: str
 
 
-def resampling_groups(
-    groups: Sequence | np.ndarray | None,
-    strata: Sequence | np.ndarray | None = None,
-    min_groups: int = 5,
-) -> np.ndarray | None:
-    """The cluster ids to resample, or None for a tile-level bootstrap.
-
-    Slides are used when given and every stratum holds at least ``min_groups`` distinct slides
-    (with fewer, a cluster bootstrap has too few units to mean anything: a crop-set store whose
-    tiles all carry the store id as "slide" has one)."""
-    if groups is None:
-        return None
-    g = np.asarray(groups).astype(str)
-    s = np.zeros(len(g), dtype=int) if strata is None else np.asarray(strata)
-    for st in np.unique(s):
-        if np.unique(g[s == st]).size < min_groups:
-            return None
-    return g
+def mean_over_seeds(seeds: np.ndarray, per_seed: Callable[[int], np.ndarray]) -> np.ndarray:
+    """(1/J) Σ_j per_seed(seeds[j]) for one stream's drawn seeds, each distinct seed evaluated once."""
+    uniq, counts = np.unique(np.asarray(seeds, dtype=np.int64), return_counts=True)
+    vals = np.stack([np.atleast_1d(np.asarray(per_seed(int(s)), dtype=np.float64)) for s in uniq])
+    return (vals * counts[:, None]).sum(0) / counts.sum()
 
 
-def _unit(groups: Sequence | np.ndarray | None, n: int) -> str:
-    """"slide" for a cluster bootstrap, "tile" when no groups are given or every group is one tile."""
-    if groups is None or np.unique(np.asarray(groups).astype(str)).size >= n:
-        return "tile"
-    return "slide"
+def hierarchical_bootstrap(statistic: SeedStatistic, n_seeds: int, design: ResamplingDesign, n_boot: int = 200,
+                           ci: float = 0.95, seed: int = 0, n_streams: int = 1) -> BootstrapResult:
+    """Seed × unit bootstrap of ``statistic`` (module docstring). Seeded: same inputs, same CI.
 
-
-def _index_sets(n: int, groups: np.ndarray | None, strata: np.ndarray | None) -> list[list[np.ndarray]]:
-    """Per stratum, the list of index arrays that are resampled as units (slides or single tiles)."""
-    s = np.zeros(n, dtype=int) if strata is None else np.asarray(strata)
-    out = []
-    for st in np.unique(s):
-        idx = np.flatnonzero(s == st)
-        if groups is None:
-            out.append([idx[i : i + 1] for i in range(idx.size)])
-        else:
-            g = np.asarray(groups)[idx]
-            out.append([idx[g == u] for u in np.unique(g)])
-    return out
-
-
-def resample(units: list[list[np.ndarray]], rng: np.random.Generator) -> np.ndarray:
-    """One bootstrap replicate: per stratum, draw as many units as it holds, with replacement."""
-    parts = []
-    for stratum in units:
-        pick = rng.integers(0, len(stratum), size=len(stratum))
-        parts.extend(stratum[i] for i in pick)
-    return np.concatenate(parts)
-
-
-def bootstrap_ci(
-    statistic: Statistic,
-    n: int,
-    groups: Sequence | np.ndarray | None = None,
-    strata: Sequence | np.ndarray | None = None,
-    n_boot: int = 200,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> BootstrapResult:
-    """Percentile bootstrap CI of ``statistic(idx)`` where ``idx`` indexes the n samples.
-
-    θ̂ = statistic(arange(n)); θ*_b = statistic(idx_b) for b = 1..B replicates drawn by
-    :func:`resample` (slides when ``groups`` is given, within ``strata``); the interval is the
-    ((1−ci)/2, (1+ci)/2) quantiles of the finite θ*_b. Seeded: the same inputs give the same CI.
-    """
-    full = np.arange(n)
-    value = float(statistic(full))
-    unit = _unit(groups, n)
-    if n == 0 or n_boot <= 0:
-        return BootstrapResult(value, np.nan, np.nan, 0, 0, unit)
-    units = _index_sets(n, None if groups is None else np.asarray(groups), None if strata is None else np.asarray(strata))
+    Point estimate: statistic with every stream holding all seeds 0..S−1 once, on all tiles.
+    ``seed_sd``: sample sd over s of the statistic with every stream holding seed s only."""
+    all_tiles = np.arange(design.n)
+    every_seed = np.tile(np.arange(n_seeds), (n_streams, 1))
+    value = np.atleast_1d(np.asarray(statistic(every_seed, all_tiles), dtype=np.float64))
+    if n_seeds >= 2:
+        per_seed = np.stack([np.atleast_1d(np.asarray(statistic(np.full((n_streams, 1), s), all_tiles), np.float64))
+                             for s in range(n_seeds)])
+        seed_sd = np.array([np.std(c[np.isfinite(c)], ddof=1) if np.isfinite(c).sum() > 1 else np.nan
+                            for c in per_seed.T])
+    else:
+        seed_sd = np.full(value.shape, np.nan)
+    nan = np.full(value.shape, np.nan)
+    if design.n == 0 or n_boot <= 0:
+        return BootstrapResult(value, nan, nan, nan, seed_sd, np.zeros(value.shape, int), 0, n_seeds, design.label)
     rng = np.random.default_rng(seed)
-    reps = np.array([statistic(resample(units, rng)) for _ in range(n_boot)], dtype=np.float64)
-    ok = reps[np.isfinite(reps)]
-    if ok.size == 0:
-        return BootstrapResult(value, np.nan, np.nan, n_boot, 0, unit)
+    reps = np.empty((n_boot, value.size), dtype=np.float64)
+    for b in range(n_boot):
+        drawn = rng.integers(0, n_seeds, size=(n_streams, n_seeds)) if n_seeds >= 2 else np.zeros((n_streams, 1), int)
+        reps[b] = statistic(drawn, design.resample(rng))
+    finite = np.isfinite(reps)
+    lo, hi, p = nan.copy(), nan.copy(), nan.copy()
     alpha = (1.0 - ci) / 2.0
-    lo, hi = np.quantile(ok, [alpha, 1.0 - alpha])
-    return BootstrapResult(value, float(lo), float(hi), n_boot, int(ok.size), unit)
-
-
-def paired_bootstrap_test(
-    statistic_a: Statistic,
-    statistic_b: Statistic,
-    n: int,
-    groups: Sequence | np.ndarray | None = None,
-    strata: Sequence | np.ndarray | None = None,
-    n_boot: int = 200,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> PairedTestResult:
-    """Paired bootstrap of d = θ_A − θ_B with both statistics evaluated on the *same* resampled
-    tiles (same slides) in every replicate, so tile-level difficulty cancels.
-
-    CI: percentile interval of d*_b. p-value (two-sided, H0: d = 0):
-    p = min(1, 2 · min(P*(d* ≤ 0), P*(d* ≥ 0))) with P* the share of replicates
-    (the bootstrap-percentile test; resolution 1/B)."""
-    full = np.arange(n)
-    diff = float(statistic_a(full) - statistic_b(full))
-    unit = _unit(groups, n)
-    units = _index_sets(n, None if groups is None else np.asarray(groups), None if strata is None else np.asarray(strata))
-    rng = np.random.default_rng(seed)
-    reps = []
-    for _ in range(n_boot):
-        idx = resample(units, rng)
-        reps.append(statistic_a(idx) - statistic_b(idx))
-    d = np.asarray(reps, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return PairedTestResult(diff, np.nan, np.nan, np.nan, n_boot, unit)
-    alpha = (1.0 - ci) / 2.0
-    lo, hi = np.quantile(d, [alpha, 1.0 - alpha])
-    p = min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0)))
-    return PairedTestResult(diff, float(lo), float(hi), float(p), int(d.size), unit)
-
-
-def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """Exact McNemar test on paired per-tile correctness: with b = #(A right, B wrong) and
-    c = #(A wrong, B right), p = two-sided binomial P(X ≤ min(b, c) | n = b + c, ½).
-    Treats tiles as independent (use :func:`paired_bootstrap_test` for slide clustering)."""
-    a = np.asarray(correct_a, dtype=bool)
-    b_ = np.asarray(correct_b, dtype=bool)
-    b = int(np.sum(a & ~b_))
-    c = int(np.sum(~a & b_))
-    if b + c == 0:
-        return 1.0
-    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    for j in range(value.size):
+        r = reps[finite[:, j], j]
+        if r.size:
+            lo[j], hi[j] = np.quantile(r, [alpha, 1.0 - alpha])
+            p[j] = min(1.0, 2.0 * min(np.mean(r <= 0), np.mean(r >= 0)))
+    return BootstrapResult(value, lo, hi, p, seed_sd, finite.sum(0), n_boot, n_seeds, design.label)

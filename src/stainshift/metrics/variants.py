@@ -22,12 +22,6 @@ def variant_name(method: str | None, target: str | None) -> str:
     return f"{method}/{target}"
 
 
-def accuracy_per_variant(y_true: np.ndarray, preds: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """acc_v = (1/N) Σ_i [ŷ_i^v = y_i] for every variant v (predictions aligned on the same tiles)."""
-    y = np.asarray(y_true)
-    return {v: float(np.mean(np.asarray(p) == y)) for v, p in preds.items()}
-
-
 def mean_std_over_variants(values: Mapping[str, float] | np.ndarray) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1) of a metric over variants: seed 000's
     "59.0 ± 1.6" over BRACS70 (the seed does not state ddof; with 70 variants the difference is
