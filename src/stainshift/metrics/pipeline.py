@@ -1,27 +1,50 @@
-"""The evaluate stage as library calls: predictions table + embeddings → tidy long metric tables.
+"""The evaluate and summarize stages as library calls: runs' predictions, embeddings and training
+summaries → tidy long metric tables.
 
-Inputs are the formats owned by :mod:`stainshift.embeddings` (the predictions CSV of a method and
-its HDF5 embeddings). Outputs are long frames with one row per
-``(method, train, test, metric, value, ci_low, ci_high)`` plus ``n``, ``kind`` and ``unit``
-columns:
+A *run* is one (method, source, replicate seed) (:mod:`stainshift.protocol`). Inputs are the
+formats owned by :mod:`stainshift.embeddings` (the per-run predictions CSV and HDF5 embeddings)
+and the runs' ``train_summary.json``. Every output is a long frame with the columns
+:data:`COLUMNS`; a number is the mean over replicate seeds with a hierarchical (seed × test
+unit) bootstrap CI (:mod:`.bootstrap`). ``kind`` says what a row is:
 
-* cross-center (``kind`` = cell | mean_off_diagonal | drop): raw test stores only;
-* variants (``kind`` = variant | summary): every normalized variant of the test stores and raw;
-* batch effect (``kind`` = w2 | ri | tightness): encoder embeddings of the raw test stores
-  (``train`` = "encoder": no fine-tuned head is involved).
+============== ========================== ==================================================
+kind           test                       value
+============== ========================== ==================================================
+cell           test center                metric of the source's models on that center
+unseen_mean    ``unseen_mean``            mean over the test centers the source never saw
+seen_mean      ``seen_mean``              mean over the test centers the source saw
+drop           ``drop``                   seen_mean − unseen_mean
+headline       in_center | unseen | drop  mean over the ``center``-kind sources (seed 000
+                                          Table IV: train on one center, test on the others)
+loco           held-out center            a ``loco`` source on the one center it left out
+loco_mean      ``mean``                   mean of the ``loco`` rows (WILDS / seed 003)
+chance         test center                what an image-blind model scores (majority class)
+variant        variant name               accuracy on one normalized variant (unseen centers)
+variant_summary ``over_variants``         mean ± std over variants, cross-stain consistency
+w2 / ri /      center pair / all /        latent batch effect of the encoders (raw test
+tightness      center                     embeddings), mean over seeds
+learning       ``train``                  per run: did it learn, budget, first/final losses
+paired         ``vs_{reference}``         method − reference, paired by seed and test units
+============== ========================== ==================================================
+
+``seen`` is True for a cell whose test center entered the run's encoder or head
+(``encoder_centers`` / ``head_centers`` of the predictions); headline numbers use unseen cells.
 """
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from stainshift.protocol import LOCO_PREFIX, split_centers
 
 from . import batch_effect as be
 from . import bootstrap as bs
@@ -31,8 +54,13 @@ from . import variants as va
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["method", "train", "test", "metric", "value", "ci_low", "ci_high", "n", "kind", "unit"]
-ENCODER = "encoder"
+COLUMNS = ["method", "protocol", "source", "source_kind", "seed", "test", "metric", "value", "ci_low", "ci_high",
+           "p_value", "seed_sd", "n", "n_seeds", "kind", "unit", "seen", "encoder_centers", "head_centers", "note"]
+PROTOCOLS = ("probe", "native")
+ENCODER = "encoder"            # ``protocol`` of the batch-effect rows: the frozen encoder, no head
+HEADLINE_SOURCE = "each"       # ``source`` of the headline rows: the mean over center-kind sources
+LOCO_SOURCE = "loco"           # ``source`` of the loco_mean / paired-loco rows
+VALTHR = "balanced_accuracy_valthr"
 
 
 @dataclass
@@ -43,7 +71,7 @@ class EvalConfig:
     bootstrap_latent: int = 0          # replicates for the robustness-index CI (0 = no CI)
     seed: int = 0
     ci: float = 0.95
-    min_slides: int = 5                # fewer slides per test center -> resample tiles
+    min_units: int = 5                 # fewer patients (then slides) per test center -> next unit
     reference: str = "baseline"        # paired tests compare every method with this one
     consistency_share: float = 0.9     # k = ceil(share * V) for "consistent in >= k variants"
     w2_max_samples: int = 500
@@ -78,143 +106,50 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def _rows(method: str, train: str, test: str, metric: str, value: float, lo: float = np.nan, hi: float = np.nan,
-          n: int = 0, kind: str = "", unit: str = "") -> dict[str, Any]:
-    return dict(method=method, train=train, test=test, metric=metric, value=float(value), ci_low=float(lo),
-                ci_high=float(hi), n=int(n), kind=kind, unit=unit)
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A table written by this module (ids kept as strings)."""
+    text = ["method", "protocol", "source", "source_kind", "seed", "test", "metric", "kind", "unit",
+            "encoder_centers", "head_centers", "note"]
+    return pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False,
+                       na_values={c: ["", "nan"] for c in COLUMNS if c not in text})
+
+
+def row(**values: Any) -> dict[str, Any]:
+    """One output row: ``values`` plus the empty defaults of every other column."""
+    out: dict[str, Any] = dict(protocol="", source="", source_kind="", seed="", test="", metric="", value=np.nan,
+                               ci_low=np.nan, ci_high=np.nan, p_value=np.nan, seed_sd=np.nan, n=0, n_seeds=0,
+                               kind="", unit="", seen=np.nan, encoder_centers="", head_centers="", note="")
+    out.update(values)
+    return out
+
+
+def frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def _nanmean(a: np.ndarray, axis: int | None = None) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice -> NaN, said by the value
+        return np.nanmean(a, axis=axis)
 
 
 def is_raw(df: pd.DataFrame) -> pd.Series:
     return df["variant_method"].astype(str).isin([va.RAW, "", "nan", "none"])
 
 
-# --------------------------------------------------------------------------- cross-center
-def _groups_for(df: pd.DataFrame, cfg: EvalConfig, strata: np.ndarray | None = None) -> np.ndarray | None:
-    slides = df["slide_id"].astype(str).to_numpy() if "slide_id" in df else None
-    return bs.resampling_groups(slides, strata, cfg.min_slides)
-
-
-def cross_center(preds: pd.DataFrame, method: str, cfg: EvalConfig) -> pd.DataFrame:
-    """Cross-center cells with slide-bootstrap CIs, the mean off-diagonal headline per train center
-    (000 Table IV) and the cross-center drop = in-center − mean off-diagonal, each with a CI from
-    a bootstrap stratified by test center (same resampled tiles for the whole row)."""
-    raw = preds[is_raw(preds) & (preds["label"] >= 0)].reset_index(drop=True)
-    pcols = cc.proba_columns(raw)
-    rows = []
-    for (train, test), sub in raw.groupby(["train", "test"], sort=True):
-        y = sub["label"].to_numpy()
-        p = sub[pcols].to_numpy(dtype=np.float64)
-        yhat = p.argmax(1)
-        groups = _groups_for(sub, cfg)
-        for m in cfg.metrics:
-            f = cc.METRIC_FUNCS[m]
-            r = bs.bootstrap_ci(lambda idx: f(y[idx], p[idx], yhat[idx]), len(y), groups=groups,
-                                n_boot=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-            rows.append(_rows(method, train, test, m, r.value, r.ci_low, r.ci_high, len(y),
-                              "cell" if train != test else "in_center", r.unit))
-    tests = sorted(raw["test"].unique())
-    for train, sub in raw.groupby("train", sort=True):
-        if train not in tests or len(tests) < 2:
-            continue
-        strata = sub["test"].to_numpy()
-        y = sub["label"].to_numpy()
-        p = sub[pcols].to_numpy(dtype=np.float64)
-        yhat = p.argmax(1)
-        groups = _groups_for(sub, cfg, strata)
-        for m in cfg.metrics:
-            f = cc.METRIC_FUNCS[m]
-
-            def off(idx, f=f):
-                vals = [f(y[idx][strata[idx] == t], p[idx][strata[idx] == t], yhat[idx][strata[idx] == t])
-                        for t in tests if t != train]
-                return float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan
-
-            def drop(idx, f=f, off=off):
-                s = strata[idx]
-                return f(y[idx][s == train], p[idx][s == train], yhat[idx][s == train]) - off(idx)
-
-            r = bs.bootstrap_ci(off, len(y), groups=groups, strata=strata, n_boot=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-            rows.append(_rows(method, train, cc.OFF_DIAGONAL, m, r.value, r.ci_low, r.ci_high,
-                              int((strata != train).sum()), "mean_off_diagonal", r.unit))
-            r = bs.bootstrap_ci(drop, len(y), groups=groups, strata=strata, n_boot=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-            rows.append(_rows(method, train, cc.DROP, m, r.value, r.ci_low, r.ci_high, len(y), "drop", r.unit))
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-# --------------------------------------------------------------------------- variants
-def variant_matrix(preds: pd.DataFrame, train: str) -> tuple[pd.DataFrame, dict[str, np.ndarray], np.ndarray]:
-    """Predictions of one head aligned over variants: tiles present in every variant
-    (keyed by store, index), returns (tile table, {variant: pred}, labels)."""
-    sub = preds[(preds["train"] == train) & (preds["label"] >= 0)].copy()
-    sub["variant"] = [va.variant_name(m, t) for m, t in zip(sub["variant_method"].astype(str), sub["variant_target"].astype(str))]
-    piv = sub.pivot_table(index=["store", "index"], columns="variant", values="pred", aggfunc="first")
-    piv = piv.dropna(axis=0, how="any")
-    tiles = sub.drop_duplicates(["store", "index"]).set_index(["store", "index"]).loc[piv.index].reset_index()
-    preds_by_v = {v: piv[v].to_numpy(dtype=np.int64) for v in piv.columns}
-    return tiles, preds_by_v, tiles["label"].to_numpy()
-
-
-def variant_robustness(preds: pd.DataFrame, method: str, cfg: EvalConfig) -> pd.DataFrame:
-    """Per train center: accuracy on every variant (raw + each method/target) of the pooled test
-    tiles, mean ± std over variants (000 BRACS70), cross-stain consistency in all variants and in
-    ≥ k = ⌈share·V⌉ of them (000 supplement) and the share of those consistent tiles that are right.
-    CIs: bootstrap over slides (or tiles) stratified by test center."""
-    rows = []
-    for train in sorted(preds["train"].unique()):
-        tiles, pv, y = variant_matrix(preds, train)
-        if len(tiles) == 0 or not pv:
-            continue
-        names = sorted(pv, key=lambda v: (v != va.RAW, v))
-        mat = np.stack([pv[v] for v in names])
-        k = va.min_agree_from_share(len(names), cfg.consistency_share)
-        strata = tiles["test"].to_numpy()
-        groups = _groups_for(tiles, cfg, strata)
-        boot = dict(groups=groups, strata=strata, n_boot=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-        for i, v in enumerate(names):
-            r = bs.bootstrap_ci(lambda idx, i=i: float(np.mean(mat[i, idx] == y[idx])), len(y), **boot)
-            rows.append(_rows(method, train, v, "accuracy", r.value, r.ci_low, r.ci_high, len(y), "variant", r.unit))
-        stats: dict[str, Callable[[np.ndarray], float]] = {
-            "accuracy_mean": lambda idx: float(np.mean(mat[:, idx] == y[idx][None])),
-            "accuracy_std": lambda idx: va.mean_std_over_variants(np.mean(mat[:, idx] == y[idx][None], axis=1))[1],
-            "consistency_all": lambda idx: va.cross_stain_consistency(mat[:, idx]),
-            f"consistency_ge_{k}": lambda idx: va.cross_stain_consistency(mat[:, idx], k),
-            f"consistent_ge_{k}_correct": lambda idx: va.consistent_and_correct(mat[:, idx], y[idx], k),
-        }
-        for name, f in stats.items():
-            r = bs.bootstrap_ci(f, len(y), **boot)
-            rows.append(_rows(method, train, "over_variants", name, r.value, r.ci_low, r.ci_high, len(y), "summary", r.unit))
-        rows.append(_rows(method, train, "over_variants", "n_variants", len(names), n=len(y), kind="summary"))
-    return pd.DataFrame(rows, columns=COLUMNS)
-
-
-# --------------------------------------------------------------------------- embeddings / batch effect
-@dataclass
-class EmbeddingSet:
-    """Embeddings of several stores stacked: ``features`` (N, D) and per-row ``meta``
-    (store, slide_id, center, split, variant_method, variant_target, index, label)."""
-
-    features: np.ndarray
-    meta: pd.DataFrame
-
-
-def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
-    from stainshift.embeddings import read_embeddings
-
-    feats, metas = [], []
-    for p in paths:
-        e = read_embeddings(p)
-        a = e["attrs"]
-        n = len(e["features"])
-        feats.append(np.asarray(e["features"], dtype=np.float32))
-        metas.append(pd.DataFrame({
-            "store": str(a.get("store", Path(p).stem)), "slide_id": str(a.get("slide_id", a.get("store", ""))),
-            "center": str(a.get("center", "")), "split": str(a.get("split", "")),
-            "variant_method": str(a.get("variant_method", va.RAW) or va.RAW),
-            "variant_target": str(a.get("variant_target", va.RAW) or va.RAW),
-            "index": np.asarray(e["index"], np.int64), "label": np.asarray(e["label"], np.int64)}, index=range(n)))
-    if not feats:
-        return EmbeddingSet(np.zeros((0, 0), np.float32), pd.DataFrame())
-    return EmbeddingSet(np.concatenate(feats), pd.concat(metas, ignore_index=True))
+# --------------------------------------------------------------------------- inputs
+def normalize_predictions(preds: pd.DataFrame) -> pd.DataFrame:
+    """Typed predictions of one or more runs: ids as strings, ``seed`` int, ``threshold`` float,
+    an unknown ``patient`` replaced by the tile's slide (its own patient, as far as we know)."""
+    out = preds.copy()
+    for c in ("method", "source", "source_kind", "protocol", "encoder_centers", "head_centers", "store", "slide_id",
+              "test", "split", "variant_method", "variant_target"):
+        out[c] = out[c].fillna("").astype(str)
+    out["seed"] = out["seed"].astype(np.int64)
+    out["threshold"] = pd.to_numeric(out["threshold"], errors="coerce")
+    patient = out["patient"].astype("string").fillna("").str.strip() if "patient" in out else pd.Series("", index=out.index)
+    out["patient"] = np.where(patient.isin(["", "nan", "None"]), "slide:" + out["slide_id"], patient.astype(str))
+    return out
 
 
 def crop_groups(store_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
@@ -246,18 +181,354 @@ def with_tile_groups(preds: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def evaluation_embedding_paths(manifest: pd.DataFrame, preds: pd.DataFrame | None = None,
-                               split: str = "test") -> list[str]:
-    """Embedding files to evaluate from the embed rule's ``manifest.csv`` (path, store, split,
-    center, variant_method, variant_target, ...): raw stores of the test split and every variant
-    of them (only stores that the predictions table scores, when given)."""
-    m = manifest.copy()
-    raw = m["variant_method"].fillna(va.RAW).isin([va.RAW, ""])
-    test_stores = set(m.loc[raw & (m["split"] == split), "store"])
-    if preds is not None and len(preds):
-        test_stores &= set(preds["store"].astype(str))
-    keep = m["store"].isin(test_stores)
-    return sorted(m.loc[keep, "path"].astype(str))
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the tables need to know about a source: its kind and, for ``loco``, the held-out center."""
+
+    kind: str
+    held_out: str | None = None
+
+
+def source_infos(preds: pd.DataFrame, sources: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, SourceInfo]:
+    """Sources in table order: those of ``sources`` ({id: Source.as_dict()}, config order) that have
+    predictions, then any other of the predictions (kind from ``source_kind``) sorted."""
+    present = list(dict.fromkeys(preds["source"]))
+    kinds = preds.drop_duplicates("source").set_index("source")["source_kind"].to_dict()
+    out: dict[str, SourceInfo] = {}
+    for sid, s in (sources or {}).items():
+        if sid in present:
+            out[sid] = SourceInfo(str(s["kind"]), s.get("held_out"))
+    for sid in sorted(set(present) - set(out)):
+        kind = kinds.get(sid, "")
+        out[sid] = SourceInfo(kind, sid.removeprefix(LOCO_PREFIX) if kind == "loco" else None)
+    return out
+
+
+def seen_centers(encoder_centers: str, head_centers: str) -> set[str]:
+    """Centers a run may have learnt from: its encoder's and its head's."""
+    return set(split_centers(encoder_centers)) | set(split_centers(head_centers))
+
+
+def mark_seen(preds: pd.DataFrame) -> pd.Series:
+    """Per prediction row: was the tile's center seen by that run's encoder or head?"""
+    pairs = preds[["encoder_centers", "head_centers"]].drop_duplicates()
+    seen = {(e, h): seen_centers(e, h) for e, h in pairs.itertuples(index=False)}
+    return pd.Series([t in seen[(e, h)] for t, e, h in zip(preds["test"], preds["encoder_centers"], preds["head_centers"])],
+                     index=preds.index, dtype=bool)
+
+
+# --------------------------------------------------------------------------- aligned scores
+@dataclass
+class RunScores:
+    """The raw labelled test tiles of one protocol, aligned over every run of one method.
+
+    ``tiles`` (N rows: store, index, test, slide_id, patient, label); ``proba`` (K, S, N, C) with
+    NaN where a run did not score a tile; ``threshold`` (K, S); ``valid`` (K, N) = scored by every
+    seed of that source. Sources k follow ``sources``, seeds s follow ``seeds``."""
+
+    protocol: str
+    tiles: pd.DataFrame
+    sources: list[str]
+    seeds: list[int]
+    proba: np.ndarray
+    threshold: np.ndarray
+    valid: np.ndarray
+    encoder_centers: list[str]
+    head_centers: list[str]
+    tests: list[str] = field(init=False)
+    test_code: np.ndarray = field(init=False)
+    labels: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tests = list(dict.fromkeys(self.tiles["test"]))
+        self.test_code = pd.Categorical(self.tiles["test"], categories=self.tests).codes.astype(np.int64)
+        self.labels = self.tiles["label"].to_numpy(np.int64)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.proba.shape[-1])
+
+    def unseen(self) -> np.ndarray:
+        """(K, T): test center t was seen by neither the encoder nor the head of source k."""
+        return np.array([[t not in seen_centers(e, h) for t in self.tests]
+                         for e, h in zip(self.encoder_centers, self.head_centers)], dtype=bool).reshape(-1, len(self.tests))
+
+    def design(self, min_units: int) -> bs.ResamplingDesign:
+        return bs.resampling_design(self.tiles["test"], self.tiles["patient"], self.tiles["slide_id"], min_units)
+
+    def split(self, idx: np.ndarray) -> list[np.ndarray]:
+        """Resampled tile indices per test center."""
+        code = self.test_code[idx]
+        return [idx[code == t] for t in range(len(self.tests))]
+
+    def cells(self, k: int, s: int, parts: Sequence[np.ndarray], metrics: Sequence[str]) -> np.ndarray:
+        """(T, M) metrics of source k, seed s on the given tiles of each test center."""
+        out = np.full((len(parts), len(metrics)), np.nan)
+        for t, idx in enumerate(parts):
+            idx = idx[self.valid[k, idx]]
+            if idx.size:
+                out[t] = cc.classification_metrics(self.labels[idx], self.proba[k, s, idx], metrics, self.threshold[k, s])
+        return out
+
+    def restrict(self, keys: pd.MultiIndex, sources: Sequence[str], seeds: Sequence[int]) -> "RunScores":
+        """The same scores on the tiles ``keys`` (store, index), for the given sources and seeds, in that order."""
+        pos = pd.Series(np.arange(len(self.tiles)), index=pd.MultiIndex.from_frame(self.tiles[["store", "index"]]))
+        at = pos.reindex(keys).to_numpy(np.int64)
+        ks = [self.sources.index(x) for x in sources]
+        ss = [self.seeds.index(x) for x in seeds]
+        return RunScores(self.protocol, self.tiles.iloc[at].reset_index(drop=True), list(sources), list(seeds),
+                         self.proba[np.ix_(ks, ss)][:, :, at], self.threshold[np.ix_(ks, ss)], self.valid[ks][:, at],
+                         [self.encoder_centers[k] for k in ks], [self.head_centers[k] for k in ks])
+
+
+def run_scores(preds: pd.DataFrame, protocol: str, source_order: Sequence[str]) -> RunScores | None:
+    """Align the raw labelled test predictions of ``protocol`` over the method's runs (None if it
+    has none). Raises ValueError naming a (source, seed) run that is missing while others exist:
+    every source must have every replicate seed for the seed-level bootstrap."""
+    raw = preds[(preds["protocol"] == protocol) & is_raw(preds) & (preds["label"] >= 0)]
+    if raw.empty:
+        return None
+    pcols = cc.proba_columns(raw)
+    tiles = (raw.drop_duplicates(["store", "index"])[["store", "index", "test", "slide_id", "patient", "label"]]
+             .sort_values(["test", "store", "index"], kind="stable").reset_index(drop=True))
+    pos = pd.Series(np.arange(len(tiles)), index=pd.MultiIndex.from_frame(tiles[["store", "index"]]))
+    sources = [s for s in source_order if s in set(raw["source"])]
+    seeds = sorted(raw["seed"].unique().tolist())
+    have = set(map(tuple, raw[["source", "seed"]].drop_duplicates().itertuples(index=False)))
+    missing = [(src, sd) for src in sources for sd in seeds if (src, sd) not in have]
+    if missing:
+        raise ValueError(f"protocol {protocol!r}: no predictions for run(s) (source, seed) {missing}; "
+                         f"every source needs every replicate seed {seeds}")
+    proba = np.full((len(sources), len(seeds), len(tiles), len(pcols)), np.nan)
+    threshold = np.full((len(sources), len(seeds)), np.nan)
+    enc, head = [], []
+    for k, src in enumerate(sources):
+        sub = raw[raw["source"] == src]
+        enc.append("+".join(sorted(set().union(*(split_centers(x) for x in sub["encoder_centers"].unique())))))
+        head.append("+".join(sorted(set().union(*(split_centers(x) for x in sub["head_centers"].unique())))))
+        for s, sd in enumerate(seeds):
+            run = sub[sub["seed"] == sd]
+            at = pos.reindex(pd.MultiIndex.from_frame(run[["store", "index"]])).to_numpy(np.int64)
+            proba[k, s, at] = run[pcols].to_numpy(np.float64)
+            threshold[k, s] = run["threshold"].iloc[0] if len(run) else np.nan
+    valid = np.isfinite(proba).all(axis=(1, 3))
+    return RunScores(protocol, tiles, sources, seeds, proba, threshold, valid, enc, head)
+
+
+def active_metrics(cfg: EvalConfig, n_classes: int) -> list[str]:
+    """The configured metrics; the validation-threshold balanced accuracy only for binary tasks."""
+    return [m for m in cfg.metrics if m != VALTHR or n_classes == 2]
+
+
+def source_aggregates(cells: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """(3, K, M) from cells (K, T, M) and the unseen mask (K, T): the mean over unseen test
+    centers, the mean over seen ones, and drop = seen − unseen (NaN where a side is empty)."""
+    mask = unseen[:, :, None]
+    unseen_mean = _nanmean(np.where(mask, cells, np.nan), axis=1)
+    seen_mean = _nanmean(np.where(~mask, cells, np.nan), axis=1)
+    return np.stack([unseen_mean, seen_mean, seen_mean - unseen_mean])
+
+
+# --------------------------------------------------------------------------- cross-center
+def cross_center(preds: pd.DataFrame, method: str, cfg: EvalConfig,
+                 sources: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """The cross-center tables of one method (module docstring: kinds cell, unseen_mean,
+    seen_mean, drop, headline, loco, loco_mean, chance), per protocol, from one joint bootstrap
+    per protocol: every replicate draws the seeds of each source independently (one stream per
+    source) and the patients/slides/tiles of every test center once for all sources."""
+    preds = normalize_predictions(preds)
+    infos = source_infos(preds, sources)
+    rows: list[dict[str, Any]] = []
+    for protocol in PROTOCOLS:
+        scores = run_scores(preds, protocol, list(infos))
+        if scores is not None:
+            rows += _protocol_rows(scores, method, cfg, infos)
+    rows += _chance_rows(preds, method, cfg)
+    return frame(rows)
+
+
+def _protocol_rows(scores: RunScores, method: str, cfg: EvalConfig, infos: Mapping[str, SourceInfo]) -> list[dict]:
+    metrics = active_metrics(cfg, scores.n_classes)
+    K, T, M, S = len(scores.sources), len(scores.tests), len(metrics), len(scores.seeds)
+    unseen = scores.unseen()
+    centers_k = [k for k, src in enumerate(scores.sources) if infos[src].kind == "center"]
+    loco_kt = [(k, scores.tests.index(infos[src].held_out)) for k, src in enumerate(scores.sources)
+               if infos[src].kind == "loco" and infos[src].held_out in scores.tests]
+
+    def statistic(seeds: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        parts = scores.split(idx)
+        cells = np.stack([bs.mean_over_seeds(seeds[k], lambda s, k=k: scores.cells(k, s, parts, metrics).ravel())
+                          .reshape(T, M) for k in range(K)])
+        agg = source_aggregates(cells, unseen)
+        head = _nanmean(agg[:, centers_k], axis=1) if centers_k else np.full((3, M), np.nan)
+        loco = _nanmean(np.stack([cells[k, t] for k, t in loco_kt]), axis=0) if loco_kt else np.full(M, np.nan)
+        return np.concatenate([cells.ravel(), agg.ravel(), head[[1, 0, 2]].ravel(), loco])
+
+    design = scores.design(cfg.min_units)
+    r = bs.hierarchical_bootstrap(statistic, S, design, cfg.bootstrap, cfg.ci, cfg.seed, n_streams=K)
+    fields = {f: getattr(r, f) for f in ("value", "ci_low", "ci_high", "seed_sd")}
+    at = iter(range(r.value.size))
+    common = dict(method=method, protocol=scores.protocol, n_seeds=S)
+    n_valid = np.stack([[int(scores.valid[k, scores.test_code == t].sum()) for t in range(T)] for k in range(K)])
+
+    def stats(j: int) -> dict[str, float]:
+        return {f: float(v[j]) for f, v in fields.items()}
+
+    rows = []
+    cell_stats = {}
+    for k, src in enumerate(scores.sources):
+        prov = dict(source=src, source_kind=infos[src].kind, encoder_centers=scores.encoder_centers[k],
+                    head_centers=scores.head_centers[k])
+        for t, test in enumerate(scores.tests):
+            for m in metrics:
+                j = next(at)
+                cell_stats[(k, t, m)] = stats(j)
+                rows.append(row(**common, **prov, **stats(j), test=test, metric=m, n=n_valid[k, t], kind="cell",
+                                unit=design.unit_of[test], seen=not unseen[k, t]))
+    for name, seen in (("unseen_mean", False), ("seen_mean", True), ("drop", np.nan)):
+        for k, src in enumerate(scores.sources):
+            prov = dict(source=src, source_kind=infos[src].kind, encoder_centers=scores.encoder_centers[k],
+                        head_centers=scores.head_centers[k])
+            used = n_valid[k][unseen[k] if name == "unseen_mean" else ~unseen[k] if name == "seen_mean" else slice(None)]
+            for m in metrics:
+                j = next(at)
+                if np.isfinite(r.value[j]):
+                    rows.append(row(**common, **prov, **stats(j), test=name, metric=m, n=int(used.sum()), kind=name,
+                                    unit=design.label, seen=seen))
+    for name, seen in (("in_center", True), ("unseen", False), ("drop", np.nan)):
+        for m in metrics:
+            j = next(at)
+            if centers_k:
+                rows.append(row(**common, **stats(j), source=HEADLINE_SOURCE, source_kind="center", test=name, metric=m,
+                                n=len(scores.tiles), kind="headline", unit=design.label, seen=seen,
+                                note=f"mean over {len(centers_k)} single-center sources"))
+    for m in metrics:
+        j = next(at)
+        if loco_kt:
+            rows.append(row(**common, **stats(j), source=LOCO_SOURCE, source_kind="loco", test="mean", metric=m,
+                            n=int(sum(n_valid[k, t] for k, t in loco_kt)), kind="loco_mean", unit=design.label,
+                            seen=False, note=f"mean over {len(loco_kt)} held-out centers"))
+    for k, t in loco_kt:
+        src, test = scores.sources[k], scores.tests[t]
+        for m in metrics:
+            rows.append(row(**common, **cell_stats[(k, t, m)], source=src, source_kind="loco", test=test, metric=m,
+                            n=n_valid[k, t], kind="loco", unit=design.unit_of[test], seen=not unseen[k, t],
+                            encoder_centers=scores.encoder_centers[k], head_centers=scores.head_centers[k]))
+    return rows
+
+
+def _chance_rows(preds: pd.DataFrame, method: str, cfg: EvalConfig) -> list[dict]:
+    """Per test center: chance level of each metric on its raw labelled test tiles."""
+    raw = preds[is_raw(preds) & (preds["label"] >= 0)].drop_duplicates(["store", "index"])
+    n_classes = len(cc.proba_columns(preds))
+    metrics = active_metrics(cfg, n_classes)
+    rows = []
+    for test, sub in raw.groupby("test", sort=True):
+        levels = cc.chance_levels(sub["label"].to_numpy(), n_classes, metrics)
+        for m, v in zip(metrics, levels):
+            rows.append(row(method=method, test=test, metric=m, value=v, n=len(sub), kind="chance",
+                            note="majority class" if m in ("accuracy", "macro_f1") else ""))
+    return rows
+
+
+# --------------------------------------------------------------------------- variants
+def variant_robustness(preds: pd.DataFrame, method: str, cfg: EvalConfig,
+                       sources: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Per (protocol, source), on the test tiles of the centers the source never saw (all test
+    tiles, ``seen`` = True, for a source that saw every test center): accuracy on every variant
+    (raw + each normalization method/target), mean ± std over variants (000 BRACS70),
+    cross-stain consistency in all variants and in ≥ k = ⌈share·V⌉ of them (000 supplement) and
+    the share of those consistent tiles that are right. Mean over seeds, hierarchical CIs."""
+    preds = normalize_predictions(preds)
+    preds = preds[preds["label"] >= 0].assign(seen=mark_seen(preds[preds["label"] >= 0]))
+    infos = source_infos(preds, sources)
+    rows: list[dict[str, Any]] = []
+    for protocol in PROTOCOLS:
+        for src, info in infos.items():
+            sub = preds[(preds["protocol"] == protocol) & (preds["source"] == src)]
+            if sub.empty:
+                continue
+            seen = bool(sub["seen"].all())
+            rows += _variant_rows(sub if seen else sub[~sub["seen"]], method, protocol, src, info, seen, cfg)
+    return frame(rows)
+
+
+def _variant_rows(sub: pd.DataFrame, method: str, protocol: str, src: str, info: SourceInfo, seen: bool,
+                  cfg: EvalConfig) -> list[dict]:
+    sub = sub.assign(variant=[va.variant_name(m, t) for m, t in zip(sub["variant_method"], sub["variant_target"])])
+    seeds = sorted(sub["seed"].unique().tolist())
+    piv = sub.pivot_table(index=["store", "index"], columns=["seed", "variant"], values="pred", aggfunc="first")
+    piv = piv.dropna(axis=0, how="any")
+    if piv.empty:
+        return []
+    names = sorted({v for _, v in piv.columns}, key=lambda v: (v != va.RAW, v))
+    if not all((sd, v) in piv.columns for sd in seeds for v in names):
+        raise ValueError(f"{method}/{protocol}/{src}: variants differ between seeds")
+    mats = np.stack([np.stack([piv[(sd, v)].to_numpy(np.int64) for v in names]) for sd in seeds])  # (S, V, N)
+    tiles = sub.drop_duplicates(["store", "index"]).set_index(["store", "index"]).loc[piv.index].reset_index()
+    y = tiles["label"].to_numpy(np.int64)
+    k = va.min_agree_from_share(len(names), cfg.consistency_share)
+    summary_names = ["accuracy_mean", "accuracy_std", "consistency_all", f"consistency_ge_{k}", f"consistent_ge_{k}_correct"]
+
+    def per_seed(s: int, idx: np.ndarray) -> np.ndarray:
+        mat, yy = mats[s][:, idx], y[idx]
+        acc = np.mean(mat == yy[None], axis=1)
+        return np.concatenate([acc, [acc.mean(), va.mean_std_over_variants(acc)[1], va.cross_stain_consistency(mat),
+                                     va.cross_stain_consistency(mat, k), va.consistent_and_correct(mat, yy, k)]])
+
+    design = bs.resampling_design(tiles["test"], tiles["patient"], tiles["slide_id"], cfg.min_units)
+    r = bs.hierarchical_bootstrap(lambda seeds, idx: bs.mean_over_seeds(seeds[0], lambda s: per_seed(s, idx)),
+                                  len(seeds), design, cfg.bootstrap, cfg.ci, cfg.seed)
+    common = dict(method=method, protocol=protocol, source=src, source_kind=info.kind, n=len(y), n_seeds=len(seeds),
+                  unit=design.label, seen=seen, encoder_centers=sub["encoder_centers"].iloc[0],
+                  head_centers=sub["head_centers"].iloc[0],
+                  note="" if seen else f"unseen test centers: {', '.join(dict.fromkeys(tiles['test']))}")
+    rows = []
+    for j, name in enumerate(names + summary_names):
+        kind, test, metric = ("variant", name, "accuracy") if j < len(names) else ("variant_summary", "over_variants", name)
+        rows.append(row(**common, test=test, metric=metric, kind=kind, value=r.value[j], ci_low=r.ci_low[j],
+                        ci_high=r.ci_high[j], seed_sd=r.seed_sd[j]))
+    rows.append(row(**common, test="over_variants", metric="n_variants", value=len(names), kind="variant_summary"))
+    return rows
+
+
+# --------------------------------------------------------------------------- embeddings / batch effect
+@dataclass
+class EmbeddingSet:
+    """Embeddings of several stores stacked: ``features`` (N, D) and per-row ``meta``
+    (store, slide_id, patient, center, split, variant_method, variant_target, index, label)."""
+
+    features: np.ndarray
+    meta: pd.DataFrame
+
+
+def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
+    from stainshift.embeddings import read_embeddings
+
+    feats, metas = [], []
+    for p in paths:
+        e = read_embeddings(p)
+        a = e["attrs"]
+        n = len(e["features"])
+        feats.append(np.asarray(e["features"], dtype=np.float32))
+        metas.append(pd.DataFrame({
+            "store": str(a.get("store", Path(p).stem)), "slide_id": str(a.get("slide_id", a.get("store", ""))),
+            "patient": str(a.get("patient", "") or ""), "center": str(a.get("center", "")), "split": str(a.get("split", "")),
+            "variant_method": str(a.get("variant_method", va.RAW) or va.RAW),
+            "variant_target": str(a.get("variant_target", va.RAW) or va.RAW),
+            "index": np.asarray(e["index"], np.int64), "label": np.asarray(e["label"], np.int64)}, index=range(n)))
+    if not feats:
+        return EmbeddingSet(np.zeros((0, 0), np.float32), pd.DataFrame())
+    return EmbeddingSet(np.concatenate(feats), pd.concat(metas, ignore_index=True))
+
+
+def evaluation_embedding_paths(manifest: pd.DataFrame, split: str = "test") -> list[str]:
+    """Embedding files to evaluate from a run's embedding ``manifest.csv`` (path, store, split,
+    center, variant_method, variant_target, ...): the raw stores of the test split and every
+    variant of them (the run's own train/val stores are left out)."""
+    raw = manifest["variant_method"].fillna(va.RAW).isin([va.RAW, ""])
+    test_stores = set(manifest.loc[raw & (manifest["split"] == split), "store"])
+    return sorted(manifest.loc[manifest["store"].isin(test_stores), "path"].astype(str))
 
 
 def attach_tile_slides(emb: EmbeddingSet, preds: pd.DataFrame | None) -> EmbeddingSet:
@@ -273,62 +544,48 @@ def attach_tile_slides(emb: EmbeddingSet, preds: pd.DataFrame | None) -> Embeddi
     return EmbeddingSet(emb.features, meta)
 
 
-def batch_effect(emb: EmbeddingSet, method: str, cfg: EvalConfig) -> pd.DataFrame:
-    """W2 between every pair of centers (Gaussian and exact, overall and per class; 003 Fig. 2),
-    their mean over pairs, the k-NN robustness index in both forms (with k, support and the
-    k-NN balanced accuracy), and stain-variant cluster tightness (000), on raw test embeddings."""
-    rows = []
+def raw_labelled(emb: EmbeddingSet) -> tuple[np.ndarray, pd.DataFrame]:
+    """Raw (not normalized), labelled test embeddings sorted by (store, index)."""
     meta = emb.meta
-    raw_mask = is_raw(meta).to_numpy() & (meta["label"].to_numpy() >= 0)
-    f, m = emb.features[raw_mask], meta[raw_mask].reset_index(drop=True)
+    keep = is_raw(meta).to_numpy() & (meta["label"].to_numpy() >= 0)
+    m = meta[keep].sort_values(["store", "index"], kind="stable")
+    return emb.features[m.index.to_numpy()], m.reset_index(drop=True)
+
+
+def ri_groups(meta: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """Independence groups for the robustness index: slides when every center has ≥ 2 of them
+    ("slide-excluded"); else every tile its own group ("self-excluded": with one slide per center,
+    excluding same-slide neighbours would exclude every same-center neighbour, OS ≡ 0, RI ≡ 1)."""
+    if (meta.groupby("center")["slide_id"].nunique() >= 2).all():
+        return meta["slide_id"].astype(str).to_numpy(), "slide-excluded"
+    return np.array([f"tile{i}" for i in range(len(meta))]), "self-excluded"
+
+
+def run_batch_effect(emb: EmbeddingSet, cfg: EvalConfig) -> list[dict[str, Any]]:
+    """One run's encoder on its raw test embeddings: W2 between every pair of centers (Gaussian and
+    exact, overall and per class; 003 Fig. 2) and their mean over pairs; the PathoROB robustness
+    index (value, k, support); stain-variant cluster tightness (000). Rows without run columns."""
+    rows = []
+    f, m = raw_labelled(emb)
     if len(m) >= 2 and m["center"].nunique() >= 2:
         w2 = be.w2_between_centers(f, m["center"], m["label"], cfg.w2_max_samples, cfg.seed, cfg.l2_normalize)
         for r in w2.itertuples():
             name = f"w2_{r.estimator}" + ("" if r.subset == "all" else f"[{r.subset}]")
-            rows.append(_rows(method, ENCODER, f"{r.center_a}~{r.center_b}", name, r.value, n=r.n_a + r.n_b, kind="w2"))
+            rows.append(row(test=f"{r.center_a}~{r.center_b}", metric=name, value=r.value, n=r.n_a + r.n_b, kind="w2"))
         for (est, subset), sub in w2.groupby(["estimator", "subset"]):
             name = f"w2_{est}" + ("" if subset == "all" else f"[{subset}]")
-            rows.append(_rows(method, ENCODER, "mean_pairs", name, sub["value"].mean(), n=len(sub), kind="w2"))
+            rows.append(row(test="mean_pairs", metric=name, value=sub["value"].mean(), n=len(sub), kind="w2"))
         ks = [k for k in cfg.ri_k if k < len(m)]
         if ks and m["label"].nunique() >= 2:
-            groups = m["slide_id"].astype(str).to_numpy()
-            # With a single slide per center, excluding same-slide neighbours would exclude every
-            # same-center neighbour (OS ≡ 0, RI_P ≡ 1): then only the tile itself is excluded.
-            per_center = m.groupby("center")["slide_id"].nunique()
-            ri_unit = "slide-excluded" if (per_center >= 2).all() else "self-excluded"
-            if ri_unit == "self-excluded":
-                groups = np.array([f"tile{i}" for i in range(len(m))])
+            groups, how = ri_groups(m)
             ri = rob.robustness_index(f, m["label"].to_numpy(), m["center"].to_numpy(), groups, ks)
-            lo = {"pathorob": (np.nan, np.nan), "de_jong": (np.nan, np.nan)}
-            unit = ri_unit
-            if cfg.bootstrap_latent > 0:
-                g = bs.resampling_groups(m["slide_id"].astype(str).to_numpy(), m["center"].to_numpy(), cfg.min_slides)
-                # resampled copies keep their slide id, so a duplicate is never its own neighbour;
-                # both forms come from the same replicates (same seed), computed once each
-                memo: dict[bytes, rob.RobustnessIndexResult] = {}
-
-                def ri_at(idx: np.ndarray) -> rob.RobustnessIndexResult:
-                    key = idx.tobytes()
-                    if key not in memo:
-                        memo[key] = rob.robustness_index(f[idx], m["label"].to_numpy()[idx],
-                                                         m["center"].to_numpy()[idx], groups[idx], [ri.k])
-                    return memo[key]
-
-                for form in lo:
-                    r = bs.bootstrap_ci(
-                        lambda idx, form=form: getattr(ri_at(idx), form),
-                        len(m), groups=g, strata=m["center"].to_numpy(), n_boot=cfg.bootstrap_latent, ci=cfg.ci, seed=cfg.seed)
-                    lo[form] = (r.ci_low, r.ci_high)
-                unit = f"{ri_unit}; bootstrap {r.unit}"
-            rows.append(_rows(method, ENCODER, "all", "ri_pathorob", ri.pathorob, *lo["pathorob"], ri.n, "ri", unit))
-            rows.append(_rows(method, ENCODER, "all", "ri_de_jong", ri.de_jong, *lo["de_jong"], ri.n, "ri", unit))
-            for name in ("k", "support", "knn_balanced_accuracy", "ss", "so", "os", "oo"):
-                rows.append(_rows(method, ENCODER, "all", f"ri_{name}", getattr(ri, name), n=ri.n, kind="ri", unit=ri_unit))
-    rows += [_rows(method, ENCODER, *r[1:]) for r in _tightness_rows(emb, cfg)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+            for name in ("value", "k", "support"):
+                rows.append(row(test="all", metric="ri" if name == "value" else f"ri_{name}", value=getattr(ri, name),
+                                n=ri.n, kind="ri", unit=how))
+    return rows + _tightness_rows(emb, cfg)
 
 
-def _tightness_rows(emb: EmbeddingSet, cfg: EvalConfig) -> list[tuple]:
+def _tightness_rows(emb: EmbeddingSet, cfg: EvalConfig) -> list[dict[str, Any]]:
     meta = emb.meta
     if meta.empty:
         return []
@@ -336,7 +593,6 @@ def _tightness_rows(emb: EmbeddingSet, cfg: EvalConfig) -> list[tuple]:
     var = ~raw
     if not var.any():
         return []
-    out: list[tuple] = []
     per_center: dict[str, list[dict[str, float]]] = {}
     weights: dict[str, list[int]] = {}
     for store, smeta in meta[raw].groupby("store"):
@@ -359,23 +615,72 @@ def _tightness_rows(emb: EmbeddingSet, cfg: EvalConfig) -> list[tuple]:
         center = str(smeta["center"].iloc[0])
         per_center.setdefault(center, []).append(t)
         weights.setdefault(center, []).append(len(r_idx))
-    allw = []
+    out = []
+    everything: list[tuple[dict[str, float], float]] = []
     for center, ts in per_center.items():
         w = np.asarray(weights[center], float)
         for key in ts[0]:
-            v = float(np.average([t[key] for t in ts], weights=w))
-            out.append(("", center, f"tightness_{key}", v, np.nan, np.nan, int(w.sum()), "tightness", ""))
-        allw += [(t, wi) for t, wi in zip(ts, w)]
-    if allw:
-        w = np.asarray([x[1] for x in allw])
-        for key in allw[0][0]:
-            v = float(np.average([x[0][key] for x in allw], weights=w))
-            out.append(("", "all", f"tightness_{key}", v, np.nan, np.nan, int(w.sum()), "tightness", ""))
+            out.append(row(test=center, metric=f"tightness_{key}", value=float(np.average([t[key] for t in ts], weights=w)),
+                           n=int(w.sum()), kind="tightness"))
+        everything += list(zip(ts, w))
+    if everything:
+        w = np.asarray([x[1] for x in everything])
+        for key in everything[0][0]:
+            out.append(row(test="all", metric=f"tightness_{key}",
+                           value=float(np.average([x[0][key] for x in everything], weights=w)), n=int(w.sum()),
+                           kind="tightness"))
     return out
 
 
+def batch_effect(runs: Mapping[tuple[str, int], EmbeddingSet], method: str, cfg: EvalConfig,
+                 sources: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Per source, the mean over its seeds of every :func:`run_batch_effect` row (``seed_sd``: sd
+    over seeds). With ``cfg.bootstrap_latent`` > 0 the robustness index gets a hierarchical CI
+    (seeds × test units, each seed's k kept fixed)."""
+    per_run = []
+    for (src, seed), emb in runs.items():
+        per_run += [dict(r, source=src, seed=seed) for r in run_batch_effect(emb, cfg)]
+    if not per_run:
+        return frame([])
+    df = pd.DataFrame(per_run)
+    kinds = {sid: str(s["kind"]) for sid, s in (sources or {}).items()}
+    rows = []
+    for (src, test, metric, kind, unit), sub in df.groupby(["source", "test", "metric", "kind", "unit"], sort=False):
+        v = sub["value"].to_numpy(float)
+        ci = _ri_ci(runs, src, cfg) if metric == "ri" and cfg.bootstrap_latent > 0 else (np.nan, np.nan, "")
+        rows.append(row(method=method, protocol=ENCODER, source=src, source_kind=kinds.get(src, ""), test=test,
+                        metric=metric, value=float(v.mean()), ci_low=ci[0], ci_high=ci[1],
+                        seed_sd=float(v.std(ddof=1)) if len(v) > 1 else np.nan, n=int(sub["n"].max()),
+                        n_seeds=len(v), kind=kind, unit=f"{unit}; bootstrap {ci[2]}" if ci[2] else unit))
+    return frame(rows)
+
+
+def _ri_ci(runs: Mapping[tuple[str, int], EmbeddingSet], src: str, cfg: EvalConfig) -> tuple[float, float, str]:
+    """Hierarchical CI of the mean-over-seeds robustness index of one source (NaN when the
+    seeds' test embeddings are not the same tiles)."""
+    sets = [raw_labelled(emb) for (s, _), emb in sorted(runs.items()) if s == src]
+    keys = [m[["store", "index"]].to_numpy().tolist() for _, m in sets]
+    if any(k != keys[0] for k in keys[1:]):
+        log.warning("%s: seeds embed different test tiles; no robustness-index CI", src)
+        return np.nan, np.nan, ""
+    meta = sets[0][1]
+    groups, _ = ri_groups(meta)
+    labels, centers = meta["label"].to_numpy(), meta["center"].to_numpy()
+    ks = [k for k in cfg.ri_k if k < len(meta)]
+    chosen = [rob.robustness_index(f, labels, centers, groups, ks).k for f, _ in sets]
+
+    def per_seed(s: int, idx: np.ndarray) -> float:
+        return rob.robustness_index(sets[s][0][idx], labels[idx], centers[idx], groups[idx], [chosen[s]]).value
+
+    design = bs.resampling_design(centers, meta["patient"].replace("", np.nan).fillna("slide:" + meta["slide_id"]),
+                                  meta["slide_id"], cfg.min_units)
+    r = bs.hierarchical_bootstrap(lambda seeds, idx: bs.mean_over_seeds(seeds[0], lambda s: per_seed(s, idx)),
+                                  len(sets), design, cfg.bootstrap_latent, cfg.ci, cfg.seed)
+    return float(r.ci_low[0]), float(r.ci_high[0]), design.label
+
+
 def subsample_for_map(emb: EmbeddingSet, max_points: int, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """Raw test embeddings (at most ``max_points``, seeded, stratified by center) for the 2-D map."""
+    """Raw test embeddings (at most ``max_points``, seeded) for the 2-D map."""
     raw = is_raw(emb.meta).to_numpy()
     f, m = emb.features[raw], emb.meta[raw].reset_index(drop=True)
     if len(m) <= max_points:
@@ -385,75 +690,115 @@ def subsample_for_map(emb: EmbeddingSet, max_points: int, seed: int) -> tuple[np
     return f[keep], m.iloc[keep].reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------- paired comparisons
-def _accuracy_by_cell(preds: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
-    raw = preds[is_raw(preds) & (preds["label"] >= 0)]
-    raw = raw.assign(correct=(raw["pred"] == raw["label"]).astype(float))
-    wide = raw.pivot_table(index=["store", "index"], columns="train", values="correct", aggfunc="first")
-    info = raw.drop_duplicates(["store", "index"]).set_index(["store", "index"])[["test", "slide_id", "label"]]
-    return wide.join(info), sorted(raw["train"].unique()), sorted(raw["test"].unique())
+# --------------------------------------------------------------------------- learning
+LEARNING_SCALARS = ("epochs", "tiles", "images_seen", "seconds")
 
 
-def _drop_and_off(correct: np.ndarray, test: np.ndarray, trains: list[str], tests: list[str]) -> tuple[float, float]:
-    """Mean over train centers (that are test centers) of the mean off-diagonal accuracy and of
-    the drop in-center − off-diagonal, from a (N, T) correctness matrix."""
-    offs, drops = [], []
-    acc = {te: np.nanmean(correct[test == te], axis=0) if (test == te).any() else np.full(len(trains), np.nan) for te in tests}
-    for j, tr in enumerate(trains):
-        if tr not in tests:
-            continue
-        off = np.nanmean([acc[te][j] for te in tests if te != tr])
-        offs.append(off)
-        drops.append(acc[tr][j] - off)
-    return (float(np.nanmean(offs)) if offs else np.nan, float(np.nanmean(drops)) if drops else np.nan)
+def read_train_summary(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
 
 
-def compare_methods(preds: Mapping[str, pd.DataFrame], cfg: EvalConfig) -> pd.DataFrame:
-    """Every method vs ``cfg.reference`` on the same raw test tiles (inner join on store, index):
-    per method the mean cross-center drop (in-center − mean off-diagonal accuracy, averaged over
-    train centers) and mean off-diagonal accuracy with CIs, and the paired differences to the
-    reference (paired slide bootstrap, stratified by test center: CI and p-value)."""
+def learning_table(summaries: Iterable[Mapping[str, Any]], method: str,
+                   sources: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Per run (``train_summary.json``): ``did_not_learn`` (1 = the training flagged it; ``note``
+    = the reasons), the budget (epochs, training tiles, images seen, seconds) and every numeric
+    first-epoch / final-epoch metric (loss terms, collapse statistics) as ``first_*`` / ``final_*``."""
+    kinds = {sid: str(s["kind"]) for sid, s in (sources or {}).items()}
     rows = []
-    cells = {m: _accuracy_by_cell(p) for m, p in preds.items()}
-    for m, (wide, trains, tests) in cells.items():
-        correct = wide[trains].to_numpy(dtype=float)
-        test = wide["test"].to_numpy()
-        groups = bs.resampling_groups(wide["slide_id"].astype(str).to_numpy(), test, cfg.min_slides)
-        for j, name in enumerate(("mean_off_diagonal_accuracy", "cross_center_drop")):
-            r = bs.bootstrap_ci(lambda idx, j=j: _drop_and_off(correct[idx], test[idx], trains, tests)[j], len(test),
-                                groups=groups, strata=test, n_boot=cfg.bootstrap, ci=cfg.ci, seed=cfg.seed)
-            rows.append(_rows(m, "each", "mean", name, r.value, r.ci_low, r.ci_high, len(test), "headline", r.unit))
+    for s in summaries:
+        learning = s.get("learning") or {}
+        common = dict(method=method, protocol="train", source=str(s["source"]), source_kind=kinds.get(str(s["source"]), ""),
+                      seed=int(s["seed"]), test="train", kind="learning", n=int(s.get("tiles") or 0), n_seeds=1,
+                      encoder_centers="+".join(sorted(s.get("centers") or [])))
+        status = str(learning.get("status", "ok"))
+        rows.append(row(**common, metric="did_not_learn", value=float(status != "ok"),
+                        note="; ".join(map(str, learning.get("reasons") or [])) or status))
+        for key in LEARNING_SCALARS:
+            if isinstance(s.get(key), (int, float)):
+                rows.append(row(**common, metric=key, value=float(s[key])))
+        for stage in ("first", "final"):
+            for key, v in (s.get(stage) or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    rows.append(row(**common, metric=f"{stage}_{key}", value=float(v)))
+    return frame(rows)
+
+
+# --------------------------------------------------------------------------- paired comparisons
+#: (metric, aggregate) pairs compared with the reference: Δ of the unseen-center mean and of the drop
+PAIRED = (("accuracy", "unseen"), ("balanced_accuracy", "unseen"), ("auc", "unseen"),
+          ("accuracy", "drop"), ("balanced_accuracy", "drop"))
+
+
+def compare_methods(preds: Mapping[str, pd.DataFrame], cfg: EvalConfig,
+                    sources: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Every method vs ``cfg.reference``, per protocol, on the sources both have (grouped: the
+    ``center``-kind sources = ``each``, the ``loco`` sources = ``loco``), their common seeds and
+    common raw test tiles: Δ = method − reference of the unseen-center mean (accuracy, balanced
+    accuracy, AUC) and of the drop (seen − unseen; accuracy, balanced accuracy), averaged over the
+    group's sources. Paired by seed (seed s of the method against seed s of the reference, the
+    seeds of each source drawn once per replicate for both) and by resampled test units; CI and
+    two-sided p-value from the hierarchical bootstrap. A method without ``native`` predictions
+    (its seed's downstream is the frozen-feature probe) is compared by its probe (note "native = probe")."""
     ref = cfg.reference
-    if ref not in cells:
-        return pd.DataFrame(rows, columns=COLUMNS)
-    ref_wide, ref_trains, _ = cells[ref]
-    for m, (wide, trains, tests) in cells.items():
-        if m == ref:
+    if ref not in preds:
+        return frame([])
+    preds = {m: normalize_predictions(p) for m, p in preds.items()}
+    infos = source_infos(pd.concat([p[["source", "source_kind"]] for p in preds.values()]), sources)
+    rows: list[dict[str, Any]] = []
+    for protocol in PROTOCOLS:
+        ref_scores, ref_note = _scores_or_probe(preds[ref], protocol, list(infos))
+        if ref_scores is None:
             continue
-        common_tr = [t for t in trains if t in ref_trains]
-        ref_cols = ref_wide[common_tr].rename(columns={t: f"{t}__ref" for t in common_tr})
-        joined = wide[common_tr + ["test", "slide_id"]].join(ref_cols, how="inner")
-        if joined.empty:
+        for method, p in preds.items():
+            if method == ref:
+                continue
+            scores, note = _scores_or_probe(p, protocol, list(infos))
+            if scores is None:
+                continue
+            notes = "; ".join(x for x in (note and f"{method}: {note}", ref_note and f"{ref}: {ref_note}") if x)
+            rows += _paired_rows(method, ref, protocol, scores, ref_scores, infos, cfg, notes)
+    return frame(rows)
+
+
+def _scores_or_probe(preds: pd.DataFrame, protocol: str, order: list[str]) -> tuple[RunScores | None, str]:
+    scores = run_scores(preds, protocol, order)
+    if scores is None and protocol == "native":
+        return run_scores(preds, "probe", order), "native = probe"
+    return scores, ""
+
+
+def _paired_rows(method: str, ref: str, protocol: str, a: RunScores, b: RunScores, infos: Mapping[str, SourceInfo],
+                 cfg: EvalConfig, note: str) -> list[dict]:
+    rows = []
+    keys = pd.MultiIndex.from_frame(a.tiles[["store", "index"]]).intersection(
+        pd.MultiIndex.from_frame(b.tiles[["store", "index"]]), sort=False)
+    seeds = [s for s in a.seeds if s in b.seeds]
+    if len(keys) == 0 or not seeds:
+        return rows
+    for group, kind in ((HEADLINE_SOURCE, "center"), (LOCO_SOURCE, "loco")):
+        shared = [s for s in a.sources if s in b.sources and infos[s].kind == kind]
+        if not shared:
             continue
-        a = joined[common_tr].to_numpy(dtype=float)
-        b = joined[[f"{t}__ref" for t in common_tr]].to_numpy(dtype=float)
-        test = joined["test"].to_numpy()
-        tests_j = sorted(set(test))
-        groups = bs.resampling_groups(joined["slide_id"].astype(str).to_numpy(), test, cfg.min_slides)
-        for j, name in enumerate(("mean_off_diagonal_accuracy", "cross_center_drop")):
-            r = bs.paired_bootstrap_test(lambda idx, j=j: _drop_and_off(a[idx], test[idx], common_tr, tests_j)[j],
-                                         lambda idx, j=j: _drop_and_off(b[idx], test[idx], common_tr, tests_j)[j],
-                                         len(test), groups=groups, strata=test, n_boot=cfg.bootstrap, ci=cfg.ci,
-                                         seed=cfg.seed)
-            rows.append(_rows(m, "each", f"vs_{ref}", f"delta_{name}", r.diff, r.ci_low, r.ci_high, len(test),
-                              "paired", r.unit))
-            rows.append(_rows(m, "each", f"vs_{ref}", f"p_{name}", r.p_value, n=len(test), kind="paired", unit=r.unit))
-        # McNemar on the pooled off-diagonal predictions of every train center
-        ca, cb = [], []
-        for jt, tr in enumerate(common_tr):
-            off = test != tr
-            ca.append(a[off, jt])
-            cb.append(b[off, jt])
-        p = bs.mcnemar_test(np.concatenate(ca) > 0.5, np.concatenate(cb) > 0.5)
-        rows.append(_rows(m, "each", f"vs_{ref}", "p_mcnemar_off_diagonal", p, n=len(test), kind="paired", unit="tile"))
-    return pd.DataFrame(rows, columns=COLUMNS)
+        sa, sb = a.restrict(keys, shared, seeds), b.restrict(keys, shared, seeds)
+        unseen = sa.unseen() & sb.unseen()
+        metrics = sorted({m for m, _ in PAIRED}, key=[m for m, _ in PAIRED].index)
+        wanted = [(metrics.index(m), 0 if agg == "unseen" else 2) for m, agg in PAIRED]
+
+        def statistic(drawn: np.ndarray, idx: np.ndarray) -> np.ndarray:
+            parts = sa.split(idx)
+            delta = np.stack([bs.mean_over_seeds(drawn[k], lambda s, k=k: (sa.cells(k, s, parts, metrics)
+                                                                            - sb.cells(k, s, parts, metrics)).ravel())
+                              .reshape(len(sa.tests), len(metrics)) for k in range(len(shared))])
+            agg = _nanmean(source_aggregates(delta, unseen), axis=1)  # (3, M): mean over the group's sources
+            return np.array([agg[a_, m] for m, a_ in wanted])
+
+        design = sa.design(cfg.min_units)
+        r = bs.hierarchical_bootstrap(statistic, len(seeds), design, cfg.bootstrap, cfg.ci, cfg.seed,
+                                      n_streams=len(shared))
+        for j, (m, agg) in enumerate(PAIRED):
+            rows.append(row(method=method, protocol=protocol, source=group, source_kind=kind, test=f"vs_{ref}",
+                            metric=f"delta_{agg}_{m}", value=r.value[j], ci_low=r.ci_low[j], ci_high=r.ci_high[j],
+                            p_value=r.p_value[j], seed_sd=r.seed_sd[j], n=len(keys), n_seeds=len(seeds),
+                            kind="paired", unit=design.label,
+                            note="; ".join(x for x in (f"sources: {', '.join(shared)}", note) if x)))
+    return rows
