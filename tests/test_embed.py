@@ -50,18 +50,25 @@ def test_write_embeddings_validates_and_is_atomic(tmp_path: Path) -> None:
 
 
 def test_paths_and_predictions_table(tmp_path: Path) -> None:
-    assert embedding_path("R", "lmc", "a_test") == "R/embeddings/lmc/a_test.h5"
-    assert embedding_path("R", "lmc", "a_test", "macenko", "t3") == "R/embeddings/lmc/variants/a_test/macenko/t3.h5"
+    assert embedding_path("E/stores", "a_test") == "E/stores/a_test.h5"
+    assert embedding_path("E/stores", "a_test", "macenko", "t3") == "E/stores/variants/a_test/macenko/t3.h5"
     probs = np.array([[0.2, 0.8], [0.9, 0.1]])
-    meta = {"store": "a_test", "slide_id": "a_test", "test": "center_a", "split": "test",
-            "variant_method": "reinhard", "variant_target": "007"}
-    df = prediction_frame(probs, method="simclr", train="all", meta=meta, index=np.array([4, 5]), label=np.array([1, -1]))
-    assert list(df.columns) == PREDICTION_COLUMNS + ["p0", "p1", "pred"]
-    assert df["pred"].tolist() == [1, 0]
-    raw = prediction_frame(probs, method="simclr", train="center_b", meta={**meta, "variant_method": None,
-                           "variant_target": None}, index=np.array([0, 1]), label=np.array([0, 0]))
+    meta = {"method": "simclr", "source": "loco-center_a", "source_kind": "loco", "seed": 1, "protocol": "probe",
+            "encoder_centers": "center_b+center_c", "head_centers": "center_b+center_c", "store": "a_test",
+            "slide_id": "a_test", "test": "center_a", "split": "test", "variant_method": "reinhard",
+            "variant_target": "007"}
+    df = prediction_frame(probs, meta=meta, index=np.array([4, 5]), label=np.array([1, -1]), threshold=0.4)
+    assert list(df.columns) == PREDICTION_COLUMNS + ["p0", "p1", "pred", "threshold"]
+    assert df["pred"].tolist() == [1, 0] and df["patient"].tolist() == ["a_test"] * 2  # patient falls back to slide
+    raw = prediction_frame(probs, meta={**meta, "variant_method": None, "variant_target": None, "patient": "p9"},
+                           index=np.array([0, 1]), label=np.array([0, 0]))
     path = write_predictions(tmp_path / "p" / "simclr.csv", [df, raw])
     back = read_predictions(path)
     assert len(back) == 4 and back["variant_target"].tolist()[:2] == ["007", "007"]
-    assert back["variant_method"].tolist()[2:] == [RAW, RAW]
+    assert back["variant_method"].tolist()[2:] == [RAW, RAW] and back["patient"].tolist()[2:] == ["p9", "p9"]
+    assert back["threshold"].tolist()[:2] == [0.4, 0.4] and back["threshold"].isna().tolist()[2:] == [True, True]
+    assert back["encoder_centers"].iloc[0] == "center_b+center_c" and back["seed"].iloc[0] == 1
     np.testing.assert_allclose(back[["p0", "p1"]].to_numpy()[:2], probs, rtol=1e-6)
+    with pytest.raises(KeyError, match="protocol"):
+        prediction_frame(probs, meta={k: v for k, v in meta.items() if k != "protocol"}, index=np.arange(2),
+                         label=np.zeros(2))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from stainshift.models import build_encoder
-from stainshift.train import (LinearProbe, balanced_accuracy, finetune_full, finetune_linear, load_head,
-                              probabilities, save_head)
+from stainshift.models import Classifier, build_encoder
+from stainshift.train import (LinearProbe, balanced_accuracy, choose_threshold, finetune_classifier, finetune_linear,
+                              load_head, probabilities, save_head)
 from test_data import make_stores
 
 torch.set_num_threads(1)
@@ -49,8 +49,9 @@ def test_full_finetune_round_trip(tmp_path: Path) -> None:
     val = make_stores(tmp_path / "va", n_slides=1, n_tiles=8, seed=1, split="val")
     torch.manual_seed(0)
     enc = build_encoder({"arch": "resnet18", "widths": [4, 4, 8, 8, 16], "small_input": True})
-    model, rows = finetune_full(enc, train, val, 2, {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0},
-                                torch.device("cpu"))
+    model, rows = finetune_classifier(Classifier(enc, 2), train, val,
+                                      {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0, "class_weight": "balanced"},
+                                      torch.device("cpu"))
     assert len(rows) == 2 and any(r.get("best") for r in rows)
     save_head(tmp_path / "head.pt", model, mode="full", num_classes=2)
     mode, module, _ = load_head(tmp_path / "head.pt")
@@ -58,3 +59,13 @@ def test_full_finetune_round_trip(tmp_path: Path) -> None:
     p = probabilities(module, tiles, torch.device("cpu"), from_features=False)
     assert mode == "full" and p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     np.testing.assert_allclose(p, probabilities(model, tiles, torch.device("cpu"), from_features=False), atol=1e-6)
+
+
+def test_choose_threshold_maximises_balanced_accuracy() -> None:
+    # scores shifted upwards: 0.5 calls everything positive, the best cut lies between 0.7 and 0.8
+    y = np.array([0, 0, 0, 0, 1, 1, -1])
+    p1 = np.array([0.6, 0.65, 0.7, 0.7, 0.8, 0.9, 0.1])
+    t = choose_threshold(y, p1)
+    assert 0.7 < t <= 0.8
+    assert balanced_accuracy(y[:6], (p1[:6] >= t).astype(int)) == 1.0
+    assert choose_threshold(np.array([1, 1]), np.array([0.2, 0.3])) == 0.5  # one class: undefined -> 0.5

@@ -1,6 +1,8 @@
 """The training loop: loss falls, resume after a kill reproduces the weights exactly, NaN stops."""
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import torch
 from stainshift.data import TileDataset
 from stainshift.methods import Method, StepContext, register_method
 from stainshift.models import build_encoder
-from stainshift.train import NonFiniteLossError, fit, load, load_encoder, method_config, pretrain
+from stainshift.train import (DidNotLearnError, NonFiniteLossError, fit, load, load_encoder, method_config,
+                              package_digest, pretrain)
 from test_data import make_stores
 
 torch.set_num_threads(1)
@@ -110,12 +113,65 @@ def test_encoder_file_round_trip(stores: list[str], tmp_path: Path) -> None:
 
 
 def test_method_config_layers() -> None:
-    cfg = method_config({"seed": 7, "defaults": {"epochs": 2, "encoder": {"arch": "resnet18", "width": 0.25}},
+    cfg = method_config({"defaults": {"epochs": 2, "encoder": {"arch": "resnet18", "width": 0.25}},
                          "lmc": {"encoder": {"arch": "vit_tiny", "depth": 2}, "batch_size": 4}}, "lmc")
     assert cfg["encoder"] == {"arch": "vit_tiny", "depth": 2}  # another arch replaces the spec
     assert cfg["optimizer"] == "adamw" and cfg["lambd"] == 0.005 and cfg["weight_decay"] == 0.01  # seed 003
-    assert cfg["epochs"] == 2 and cfg["batch_size"] == 4 and cfg["seed"] == 7
+    assert cfg["epochs"] == 2 and cfg["batch_size"] == 4
     simclr = method_config({}, "simclr")
     assert simclr["optimizer"] == "lars" and simclr["temperature"] == 0.1 and simclr["views"]["crop_scale"] == [0.15, 1.0]
     with pytest.raises(KeyError, match="unknown method 'nope'"):
         method_config({}, "nope")
+
+
+def test_finished_run_drops_its_checkpoint_so_a_rerun_trains_afresh(stores: list[str], tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # `snakemake --forcerun pretrain` re-runs a finished job: it must train again, not load the old run
+    cfg = method_config({"defaults": tiny_cfg(epochs=1)}, "simclr")
+    pretrain("simclr", stores, cfg, tmp_path, meta={"source": "c1", "seed": 0}, progress=False)
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["source"] == "c1" and summary["epochs"] == 1 and summary["tiles"] == 24
+    assert summary["images_seen"] == 24 and summary["train_stores"] == stores
+    caplog.set_level(logging.INFO, logger="stainshift.train")
+    pretrain("simclr", stores, cfg, tmp_path, progress=False)
+    assert "resumed from" not in caplog.text
+
+
+def test_package_digest_covers_every_module(tmp_path: Path) -> None:
+    import shutil
+
+    import stainshift
+
+    pkg = tmp_path / "stainshift"
+    shutil.copytree(Path(stainshift.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = package_digest(pkg)
+    assert before == package_digest(pkg)
+    for module in ("stain/macenko.py", "data.py", "store.py"):  # not the method's own module
+        path = pkg / module
+        path.write_text(path.read_text() + "\n# changed\n")
+        after = package_digest(pkg)
+        assert after != before, module
+        before = after
+
+
+@register_method("_test_flat")
+class _FlatMethod(_NaNMethod):
+    """Trains, but its learning_check says it did not learn."""
+
+    def training_step(self, batch: dict, ctx: StepContext) -> dict:
+        return {"loss": self.encoder(batch["image"].float()).mean() * 0.0 + 1.0}
+
+    def learning_check(self, history: list[dict]) -> list[str]:
+        return ["loss stayed at 1.0 (its chance level)"]
+
+
+def test_did_not_learn_fails_or_is_flagged(stores: list[str], tmp_path: Path) -> None:
+    cfg = dict(tiny_cfg(epochs=1), schedule="constant")
+    with pytest.raises(DidNotLearnError, match=r"did not learn: loss stayed at 1.0.*on_no_learning: flag"):
+        pretrain("_test_flat", stores, cfg, tmp_path / "fail", progress=False)
+    assert not (tmp_path / "fail" / "encoder.pt").exists()
+    pretrain("_test_flat", stores, cfg, tmp_path / "flag", on_no_learning="flag", progress=False)
+    assert load(tmp_path / "flag" / "encoder.pt")["learning"]["status"] == "did_not_learn"
+    summary = json.loads((tmp_path / "flag" / "train_summary.json").read_text())
+    assert summary["learning"] == {"status": "did_not_learn", "reasons": ["loss stayed at 1.0 (its chance level)"]}

@@ -1,5 +1,9 @@
-"""End-to-end (slow): the tiny demo DAG up to predictions for simclr, then a killed + re-run pretrain
-job resumes from its checkpoint inside the workflow."""
+"""End-to-end (slow): the tiny demo DAG up to predictions under the cross-center protocol.
+
+Every run's encoder, heads and model selection read only the stores of its source's centers; the
+predictions say which centers each model saw; a forced re-run of a finished pretraining job
+trains from scratch.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,37 +11,69 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+import torch
 
 from stainshift.embeddings import read_predictions
+from stainshift.store import PatchStore
 from workflow_helpers import make_workdir, run_snakemake
 
 pytestmark = pytest.mark.slow
 
+CENTERS = ["center_a", "center_b", "center_c"]
+SOURCES = {"center_a": {"center_a"}, "center_b": {"center_b"}, "center_c": {"center_c"},
+           "loco-center_a": {"center_b", "center_c"}, "loco-center_b": {"center_a", "center_c"},
+           "loco-center_c": {"center_a", "center_b"}}
 
-def test_tiny_workflow_pretrain_embed_finetune_predict(tmp_path: Path) -> None:
-    work = make_workdir(tmp_path, {"pretrain": {"methods": ["simclr"]}})
-    run_snakemake(work, "results/predictions/simclr.csv")
-    res = work / "results"
-    assert (res / "models/simclr/encoder.pt").is_file()
-    metrics = pd.read_csv(res / "models/simclr/metrics.csv")
-    assert len(metrics) == 1 and metrics["loss"].notna().all()
-    manifest = pd.read_csv(res / "embeddings/simclr/manifest.csv", dtype=str)
-    assert set(manifest["variant_method"]) >= {"raw", "reinhard", "macenko", "vahadane"}
-    with h5py.File(work / manifest["path"].iloc[0]) as fh:  # paths are relative to the working directory
-        assert fh["features"].shape[0] == len(fh["label"]) == len(fh["coords"]) == len(fh["index"])
-        assert fh.attrs["method"] == "simclr"
-    heads = sorted(p.parent.name for p in (res / "models/simclr").glob("*/head.pt"))
-    assert heads == ["all", "center_a", "center_b", "center_c"]
-    preds = read_predictions(res / "predictions/simclr.csv")
-    assert set(preds["train"]) == set(heads) and set(preds["split"]) == {"test"}
-    assert set(preds["test"]) == {"center_a", "center_b", "center_c"}
+
+def _centers_of(stores: list[str], work: Path) -> set[str]:
+    return {PatchStore.open(work / s if not Path(s).is_absolute() else s).attrs["center"] for s in stores}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    work = make_workdir(tmp_path_factory.mktemp("train_wf"), {
+        "pretrain": {"methods": ["baseline"], "sources": ["each", "loco"]},
+        "normalize": {"methods": ["reinhard"], "targets": {"k": 1}},
+    })
+    targets = [f"results/predictions/baseline/{s}/seed0.csv" for s in SOURCES]
+    run_snakemake(work, *targets)
+    return work
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_models_of_a_source_never_read_another_centers_store(work: Path, source: str) -> None:
+    allowed = SOURCES[source]
+    run = work / "results" / "models" / "baseline" / source / "seed0"
+    enc = torch.load(run / "encoder.pt", weights_only=True)
+    assert _centers_of(enc["train_stores"], work) == allowed
+    assert enc["meta"]["source"] == source and enc["meta"]["centers"] == "+".join(sorted(allowed))
+    for head in ("head_probe.pt", "head_native.pt"):
+        payload = torch.load(run / head, weights_only=True)
+        stores = [s if s.endswith(".zarr") else f"results/tiles/{s}.zarr" for s in payload["train_stores"] + payload["val_stores"]]
+        assert _centers_of(stores, work) == allowed, head
+        assert payload["head_centers"] == "+".join(sorted(allowed))
+    # the embeddings a probe may learn from (train/val splits) are the source's own stores only
+    manifest = pd.read_csv(work / "results" / "embeddings" / "baseline" / source / "seed0" / "manifest.csv", dtype=str)
+    own = manifest[manifest["split"].isin(["train", "val"])]
+    assert set(own["center"]) == allowed
+    assert set(manifest.loc[manifest["split"] == "test", "center"]) == set(CENTERS)  # every center is scored
+    with h5py.File(work / manifest["path"].iloc[0]) as fh:
+        assert fh.attrs["source"] == source and fh["features"].shape[0] == len(fh["label"])
+    preds = read_predictions(work / "results" / "predictions" / "baseline" / source / "seed0.csv")
+    assert set(preds["protocol"]) == {"probe", "native"} and set(preds["split"]) == {"test"}
+    assert set(preds["encoder_centers"]) == set(preds["head_centers"]) == {"+".join(sorted(allowed))}
+    assert set(preds["test"]) == set(CENTERS)
     assert (preds[["p0", "p1"]].sum(axis=1) - 1).abs().max() < 1e-4
-    # the same tiles are predicted on every variant
-    per_variant = preds.groupby(["variant_method", "variant_target"]).size()
-    assert per_variant.nunique() == 1
-    # a finished pretrain job re-run (e.g. after a code change) with the same inputs resumes its
-    # checkpoint: no epoch is trained again, metrics.csv is rewritten from the checkpoint
-    run_snakemake(work, "results/models/simclr/encoder.pt", "--forcerun", "pretrain")
-    log = (res / "logs/pretrain/simclr.log").read_text()
-    assert "resumed from" in log and "epoch 1 of 1 done" in log
-    assert pd.read_csv(res / "models/simclr/metrics.csv")["loss"].tolist() == metrics["loss"].tolist()
+    assert preds["threshold"].between(0, 1).all()
+    per_variant = preds.groupby(["protocol", "variant_method", "variant_target"]).size()
+    assert per_variant.nunique() == 1  # the same tiles on every variant and protocol
+
+
+def test_forced_rerun_of_a_finished_pretraining_trains_from_scratch(work: Path) -> None:
+    run = work / "results" / "models" / "baseline" / "center_a" / "seed0"
+    assert not (run / "checkpoints" / "last.pt").exists()
+    before = pd.read_csv(run / "metrics.csv")
+    run_snakemake(work, str(run.relative_to(work) / "encoder.pt"), "--forcerun", "pretrain")
+    log = (work / "results" / "logs" / "pretrain" / "baseline" / "center_a" / "seed0.log").read_text()
+    assert "resumed from" not in log and "epoch 1/1" in log
+    assert pd.read_csv(run / "metrics.csv")["loss"].tolist() == before["loss"].tolist()  # same seed, same run
