@@ -82,6 +82,12 @@ def test_csv_splits_resize_and_errors(tmp_path: Path) -> None:
         load_crop_set({"name": "a", "folder": str(root), "classes": ["normal"]})
     with pytest.raises(CropSetError, match="multiples of 1/folds"):
         load_crop_set({"name": "a", "folder": str(root), "splits": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    # a CSV split that puts one patient's crops in train and test is refused, naming the patient and lines
+    rows = [csv[0] + ",split,patient"] + [r + "," + ("train", "test")[i % 2] + ",P7" for i, r in enumerate(csv[1:3])]
+    (root / "leaky.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(CropSetError, match=r"patient 'P7' .* several splits \(line 2 \(train\), line 3 \(test\)\)"):
+        load_crop_set({"name": "a", "folder": str(root), "labels": "leaky.csv", "split_column": "split",
+                       "patient_column": "patient"})
     (root / "gone.csv").write_text("path,label,domain\nmissing.png,normal,x\n")
     with pytest.raises(CropSetError, match=r"1 file\(s\) listed .* do not exist"):
         load_crop_set({"name": "a", "folder": str(root), "labels": "gone.csv"})

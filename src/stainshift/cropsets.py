@@ -8,8 +8,9 @@ columns. The import is deterministic:
    copy; when copies disagree on the label, drop them all (``drop_label_conflicts``);
 3. split: the CSV's ``split_column`` if given, else a seeded stratified group split
    (sklearn ``StratifiedGroupKFold``, ``folds`` folds; ``round(test * folds)`` folds -> test,
-   ``round(val * folds)`` -> val, the rest -> train), so crops of one slide/patient
-   (``group_column``) never straddle splits; the split is made per domain;
+   ``round(val * folds)`` -> val, the rest -> train), so crops of one patient (``patient_column``,
+   else ``group_column``: slides nested in patients) never straddle splits; the split is made per
+   domain; a CSV split that puts one patient in two splits is refused, naming the patient and lines;
 4. write ``{name}-{domain}-{split}`` stores with coords = -1, tissue_fraction = NaN, label = class id,
    label_fraction = NaN; attrs as for slide stores (+ ``classes``, ``crop_files``, ``crop_groups``).
 """
@@ -144,14 +145,23 @@ def load_crop_set(entry: Mapping[str, Any], base_dir: str | os.PathLike = ".") -
         seed = int(cfg.get("seed", 0))
         split = pd.Series("train", index=table.index)
         for domain, part in table.groupby("domain", sort=True):
-            k = min(folds, part["group"].nunique())
+            units = part["patient"].where(part["patient"] != "", part["group"])  # a patient's slides stay together
+            k = min(folds, units.nunique())
             if k < folds:
-                raise CropSetError(f"crop set {name}: domain {domain} has {k} groups, fewer than folds={folds}")
+                raise CropSetError(f"crop set {name}: domain {domain} has {k} patients or groups, fewer than folds={folds}")
             sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-            for fold, (_, idx) in enumerate(sgkf.split(np.zeros(len(part)), part["label"], part["group"])):
+            for fold, (_, idx) in enumerate(sgkf.split(np.zeros(len(part)), part["label"], units)):
                 name_ = "test" if fold < n_test else "val" if fold < n_test + n_val else "train"
                 split.loc[part.index[idx]] = name_
         table["split"] = split
+    named = table[table["patient"] != ""]
+    spread = named.groupby("patient")["split"].nunique()
+    if (spread > 1).any():
+        patient = spread[spread > 1].index[0]
+        rows = named[named["patient"] == patient]
+        where = ", ".join(f"line {r.row} ({r.split})" for r in rows.drop_duplicates("split").itertuples())
+        raise CropSetError(f"crop set {name}: patient {patient!r} of {csv} is in several splits ({where}); "
+                           "split by patient so no test patient is seen in training")
     table = table.sort_values(["domain", "split", "row"]).reset_index(drop=True)
     return CropSet(name, folder, table, classes, cfg, n_dups, n_conflicts)
 
