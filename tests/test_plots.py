@@ -1,4 +1,4 @@
-"""stainshift.plots on synthetic tables: every figure is a real, non-trivial PNG written atomically."""
+"""stainshift.plots on synthetic runs: every figure is a real, non-trivial PNG written atomically."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +9,16 @@ import pytest
 from PIL import Image
 
 from stainshift import plots
-from stainshift.embeddings import read_predictions
 from stainshift.metrics import pipeline as pl
-from test_metrics_pipeline import synthetic_run
+from test_metrics_pipeline import SOURCE_DICTS, _runs_embeddings, read_method, synthetic_runs
 
 CFG = pl.EvalConfig(bootstrap=5, w2_max_samples=50)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = synthetic_run(tmp_path_factory.mktemp("plots"), n_slides=2, tiles=8)
-    return root, read_predictions(root / "predictions" / "baseline.csv")
+    root = synthetic_runs(tmp_path_factory.mktemp("plots"))
+    return root, pl.normalize_predictions(read_method(root, "baseline"))
 
 
 def _png_ok(path: Path, min_colors: int = 20) -> None:
@@ -32,9 +31,10 @@ def _png_ok(path: Path, min_colors: int = 20) -> None:
 
 def test_heatmap_and_roc(run, tmp_path):
     root, preds = run
-    table = pl.cross_center(preds, "baseline", CFG)
-    _png_ok(plots.cross_center_heatmap(table, tmp_path / "h" / "heat.png"))
-    _png_ok(plots.roc_curves(preds[pl.is_raw(preds)], tmp_path / "roc.png"))
+    table = pl.cross_center(preds, "baseline", CFG, SOURCE_DICTS)
+    _png_ok(plots.cross_center_heatmap(table, tmp_path / "h" / "heat.png", title="baseline"))
+    raw = preds[pl.is_raw(preds)]
+    _png_ok(plots.roc_curves(raw[~pl.mark_seen(raw)], tmp_path / "roc.png"))
 
 
 def test_roc_multiclass_and_variant_plot(run, tmp_path):
@@ -42,19 +42,19 @@ def test_roc_multiclass_and_variant_plot(run, tmp_path):
     y = rng.integers(0, 3, 90)
     p = rng.dirichlet(np.ones(3), 90) + np.eye(3)[y]
     p /= p.sum(1, keepdims=True)
-    df = pd.DataFrame(dict(train=np.repeat(["a", "b", "all"], 30), test=np.tile(np.repeat(["a", "b"], 15), 3), label=y,
-                           p0=p[:, 0], p1=p[:, 1], p2=p[:, 2]))
+    df = pd.DataFrame(dict(protocol="probe", source=np.repeat(["a", "b", "loco-c"], 30),
+                           test=np.tile(np.repeat(["c", "d"], 15), 3), label=y, p0=p[:, 0], p1=p[:, 1], p2=p[:, 2]))
     _png_ok(plots.roc_curves(df, tmp_path / "roc3.png"))
     _, preds = run
-    v = pd.concat([pl.variant_robustness(preds, "baseline", CFG),
-                   pl.variant_robustness(preds.assign(method="other"), "other", CFG)])
+    v = pd.concat([pl.variant_robustness(preds, "baseline", CFG, SOURCE_DICTS),
+                   pl.variant_robustness(preds.assign(method="other"), "other", CFG, SOURCE_DICTS)])
     _png_ok(plots.variant_accuracy_plot(v, tmp_path / "var.png"))
 
 
 @pytest.mark.parametrize("kind", ["pca", "tsne", pytest.param("umap", marks=pytest.mark.slow)])  # UMAP: ~60 s numba JIT
 def test_embedding_map(run, tmp_path, kind):
     root, _ = run
-    emb = pl.load_embedding_set(sorted((root / "embeddings" / "baseline").glob("*.h5")))
+    emb = _runs_embeddings(root, "baseline")[("ca", 0)]
     f, m = pl.subsample_for_map(emb, 40, 0)
     assert len(m) == 40
     _png_ok(plots.embedding_map(f, m["center"], m["label"], tmp_path / f"{kind}.png", kind=kind))

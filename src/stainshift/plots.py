@@ -1,8 +1,8 @@
 """Figures of the evaluate stage (matplotlib, PNG, Agg backend; every file written atomically).
 
-* :func:`cross_center_heatmap` — one panel per metric, rows train center, columns test center,
-  the in-center cells outlined (seed 000 Table IV laid out as a matrix).
-* :func:`roc_curves` — one panel per test center, one curve per train center.
+* :func:`cross_center_heatmap` — one panel per (protocol, metric): rows = sources, columns = test
+  centers, cells whose test center the source saw hatched and framed (seed 000 Table IV as a matrix).
+* :func:`roc_curves` — one panel per test center, one curve per (protocol, source) that never saw it.
 * :func:`variant_accuracy_plot` — accuracy across normalized variants, box + strip per method
   (seed 000 Table II / BRACS70).
 * :func:`embedding_map` — UMAP (or t-SNE / PCA) of embeddings coloured by center and by class
@@ -21,10 +21,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from .metrics.cross_center import OFF_DIAGONAL, proba_columns, wide_table  # noqa: E402
+from .metrics.cross_center import proba_columns  # noqa: E402
 
-HEATMAP_METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auc", "macro_f1", "qwk")
+HEATMAP_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "auc")
+PROTOCOL_STYLE = {"probe": "-", "native": "--"}
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -35,6 +37,7 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Pat
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -43,38 +46,45 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Pat
     return path
 
 
-def _order(train_or_test: Sequence[str]) -> list[str]:
-    vals = sorted(set(train_or_test) - {"all"})
-    return vals + (["all"] if "all" in set(train_or_test) else [])
-
-
 def cross_center_heatmap(table: pd.DataFrame, path: str | os.PathLike, title: str = "",
                          metrics: Sequence[str] = HEATMAP_METRICS) -> Path:
-    """Heatmaps of a long cross-center table (``train, test, metric, value``), one per metric;
-    the in-center cells get a black frame, the mean off-diagonal of each row is in its tick label."""
-    metrics = [m for m in metrics if m in set(table["metric"])]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.9 * len(metrics) + 0.6, 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        w = wide_table(table, m)
-        w = w.reindex(index=_order(w.index), columns=_order(w.columns))
-        im = ax.imshow(w.to_numpy(dtype=float), vmin=0 if m != "qwk" else -1, vmax=1, cmap="viridis")
-        off = table[(table["metric"] == m) & (table["test"] == OFF_DIAGONAL)].set_index("train")["value"]
-        ax.set_xticks(range(w.shape[1]), w.columns, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(w.shape[0]), [f"{tr}\n(off {off[tr]:.2f})" if tr in off.index else tr for tr in w.index],
-                      fontsize=7)
+    """Heatmaps of the ``kind == "cell"`` rows of a cross-center table (``protocol, source, test,
+    metric, value, seen``): one row of panels per protocol, one panel per metric. Cells whose
+    test center the source saw (encoder or head) are hatched and framed; each source's mean over
+    the centers it never saw is in its tick label."""
+    cells = table[table["kind"] == "cell"]
+    protocols = [p for p in ("probe", "native") if p in set(cells["protocol"])]
+    metrics = [m for m in metrics if m in set(cells["metric"])]
+    sources = list(dict.fromkeys(cells["source"]))
+    tests = list(dict.fromkeys(cells["test"]))
+    unseen = table[table["kind"] == "unseen_mean"].set_index(["protocol", "source", "metric"])["value"]
+    fig, axes = plt.subplots(len(protocols), len(metrics), squeeze=False,
+                             figsize=(1.1 * len(tests) * len(metrics) + 2.2 * len(metrics), 0.42 * len(sources) * len(protocols) + 1.6 * len(protocols) + 0.6))
+    for row_axes, protocol in zip(axes, protocols):
+        for ax, m in zip(row_axes, metrics):
+            sub = cells[(cells["protocol"] == protocol) & (cells["metric"] == m)]
+            values = sub.pivot(index="source", columns="test", values="value").reindex(index=sources, columns=tests)
+            seen = sub.pivot(index="source", columns="test", values="seen").reindex(index=sources, columns=tests)
+            im = ax.imshow(values.to_numpy(dtype=float), vmin=-1 if m == "qwk" else 0, vmax=1, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right", fontsize=7)
+            labels = [f"{s} (unseen {unseen[(protocol, s, m)]:.2f})" if (protocol, s, m) in unseen.index else s for s in sources]
+            ax.set_yticks(range(len(sources)), labels, fontsize=7)
+            ax.set_title(f"{protocol}: {m}", fontsize=9)
+            for i in range(len(sources)):
+                for j in range(len(tests)):
+                    v = values.iloc[i, j]
+                    if np.isfinite(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if v < 0.6 else "black")
+                    if seen.iloc[i, j] is True or seen.iloc[i, j] == 1:
+                        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.6, ec="red", hatch="///"))
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    for ax in axes[-1]:
         ax.set_xlabel("test center", fontsize=8)
-        ax.set_title(m, fontsize=9)
-        for i, tr in enumerate(w.index):
-            for j, te in enumerate(w.columns):
-                v = w.iloc[i, j]
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if v < 0.6 else "black")
-                if tr == te:
-                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="black"))
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    axes[0][0].set_ylabel("train center", fontsize=8)
-    fig.suptitle(title or "cross-center table (framed: in-center)", fontsize=10)
+    fig.legend(handles=[Patch(fill=False, ec="red", hatch="///", label="seen: the test center trained the encoder or head")],
+               loc="lower center", bbox_to_anchor=(0.5, -0.02), fontsize=8, frameon=False)
+    fig.suptitle(title or "cross-center table (rows: training source)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return save_figure(fig, path)
 
 
@@ -86,16 +96,17 @@ def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def roc_curves(preds: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
-    """ROC per test center (one panel each), one curve per train center. Binary tasks use P(class 1);
-    multi-class tasks the micro-average of the one-vs-rest curves."""
+    """ROC per test center (one panel each), one curve per (protocol, source), from the rows given
+    (the evaluate stage passes raw tiles of unseen cells), pooled over replicate seeds. Binary
+    tasks use P(class 1); multi-class tasks the micro-average of the one-vs-rest curves."""
     pcols = proba_columns(preds)
     df = preds[preds["label"] >= 0]
-    tests = _order(df["test"].unique())
-    fig, axes = plt.subplots(1, len(tests), figsize=(3.0 * len(tests), 3.0), squeeze=False)
+    tests = sorted(df["test"].unique())
+    sources = list(dict.fromkeys(df["source"]))
+    colors = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sources)}
+    fig, axes = plt.subplots(1, max(len(tests), 1), figsize=(3.3 * max(len(tests), 1), 3.6), squeeze=False)
     for ax, te in zip(axes[0], tests):
-        sub_t = df[df["test"] == te]
-        for tr in _order(sub_t["train"].unique()):
-            sub = sub_t[sub_t["train"] == tr]
+        for (protocol, src), sub in df[df["test"] == te].groupby(["protocol", "source"], sort=False):
             y = sub["label"].to_numpy()
             p = sub[pcols].to_numpy(dtype=float)
             if np.unique(y).size < 2:
@@ -105,41 +116,38 @@ def roc_curves(preds: pd.DataFrame, path: str | os.PathLike, title: str = "") ->
             else:
                 onehot = np.eye(len(pcols), dtype=bool)[y]
                 fpr, tpr = _roc_points(onehot.ravel(), p.ravel())
-            ls = "-" if tr == te else ("--" if tr == "all" else ":")
-            ax.plot(fpr, tpr, ls, lw=1.4, label=f"train {tr}")
+            ax.plot(fpr, tpr, PROTOCOL_STYLE.get(protocol, ":"), color=colors[src], lw=1.3, label=f"{src} ({protocol})")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.6)
         ax.set_title(f"test {te}", fontsize=9)
         ax.set_xlabel("false positive rate", fontsize=8)
         ax.set_aspect("equal")
         ax.legend(fontsize=6, loc="lower right")
     axes[0][0].set_ylabel("true positive rate", fontsize=8)
-    fig.suptitle(title or "ROC per test center", fontsize=10)
+    fig.suptitle(title or "ROC per test center (sources that never saw it)", fontsize=10)
     return save_figure(fig, path)
 
 
-def variant_accuracy_plot(variants: pd.DataFrame, path: str | os.PathLike, train: str | None = None,
+def variant_accuracy_plot(variants: pd.DataFrame, path: str | os.PathLike, protocol: str = "probe",
                           title: str = "") -> Path:
-    """Accuracy on every normalized variant (rows ``metric == "accuracy"`` whose ``test`` is a
-    variant name), box + jittered strip per method, for one train center (default: "all" if present)."""
-    v = variants[(variants["metric"] == "accuracy") & (variants["kind"] == "variant")]
-    if train is None:
-        train = "all" if "all" in set(v["train"]) else sorted(v["train"].unique())[0]
-    v = v[v["train"] == train]
+    """Accuracy on every normalized variant, box + jittered strip per method: rows ``kind ==
+    "variant"`` of ``protocol`` on unseen test centers, averaged per variant over the sources."""
+    v = variants[(variants["kind"] == "variant") & (variants["protocol"] == protocol)
+                 & ~variants["seen"].astype(bool)]
+    v = v.groupby(["method", "test"], sort=False)["value"].mean().reset_index()
     methods = list(dict.fromkeys(v["method"]))
     data = [v[v["method"] == m]["value"].to_numpy(dtype=float) for m in methods]
-    fig, ax = plt.subplots(figsize=(1.2 * max(len(methods), 2) + 1.5, 3.2))
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(methods), 2) + 1.5, 3.4))
     ax.boxplot(data, widths=0.5, showfliers=False)
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20)
     rng = np.random.default_rng(0)
     for i, (m, d) in enumerate(zip(methods, data), start=1):
-        sub = v[v["method"] == m]
-        colors = np.where(sub["test"] == "raw", "crimson", "tab:blue")
+        colors = np.where(v[v["method"] == m]["test"] == "raw", "crimson", "tab:blue")
         ax.scatter(i + rng.uniform(-0.15, 0.15, d.size), d, s=12, c=colors, alpha=0.8, zorder=3)
         if d.size:
             ax.text(i, np.nanmax(d) + 0.01, f"{np.nanmean(d):.2f}±{np.nanstd(d, ddof=1) if d.size > 1 else 0:.2f}",
                     ha="center", fontsize=7)
-    ax.set_ylabel("accuracy (each dot = one test-set variant; red = raw)", fontsize=8)
-    ax.set_title(title or f"accuracy across stain variants (train: {train})", fontsize=9)
+    ax.set_ylabel("accuracy on unseen centers\n(dot = one test-set variant; red = raw)", fontsize=8)
+    ax.set_title(title or f"accuracy across stain variants ({protocol}, mean over sources)", fontsize=9)
     return save_figure(fig, path)
 
 

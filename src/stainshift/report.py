@@ -1,10 +1,14 @@
 """The markdown summary of an evaluation run (``{R}/report/summary.md``).
 
-Reads the tidy ``summary.csv`` (columns of :data:`stainshift.metrics.pipeline.COLUMNS`) and writes
-per-method headline tables and a closing note that says, with 95 % CIs, which methods reduce the
-cross-center drop relative to the reference method and which do not. A method "reduces" the drop
-only when the paired-bootstrap CI of Δdrop (method − reference) lies entirely below 0; "increases"
-when it lies above 0; otherwise the data do not tell them apart.
+Reads the tidy ``summary.csv`` (columns :data:`stainshift.metrics.pipeline.COLUMNS`) and writes,
+per protocol (``probe``: the common linear probe; ``native``: each method's own seed downstream),
+a headline table over the single-center sources (train on one center, score the centers it never
+saw; seed 000 Table IV), the chance level and resampling unit per test center, the cross-center
+table per method with seen cells marked, the leave-one-center-out table when ``loco`` sources
+exist, which runs did not learn, and a closing note.
+
+Every verdict follows a 95 % CI: an interval entirely above 0 is "above zero", entirely below 0
+"below zero", and only an interval containing 0 "includes zero" (:func:`ci_verdict`).
 """
 from __future__ import annotations
 
@@ -16,21 +20,39 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+PROTOCOL_TITLES = {"probe": "linear probe on the frozen encoder (every method)",
+                   "native": "each method's own seed downstream"}
+HEADLINE_METRICS = (("in_center", "accuracy", "in-center acc"), ("unseen", "accuracy", "unseen acc"),
+                    ("unseen", "balanced_accuracy", "unseen bal. acc"), ("unseen", "auc", "unseen AUC"),
+                    ("drop", "accuracy", "drop (acc)"))
 
-def _fmt(v: float, lo: float = np.nan, hi: float = np.nan, pct: bool = False) -> str:
-    if v is None or not np.isfinite(v):
+
+def ci_verdict(lo: float, hi: float) -> str:
+    """``"above"`` when the interval lies entirely above 0, ``"below"`` entirely below 0,
+    ``"includes"`` when it contains 0, ``"unknown"`` without a finite interval."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "unknown"
+    if lo > 0:
+        return "above"
+    if hi < 0:
+        return "below"
+    return "includes"
+
+
+def _fmt(r: pd.Series | None, ci: bool = True, scale: float = 100.0) -> str:
+    """``value [low, high]`` ×100 with one decimal; ``n/a`` when absent."""
+    if r is None or not np.isfinite(r["value"]):
         return "n/a"
-    s = 100.0 if pct else 1.0
-    txt = f"{v * s:.1f}" if pct else f"{v:.3f}"
-    if np.isfinite(lo) and np.isfinite(hi):
-        txt += f" [{lo * s:.1f}, {hi * s:.1f}]" if pct else f" [{lo:.3f}, {hi:.3f}]"
+    txt = f"{r['value'] * scale:.1f}"
+    if ci and np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
+        txt += f" [{r['ci_low'] * scale:.1f}, {r['ci_high'] * scale:.1f}]"
     return txt
 
 
 def _get(df: pd.DataFrame, **kw) -> pd.Series | None:
     m = np.ones(len(df), dtype=bool)
     for k, v in kw.items():
-        m &= (df[k] == v).to_numpy()
+        m &= (df[k].astype(str) == str(v)).to_numpy()
     sub = df[m]
     return None if sub.empty else sub.iloc[0]
 
@@ -41,100 +63,277 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
-def closing_note(summary: pd.DataFrame, reference: str = "baseline") -> str:
-    """One sentence per method: does it reduce the cross-center drop vs ``reference`` (paired CI)?"""
-    ref = _get(summary, method=reference, metric="cross_center_drop", kind="headline")
-    lines = []
-    if ref is not None:
-        lines.append(
-            f"The reference method `{reference}` loses {_fmt(ref.value, ref.ci_low, ref.ci_high, pct=True)} accuracy "
-            "points between its own center and the others (in-center − mean off-diagonal, averaged over train "
-            f"centers; 95 % CI, resampling unit: {ref.unit or 'tile'})."
-            + (" That drop is measurably above zero." if np.isfinite(ref.ci_low) and ref.ci_low > 0 else
-               " Its CI includes zero: this run shows no measurable cross-center drop for it.")
-        )
-    reduce, same, worse = [], [], []
-    for method in [m for m in dict.fromkeys(summary["method"]) if m != reference]:
-        d = _get(summary, method=method, metric="delta_cross_center_drop", kind="paired")
-        if d is None:
+def _is_true(v: object) -> bool:
+    return str(v).strip().lower() in ("true", "1", "1.0")
+
+
+def protocol_rows(summary: pd.DataFrame, method: str, protocol: str) -> tuple[pd.DataFrame, bool]:
+    """The method's rows of ``protocol``; for ``native`` without any, its probe rows and True
+    ("native = probe": the seed's downstream is the frozen-feature probe)."""
+    rows = summary[(summary["method"] == method) & (summary["protocol"] == protocol)]
+    if protocol == "native" and not (rows["kind"] == "cell").any():
+        return summary[(summary["method"] == method) & (summary["protocol"] == "probe")], True
+    return rows, False
+
+
+def learning_flags(summary: pd.DataFrame) -> dict[str, tuple[int, int, list[str]]]:
+    """Per method: (runs flagged "did not learn", runs, distinct reasons)."""
+    flags = summary[(summary["kind"] == "learning") & (summary["metric"] == "did_not_learn")]
+    out = {}
+    for method, sub in flags.groupby("method", sort=False):
+        bad = sub[sub["value"] > 0]
+        reasons = list(dict.fromkeys(f"{r.source}/seed {r.seed}: {r.note}" for r in bad.itertuples()))
+        out[method] = (len(bad), len(sub), reasons)
+    return out
+
+
+def _methods(summary: pd.DataFrame) -> list[str]:
+    return [m for m in dict.fromkeys(summary["method"]) if m]
+
+
+def _n_seeds(summary: pd.DataFrame) -> int:
+    cells = summary[summary["kind"] == "cell"]
+    return int(cells["n_seeds"].max()) if len(cells) else 0
+
+
+def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
+    """One row per method: in-center / unseen accuracy, unseen balanced accuracy and AUC, the
+    drop, Δ vs the reference (unseen accuracy, drop), learning flag."""
+    flags = learning_flags(summary)
+    rows = []
+    for m in _methods(summary):
+        sub, same = protocol_rows(summary, m, protocol)
+        head = sub[sub["kind"] == "headline"]
+        if head.empty:
             continue
-        own = _get(summary, method=method, metric="cross_center_drop", kind="headline")
-        txt = (f"`{method}` (drop {_fmt(own.value, own.ci_low, own.ci_high, pct=True)}; "
-               f"Δ vs {reference} {_fmt(d.value, d.ci_low, d.ci_high, pct=True)} points)") if own is not None else f"`{method}`"
-        if np.isfinite(d.ci_high) and d.ci_high < 0:
-            reduce.append(txt)
-        elif np.isfinite(d.ci_low) and d.ci_low > 0:
-            worse.append(txt)
-        else:
-            same.append(txt)
-    if reduce:
-        lines.append("Reduce the cross-center drop (paired 95 % CI of Δdrop below 0): " + "; ".join(reduce) + ".")
-    if same:
-        lines.append("Do not measurably reduce it (CI of Δdrop includes 0): " + "; ".join(same) + ".")
-    if worse:
-        lines.append("Increase it (CI of Δdrop above 0): " + "; ".join(worse) + ".")
-    if not lines:
-        lines.append("No paired comparison available (the reference method is not in this run).")
+        cells = [f"`{m}`" + (" (native = probe)" if same else "")]
+        cells += [_fmt(_get(head, test=t, metric=k)) for t, k, _ in HEADLINE_METRICS]
+        for metric in ("delta_unseen_accuracy", "delta_drop_accuracy"):
+            d = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric=metric)
+            cells.append("reference" if m == reference else _fmt(d))
+        bad, n, _ = flags.get(m, (0, 0, []))
+        cells.append(f"**did not learn** ({bad}/{n} runs)" if bad else ("ok" if n else "n/a"))
+        rows.append(cells)
+    if not rows:
+        return "_No single-center sources in this run: no headline (see the leave-one-center-out table)._"
+    header = ["method"] + [h for _, _, h in HEADLINE_METRICS] + [f"Δ unseen acc vs {reference}",
+                                                                   f"Δ drop vs {reference}", "learning"]
+    return _md_table(header, rows)
+
+
+def chance_table(summary: pd.DataFrame) -> str:
+    """Per test center: tiles, chance levels, and the bootstrap's resampling unit."""
+    chance = summary[summary["kind"] == "chance"]
+    cells = summary[summary["kind"] == "cell"]
+    units = cells.groupby("test")["unit"].first().to_dict()
+    rows = []
+    for test in dict.fromkeys(chance["test"]):
+        sub = chance[chance["test"] == test]
+        rows.append([test, str(int(sub["n"].iloc[0])), _fmt(_get(sub, metric="accuracy"), ci=False),
+                     _fmt(_get(sub, metric="balanced_accuracy"), ci=False), _fmt(_get(sub, metric="auc"), ci=False),
+                     units.get(test, "n/a")])
+    return _md_table(["test center", "test tiles", "chance acc (majority class)", "chance bal. acc", "chance AUC",
+                      "CI resampling unit"], rows)
+
+
+def cross_center_table(summary: pd.DataFrame, method: str, protocol: str, metric: str = "balanced_accuracy") -> str:
+    """Rows = sources, columns = test centers, then the source's unseen mean; seen cells *seen*."""
+    sub, _ = protocol_rows(summary, method, protocol)
+    cells = sub[(sub["kind"] == "cell") & (sub["metric"] == metric)]
+    if cells.empty:
+        return ""
+    tests = list(dict.fromkeys(cells["test"]))
+    body = []
+    for src in dict.fromkeys(cells["source"]):
+        r = [f"**{src}**"]
+        for t in tests:
+            c = _get(cells, source=src, test=t)
+            v = _fmt(c) if c is not None else ""
+            r.append(f"*seen* {v}" if c is not None and _is_true(c["seen"]) else v)
+        r.append(_fmt(_get(sub, kind="unseen_mean", source=src, metric=metric)))
+        body.append(r)
+    return _md_table(["source \\ test"] + tests + ["mean unseen"], body)
+
+
+def seen_note(summary: pd.DataFrame) -> str:
+    """Which seen cells exist: a center's own test set (the diagonal) or others."""
+    cells = summary[(summary["kind"] == "cell") & summary["seen"].map(_is_true)].drop_duplicates(["source", "test"])
+    if cells.empty:
+        return "No cell's test center was seen by its models."
+    off = cells[cells["source"] != cells["test"]]
+    if off.empty:
+        return ("*seen* marks a cell whose test center trained the encoder or head: only a single-center "
+                "source's own center (the diagonal), never another one — every off-diagonal cell is a "
+                "center the models never saw.")
+    pairs = ", ".join(f"{r.source}→{r.test}" for r in off.itertuples())
+    return (f"*seen* marks a cell whose test center trained the encoder or head. Besides the diagonal, "
+            f"these cells are seen (their source includes the test center): {pairs}. They are left out of "
+            "every unseen mean.")
+
+
+def loco_table(summary: pd.DataFrame, protocol: str, metric: str = "balanced_accuracy") -> str:
+    """Rows = methods, columns = held-out centers + mean: each center scored by the models trained
+    on every other center (WILDS / seed 003)."""
+    rows, tests = [], []
+    for m in _methods(summary):
+        sub, same = protocol_rows(summary, m, protocol)
+        loco = sub[(sub["kind"] == "loco") & (sub["metric"] == metric)]
+        if loco.empty:
+            continue
+        tests = tests or list(dict.fromkeys(loco["test"]))
+        rows.append([f"`{m}`" + (" (native = probe)" if same else "")]
+                    + [_fmt(_get(loco, test=t)) for t in tests]
+                    + [_fmt(_get(sub, kind="loco_mean", metric=metric))])
+    if not rows:
+        return ""
+    return _md_table(["method \\ held-out center"] + tests + ["mean"], rows)
+
+
+def closing_note(summary: pd.DataFrame, reference: str = "baseline", protocol: str = "probe") -> str:
+    """Verdicts with 95 % CIs for one protocol: the reference's drop, each method's Δ unseen-center
+    accuracy and Δ drop vs the reference, unseen balanced accuracy vs chance, and which methods
+    did not learn (whose comparisons measure nothing)."""
+    lines = []
+    ref_rows, _ = protocol_rows(summary, reference, protocol)
+    drop = _get(ref_rows, kind="headline", test="drop", metric="accuracy")
+    if drop is not None:
+        verdict = ci_verdict(drop["ci_low"], drop["ci_high"])
+        lines.append(
+            f"`{reference}` ({protocol}) loses {_fmt(drop)} accuracy points between the center it was trained on "
+            "and the centers it never saw (in-center − unseen, mean over single-center sources; 95 % CI). "
+            + {"above": "The drop is measurably above zero.",
+               "below": "Its CI lies below zero: it scores measurably higher on unseen centers than in-center.",
+               "includes": "Its CI includes zero: this run shows no measurable cross-center drop for it.",
+               "unknown": "No CI is available."}[verdict])
+    groups: dict[str, list[str]] = {}
+    for m in _methods(summary):
+        if m == reference:
+            continue
+        du = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric="delta_unseen_accuracy")
+        dd = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric="delta_drop_accuracy")
+        if du is None:
+            continue
+        acc = {"above": "higher unseen-center accuracy than", "below": "lower unseen-center accuracy than",
+               "includes": "unseen-center accuracy not distinguishable from", "unknown": "no CI against"}
+        key = ci_verdict(du["ci_low"], du["ci_high"])
+        p = f"p = {du['p_value']:.2g}" if du["p_value"] > 0 else "p below the bootstrap's resolution 1/B"
+        same = " (native = probe)" if f"{m}: native = probe" in str(du["note"]) else ""
+        txt = f"`{m}`{same} (Δ unseen acc {_fmt(du)}, {p}"
+        if dd is not None:
+            dv = ci_verdict(dd["ci_low"], dd["ci_high"])
+            txt += f"; Δ drop {_fmt(dd)}: " + {"above": "larger drop", "below": "smaller drop",
+                                                 "includes": "drop not distinguishable", "unknown": "no CI"}[dv]
+        groups.setdefault(f"{acc[key]} `{reference}` (95 % CI of Δ {'includes' if key == 'includes' else 'excludes'} 0)",
+                          []).append(txt + ")")
+    for title, items in groups.items():
+        lines.append(f"{title[0].upper()}{title[1:]}: " + "; ".join(items) + ".")
+    above, near = [], []
+    for m in _methods(summary):
+        rows, _ = protocol_rows(summary, m, protocol)
+        ba = _get(rows, kind="headline", test="unseen", metric="balanced_accuracy")
+        if ba is not None and np.isfinite(ba["ci_low"]):
+            (above if ba["ci_low"] > 0.5 else near).append(f"`{m}` {_fmt(ba)}")
+    if above:
+        lines.append("Unseen-center balanced accuracy above chance (CI lower bound > 50): " + "; ".join(above) + ".")
+    if near:
+        lines.append("Not measurably above chance on unseen centers (CI reaches 50 or below): " + "; ".join(near) + ".")
+    for m, (bad, n, reasons) in learning_flags(summary).items():
+        if bad:
+            lines.append(f"`{m}` did not learn in {bad} of {n} runs ({'; '.join(reasons)}): those runs enter its "
+                         "means above but measure a model that did not learn; "
+                         + ("none of its comparisons is meaningful." if bad == n else "read its numbers with that in mind."))
+    if len(lines) <= 1 and drop is None:
+        lines.append(f"No paired comparison available (the reference method `{reference}` is not in this run).")
     return "\n\n".join(lines)
 
 
 def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures: Sequence[str] = ()) -> str:
     """The whole summary.md text from the long summary table."""
-    methods = list(dict.fromkeys(summary["method"]))
-    parts = ["# stainshift — cross-center evaluation summary", "",
-             "All numbers are point estimates with percentile-bootstrap 95 % CIs in brackets "
-             "(slides resampled when each test center has enough slides, else tiles; see `unit` in "
-             "`metrics/summary.csv`). Accuracies in %.", ""]
-    rows = []
+    methods = _methods(summary)
+    protocols = [p for p in ("probe", "native") if (summary["protocol"] == p).any()]
+    n_seeds = _n_seeds(summary)
+    parts = [
+        "# stainshift — cross-center evaluation summary", "",
+        f"Every number is the mean over **{n_seeds} replicate training seed(s)** of each (method, source), "
+        "×100, with a 95 % hierarchical-bootstrap CI in brackets that carries seed variance and test-set "
+        "variance (seeds resampled, then patients — slides or tiles where a test center has too few — within "
+        "each test center). Accuracy, balanced accuracy and AUC: higher = better. *drop* = in-center − "
+        "unseen-center accuracy: lower = better, 0 = no loss on centers the model never saw. "
+        f"Δ = method − `{reference}`, paired by seed and by resampled test units (Δ unseen acc: higher = better; "
+        "Δ drop: lower = better).", ""]
+    for protocol in protocols:
+        parts += [f"## Headline — {protocol}: {PROTOCOL_TITLES[protocol]}", "",
+                  headline_table(summary, protocol, reference), "",
+                  "*in-center*: a single-center source scored on its own center's test set (seen). *unseen*: the "
+                  "same models on the centers they never saw, averaged per source, then over sources (seed 000 "
+                  "Table IV). *learning*: whether every run trained (see Training).", ""]
+    parts += ["## Chance level and resampling unit per test center", "", chance_table(summary), "",
+              "An image-blind model scores the chance level: accuracy of always predicting the majority class, "
+              "balanced accuracy 1/C, AUC 50. *CI resampling unit*: what the bootstrap redraws in that center.", ""]
+    parts += ["## Cross-center tables (balanced accuracy)", "", seen_note(summary), ""]
     for m in methods:
-        off = _get(summary, method=m, metric="mean_off_diagonal_accuracy", kind="headline")
-        drop = _get(summary, method=m, metric="cross_center_drop", kind="headline")
-        am = _get(summary, method=m, train="all", metric="accuracy_mean", kind="summary")
-        sd = _get(summary, method=m, train="all", metric="accuracy_std", kind="summary")
-        cons = _get(summary, method=m, train="all", metric="consistency_all", kind="summary")
-        ri = _get(summary, method=m, metric="ri_pathorob", kind="ri")
-        rid = _get(summary, method=m, metric="ri_de_jong", kind="ri")
-        w2 = _get(summary, method=m, test="mean_pairs", metric="w2_gaussian", kind="w2")
-        rows.append([
-            f"`{m}`",
-            _fmt(off.value, off.ci_low, off.ci_high, pct=True) if off is not None else "n/a",
-            _fmt(drop.value, drop.ci_low, drop.ci_high, pct=True) if drop is not None else "n/a",
-            (f"{am.value * 100:.1f} ± {sd.value * 100:.1f}" if am is not None and sd is not None else "n/a"),
-            _fmt(cons.value, cons.ci_low, cons.ci_high, pct=True) if cons is not None else "n/a",
-            _fmt(ri.value) if ri is not None else "n/a",
-            _fmt(rid.value) if rid is not None else "n/a",
-            _fmt(w2.value) if w2 is not None else "n/a",
-        ])
-    parts += ["## Headline per method", "",
-              _md_table(["method", "mean off-diagonal acc", "cross-center drop", "acc over variants (train all)",
-                         "consistent in all variants", "RI PathoROB", "RI de Jong", "mean W2 (Gaussian)"], rows), "",
-              "*mean off-diagonal acc*: a head trained on one center, scored on the others, averaged (seed 000 "
-              "Table IV). *cross-center drop*: in-center − off-diagonal accuracy. *acc over variants*: mean ± std "
-              "over raw + every normalized test-set variant (seed 000 BRACS70). RI: k-NN robustness index "
-              "(PathoROB SO/(SO+OS), de Jong (SS+SO)/(SS+OS)); W2 between centers' raw test embeddings (seed 003).",
-              ""]
-    parts += ["## Cross-center accuracy per method", ""]
-    for m in methods:
-        cells = summary[(summary["method"] == m) & summary["kind"].isin(["cell", "in_center", "mean_off_diagonal"])
-                        & (summary["metric"] == "accuracy")]
-        if cells.empty:
-            continue
-        tests = sorted(set(cells["test"]) - {"mean_off_diagonal"}) + ["mean_off_diagonal"]
-        trains = sorted(set(cells["train"]) - {"all"}) + (["all"] if "all" in set(cells["train"]) else [])
-        body = []
-        for tr in trains:
-            r = [f"**{tr}**"]
-            for te in tests:
-                c = _get(cells, train=tr, test=te)
-                v = _fmt(c.value, c.ci_low, c.ci_high, pct=True) if c is not None else ""
-                r.append(f"*{v}*" if tr == te and v else v)
-            body.append(r)
-        parts += [f"### `{m}`", "", _md_table(["train \\ test"] + tests, body), "",
-                  "(*italic*: in-center cell, not part of the off-diagonal mean.)", ""]
-    parts += ["## Closing note", "", closing_note(summary, reference), ""]
+        for protocol in protocols:
+            sub, same = protocol_rows(summary, m, protocol)
+            if same:
+                parts += [f"### `{m}` — {protocol}", "", "native = probe (the seed's downstream is the linear probe above).", ""]
+                continue
+            table = cross_center_table(summary, m, protocol)
+            if table:
+                parts += [f"### `{m}` — {protocol}", "", table, ""]
+    loco = [loco_table(summary, p) for p in protocols]
+    if any(loco):
+        parts += ["## Leave-one-center-out (balanced accuracy)", "",
+                  "Each center scored by the models trained on every other center (WILDS / seed 003 setting).", ""]
+        for protocol, table in zip(protocols, loco):
+            if table:
+                parts += [f"### {protocol}", "", table, ""]
+    latent = latent_table(summary)
+    if latent:
+        parts += ["## Latent batch effect of the encoders", "", latent, "",
+                  "Raw test embeddings of each run's encoder, mean over seeds, then over sources. *RI*: PathoROB "
+                  "robustness index SO/(SO+OS) (croma): share of informative nearest neighbours that are the same "
+                  "class from another center rather than another class from the same center — higher = organised "
+                  "by biology, 50 = balanced (or no informative neighbour at all: see *support*, the share of tiles with one). *W2*: Gaussian Wasserstein-2 distance between centers' embeddings, "
+                  "mean over center pairs — lower = smaller batch effect (seed 003).", ""]
+    parts += ["## Training", "", training_text(summary), ""]
+    parts += ["## Closing note", ""]
+    for protocol in protocols:
+        parts += [f"**{protocol}.** " + closing_note(summary, reference, protocol), ""]
     if figures:
         parts += ["## Figures", ""] + [f"- `{f}`" for f in figures] + [""]
     return "\n".join(parts)
+
+
+def latent_table(summary: pd.DataFrame) -> str:
+    """Per method: robustness index and mean W2 between centers, averaged over sources."""
+    rows = []
+    for m in _methods(summary):
+        sub = summary[(summary["method"] == m) & (summary["protocol"] == "encoder")]
+        ri = sub[(sub["kind"] == "ri") & (sub["metric"] == "ri")]["value"]
+        support = sub[(sub["kind"] == "ri") & (sub["metric"] == "ri_support")]["value"]
+        w2 = sub[(sub["kind"] == "w2") & (sub["test"] == "mean_pairs") & (sub["metric"] == "w2_gaussian")]["value"]
+        if len(ri) or len(w2):
+            rows.append([f"`{m}`", f"{ri.mean() * 100:.1f}" if len(ri) else "n/a",
+                         f"{support.mean() * 100:.0f} %" if len(support) else "n/a",
+                         f"{w2.mean():.3f}" if len(w2) else "n/a", str(sub["source"].nunique())])
+    header = ["method", "RI ×100 (higher = better)", "RI support", "mean W2 (lower = better)", "sources"]
+    return _md_table(header, rows) if rows else ""
+
+
+def training_text(summary: pd.DataFrame) -> str:
+    """Budget per method (mean over runs) and every run flagged "did not learn"."""
+    learning = summary[summary["kind"] == "learning"]
+    if learning.empty:
+        return "No training summaries in this run."
+    rows = []
+    flags = learning_flags(summary)
+    for m in dict.fromkeys(learning["method"]):
+        sub = learning[learning["method"] == m]
+        mean = sub.groupby("metric")["value"].mean()
+        bad, n, reasons = flags.get(m, (0, 0, []))
+        rows.append([f"`{m}`", str(n), *(f"{mean[k]:.0f}" if k in mean else "n/a" for k in ("epochs", "images_seen", "seconds")),
+                     f"{bad}: " + "; ".join(reasons) if bad else "0"])
+    return _md_table(["method", "runs", "epochs", "images seen", "seconds", "runs that did not learn"], rows)
 
 
 def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, reference: str = "baseline",
@@ -145,5 +344,6 @@ def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, refer
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(summary_markdown(summary, reference, figures))
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
     return path

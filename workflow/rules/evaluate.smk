@@ -1,24 +1,28 @@
-# Cross-center evaluation (stainshift.metrics): one `evaluate` job per method reads the method's
-# predictions table and embeddings and writes tidy long CSVs + figures; one `summarize` job puts all
-# methods side by side and runs the paired tests against evaluate.reference.
+# Cross-center evaluation over runs (stainshift.metrics): one `evaluate` job per method reads every run
+# (source x replicate seed) of that method -- predictions, embeddings, training summary -- and writes
+# tidy long CSVs + figures; one `summarize` job puts all methods side by side and runs the seed-paired
+# comparisons against evaluate.reference. Uses from common.smk: METHODS, SOURCES, RUNS, prediction_path,
+# embed_manifest_path, train_summary_path, tile_store, stores_where.
 
-EVAL_METHODS = list(config["pretrain"]["methods"])
 METRICS_DIR = f"{RESULTS}/metrics"
 PLOTS_DIR = f"{RESULTS}/plots"
+EVAL_TABLES = ["cross_center", "variants", "batch_effect", "learning"]
+SOURCE_DICTS = {sid: src.as_dict() for sid, src in SOURCES.items()}
+
+# (source, seed) of every run of a method, in RUNS order (the evaluate inputs and params.runs follow it)
+METHOD_RUNS = {m: [(source, seed) for mm, source, seed in RUNS if mm == m] for m in METHODS}
 
 
 rule evaluate:
     input:
-        predictions=f"{RESULTS}/predictions/{{method}}.csv",
-        manifest=f"{RESULTS}/embeddings/{{method}}/manifest.csv",  # every embeddings file of the method
-        tiles=lambda wc: [f"{RESULTS}/tiles/{s}.zarr" for s in STORES.index[STORES["split"] == "test"]],  # crop_groups attrs
+        predictions=lambda wc: [prediction_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
+        manifests=lambda wc: [embed_manifest_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
+        summaries=lambda wc: [train_summary_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
+        tiles=[tile_store(s) for s in stores_where(split="test")],  # crop_groups attrs of crop stores
     output:
-        cross_center=report(f"{METRICS_DIR}/{{method}}/cross_center.csv", caption="../report/cross_center_csv.rst",
-                            category="Tables", subcategory="{method}", labels={"method": "{method}", "table": "cross-center"}),
-        variants=report(f"{METRICS_DIR}/{{method}}/variants.csv", caption="../report/variants_csv.rst",
-                        category="Tables", subcategory="{method}", labels={"method": "{method}", "table": "variants"}),
-        batch_effect=report(f"{METRICS_DIR}/{{method}}/batch_effect.csv", caption="../report/batch_effect_csv.rst",
-                            category="Tables", subcategory="{method}", labels={"method": "{method}", "table": "batch effect"}),
+        **{name: report(f"{METRICS_DIR}/{{method}}/{name}.csv", caption=f"../report/{name}_csv.rst", category="Tables",
+                        subcategory="{method}", labels={"method": "{method}", "table": name.replace("_", " ")})
+           for name in EVAL_TABLES},
         heatmap=report(f"{PLOTS_DIR}/{{method}}/cross_center_heatmap.png", caption="../report/heatmap.rst",
                        category="Cross-center", subcategory="heatmaps", labels={"method": "{method}", "figure": "heatmap"}),
         roc=report(f"{PLOTS_DIR}/{{method}}/roc.png", caption="../report/roc.rst",
@@ -27,8 +31,10 @@ rule evaluate:
                              category="Latent space", subcategory="maps", labels={"method": "{method}", "figure": "map"}),
     params:
         evaluate=config["evaluate"],
+        sources=SOURCE_DICTS,
+        runs=lambda wc: [[s, k] for s, k in METHOD_RUNS[wc.method]],
     wildcard_constraints:
-        method="|".join(EVAL_METHODS),
+        method="|".join(METHODS),
     log:
         log_path("evaluate", "{method}"),
     benchmark:
@@ -44,10 +50,8 @@ rule evaluate:
 
 rule summarize:
     input:
-        cross_center=expand(f"{METRICS_DIR}/{{method}}/cross_center.csv", method=EVAL_METHODS),
-        variants=expand(f"{METRICS_DIR}/{{method}}/variants.csv", method=EVAL_METHODS),
-        batch_effect=expand(f"{METRICS_DIR}/{{method}}/batch_effect.csv", method=EVAL_METHODS),
-        predictions=expand(f"{RESULTS}/predictions/{{method}}.csv", method=EVAL_METHODS),
+        **{name: expand(f"{METRICS_DIR}/{{method}}/{name}.csv", method=METHODS) for name in EVAL_TABLES},
+        predictions=[prediction_path(m, s, k) for m, s, k in RUNS],
     output:
         summary=report(f"{METRICS_DIR}/summary.csv", caption="../report/summary_csv.rst", category="Tables",
                        subcategory="all methods", labels={"table": "summary"}),
@@ -55,7 +59,8 @@ rule summarize:
                             category="Stain variants", labels={"figure": "accuracy across variants"}),
     params:
         evaluate=config["evaluate"],
-        methods=EVAL_METHODS,
+        methods=METHODS,
+        sources=SOURCE_DICTS,
     log:
         log_path("summarize", "summary"),
     benchmark:

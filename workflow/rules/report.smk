@@ -1,5 +1,5 @@
 # The standalone markdown summary ({R}/report/summary.md). The HTML report is
-# `snakemake --report report.html`: it collects every output marked with report() (evaluate.smk)
+# `snakemake --report results/report.html`: it collects every output marked with report() (evaluate.smk)
 # with the captions in workflow/report/*.rst.
 
 report: "../report/workflow.rst"
@@ -9,7 +9,7 @@ rule report:
     input:
         summary=f"{RESULTS}/metrics/summary.csv",
         figures=[f"{RESULTS}/plots/variant_accuracy.png"]
-        + expand(f"{RESULTS}/plots/{{method}}/{{fig}}.png", method=EVAL_METHODS,
+        + expand(f"{RESULTS}/plots/{{method}}/{{fig}}.png", method=METHODS,
                  fig=["cross_center_heatmap", "roc", "embedding_map"]),
     output:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),

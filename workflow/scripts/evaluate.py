@@ -1,14 +1,15 @@
-"""evaluate rule: one method's predictions + embeddings -> cross_center.csv, variants.csv,
-batch_effect.csv and its figures (thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
+"""evaluate rule: every run of one method (predictions, embeddings, training summary) ->
+cross_center.csv, variants.csv, batch_effect.csv, learning.csv and the method's figures
+(thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
 import logging
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from stainshift import plots
 from stainshift.embeddings import read_predictions
 from stainshift.metrics import pipeline as pl
-from stainshift import plots
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
 logging.basicConfig(filename=str(sm.log[0]), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -17,30 +18,45 @@ sys.stderr = open(str(sm.log[0]), "a")
 
 method = sm.wildcards.method
 cfg = pl.EvalConfig.from_config(sm.params.evaluate)
+sources = sm.params.sources
+runs = [(str(src), int(seed)) for src, seed in sm.params.runs]  # same order as the per-run inputs
 
-preds = read_predictions(sm.input.predictions)
+preds = pl.normalize_predictions(pd.concat([read_predictions(p) for p in sm.input.predictions], ignore_index=True))
 # crop sets: resample source slides (the store's crop_groups attr), not whole stores
 stores = {Path(p).name.removesuffix(".zarr"): p for p in sm.input.tiles}
 preds = pl.with_tile_groups(preds, pl.crop_groups(stores))
-log.info("%s: %d prediction rows, train centers %s, test centers %s", method, len(preds),
-         sorted(preds["train"].unique()), sorted(preds["test"].unique()))
+log.info("%s: %d prediction rows from %d runs, protocols %s, test centers %s", method, len(preds), len(runs),
+         sorted(preds["protocol"].unique()), sorted(preds["test"].unique()))
 
-cross = pl.cross_center(preds, method, cfg)
+cross = pl.cross_center(preds, method, cfg, sources)
 pl.write_csv_atomic(cross, sm.output.cross_center)
-var = pl.variant_robustness(preds, method, cfg)
-pl.write_csv_atomic(var, sm.output.variants)
+pl.write_csv_atomic(pl.variant_robustness(preds, method, cfg, sources), sm.output.variants)
+pl.write_csv_atomic(pl.learning_table(map(pl.read_train_summary, sm.input.summaries), method, sources),
+                    sm.output.learning)
 
-# Embeddings: the raw test stores and every variant store, as listed by the embed rule's manifest.
-manifest = pd.read_csv(sm.input.manifest, dtype=str)
-paths = pl.evaluation_embedding_paths(manifest, preds)
-emb = pl.attach_tile_slides(pl.load_embedding_set(sorted(paths)), preds)
-log.info("%s: %d embeddings from %d files", method, len(emb.meta), len(paths))
-pl.write_csv_atomic(pl.batch_effect(emb, method, cfg), sm.output.batch_effect)
+# Embeddings: per source, its seeds' raw test stores and their variants (as listed by each run's
+# manifest), loaded one source at a time.
+manifests = dict(zip(runs, sm.input.manifests))
+tile_groups = preds[pl.is_raw(preds)]
+batch = []
+for src in dict.fromkeys(s for s, _ in runs):
+    embs = {}
+    for seed in [k for s, k in runs if s == src]:
+        paths = pl.evaluation_embedding_paths(pd.read_csv(manifests[(src, seed)], dtype=str))
+        embs[(src, seed)] = pl.attach_tile_groups(pl.load_embedding_set(paths), tile_groups)
+    log.info("%s/%s: embeddings of %d seeds", method, src, len(embs))
+    batch.append(pl.batch_effect(embs, method, cfg, sources))
+pl.write_csv_atomic(pd.concat(batch, ignore_index=True), sm.output.batch_effect)
 
-plots.cross_center_heatmap(cross.assign(in_center=cross["train"] == cross["test"]), sm.output.heatmap,
-                           title=f"{method}: cross-center table (framed: in-center)")
-plots.roc_curves(preds[pl.is_raw(preds)], sm.output.roc, title=f"{method}: ROC per test center (raw test tiles)")
+plots.cross_center_heatmap(cross, sm.output.heatmap, title=f"{method}: cross-center table (rows: training source; "
+                           f"mean over {preds['seed'].nunique()} seed(s))")
+raw = preds[pl.is_raw(preds)]
+plots.roc_curves(raw[~pl.mark_seen(raw)], sm.output.roc,
+                 title=f"{method}: ROC per test center, sources that never saw it (pooled over seeds)")
+map_source, map_seed = runs[0]
+emb = pl.load_embedding_set(pl.evaluation_embedding_paths(pd.read_csv(manifests[runs[0]], dtype=str)))
 f, m = pl.subsample_for_map(emb, cfg.map_max_points, cfg.seed)
 plots.embedding_map(f, m["center"], m["label"], sm.output.embedding_map, kind=cfg.embedding_map, seed=cfg.seed,
-                    title=f"{method}: {cfg.embedding_map.upper()} of raw test embeddings")
+                    title=f"{method}: {cfg.embedding_map.upper()} of raw test embeddings "
+                          f"(encoder of source {map_source}, seed {map_seed})")
 log.info("done")

@@ -1,12 +1,11 @@
 """report rule: {R}/metrics/summary.csv -> {R}/report/summary.md (stainshift.report)."""
 import os
 
-import pandas as pd
-
+from stainshift.metrics.pipeline import read_table
 from stainshift.report import write_summary_markdown
 
 sm = snakemake  # noqa: F821
-summary = pd.read_csv(sm.input.summary, dtype={"train": str, "test": str})
+summary = read_table(sm.input.summary)
 out_dir = os.path.dirname(str(sm.output.summary_md))
 figures = [os.path.relpath(str(p), out_dir) for p in sm.input.figures]
 write_summary_markdown(summary, sm.output.summary_md, reference=sm.params.reference, figures=figures)

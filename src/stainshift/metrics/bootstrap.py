@@ -42,9 +42,6 @@ import numpy as np
 #: each stream (with repetition), ``idx`` the resampled tile indices.
 SeedStatistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-UNIT_ORDER = ("patient", "slide", "tile")
-
-
 @dataclass(frozen=True)
 class ResamplingDesign:
     """How N test tiles are resampled: per stratum, the tile indices of each unit."""

@@ -99,6 +99,7 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         df.to_csv(tmp, index=False, float_format="%.6g")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -531,16 +532,18 @@ def evaluation_embedding_paths(manifest: pd.DataFrame, split: str = "test") -> l
     return sorted(manifest.loc[manifest["store"].isin(test_stores), "path"].astype(str))
 
 
-def attach_tile_slides(emb: EmbeddingSet, preds: pd.DataFrame | None) -> EmbeddingSet:
-    """Per-tile slide ids from the predictions table (crop sets carry source slides there), else
-    the store's slide_id attr."""
-    if preds is None or "slide_id" not in preds:
+def attach_tile_groups(emb: EmbeddingSet, preds: pd.DataFrame | None) -> EmbeddingSet:
+    """Per-tile slide and patient ids from the predictions table (crop sets carry a crop's source
+    slide there, the embeddings only the store's), else the store's attrs."""
+    if preds is None or preds.empty:
         return emb
-    key = preds.drop_duplicates(["store", "index"]).set_index(["store", "index"])["slide_id"].astype(str)
+    tiles = preds.drop_duplicates(["store", "index"]).set_index(["store", "index"])
     idx = pd.MultiIndex.from_arrays([emb.meta["store"], emb.meta["index"]])
-    found = key.reindex(idx).to_numpy()
     meta = emb.meta.copy()
-    meta["slide_id"] = np.where(pd.isna(found), meta["slide_id"].to_numpy(), found)
+    for col in ("slide_id", "patient"):
+        if col in tiles:
+            found = tiles[col].astype(str).reindex(idx).to_numpy()
+            meta[col] = np.where(pd.isna(found), meta[col].to_numpy(), found)
     return EmbeddingSet(emb.features, meta)
 
 
@@ -781,8 +784,9 @@ def _paired_rows(method: str, ref: str, protocol: str, a: RunScores, b: RunScore
             continue
         sa, sb = a.restrict(keys, shared, seeds), b.restrict(keys, shared, seeds)
         unseen = sa.unseen() & sb.unseen()
-        metrics = sorted({m for m, _ in PAIRED}, key=[m for m, _ in PAIRED].index)
-        wanted = [(metrics.index(m), 0 if agg == "unseen" else 2) for m, agg in PAIRED]
+        metrics = list(dict.fromkeys(m for m, _ in PAIRED))
+        # position of each PAIRED entry in the (aggregate, metric) matrix: aggregate 0 = unseen, 2 = drop
+        wanted = [(0 if agg == "unseen" else 2, metrics.index(m)) for m, agg in PAIRED]
 
         def statistic(drawn: np.ndarray, idx: np.ndarray) -> np.ndarray:
             parts = sa.split(idx)
@@ -790,7 +794,7 @@ def _paired_rows(method: str, ref: str, protocol: str, a: RunScores, b: RunScore
                                                                             - sb.cells(k, s, parts, metrics)).ravel())
                               .reshape(len(sa.tests), len(metrics)) for k in range(len(shared))])
             agg = _nanmean(source_aggregates(delta, unseen), axis=1)  # (3, M): mean over the group's sources
-            return np.array([agg[a_, m] for m, a_ in wanted])
+            return np.array([agg[i, j] for i, j in wanted])
 
         design = sa.design(cfg.min_units)
         r = bs.hierarchical_bootstrap(statistic, len(seeds), design, cfg.bootstrap, cfg.ci, cfg.seed,
