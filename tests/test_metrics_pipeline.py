@@ -247,23 +247,6 @@ def test_eval_config_rejects_unknown_keys():
         pl.EvalConfig.from_config({"min_slides": 5})
 
 
-def test_crop_set_groups_replace_store_ids_for_the_bootstrap(tmp_path):
-    from stainshift.store import write_store
-
-    n = 6
-    write_store(tmp_path / "set-dom-test.zarr", np.zeros((n, 8, 8, 3), np.uint8), coords=np.full((n, 2), -1),
-                tissue_fraction=np.full(n, np.nan), label=np.arange(n) % 2, label_fraction=np.full(n, np.nan),
-                attrs=dict(slide_id="set-dom-test", center="dom", split="test",
-                           crop_groups=["s1", "s1", "s2", "s3", "crop4", "s3"]), codec="zstd")
-    groups = pl.crop_groups({"set-dom-test": tmp_path / "set-dom-test.zarr", "missing": tmp_path / "nope.zarr"})
-    assert groups["slide_id"].tolist() == ["s1", "s1", "s2", "s3", "set-dom-test:crop4", "s3"]
-    preds = pd.DataFrame(dict(store=["set-dom-test", "set-dom-test", "other"], index=[1, 4, 0],
-                              slide_id=["set-dom-test", "set-dom-test", "other"]))
-    out = pl.with_tile_groups(preds, groups)
-    assert out["slide_id"].tolist() == ["s1", "set-dom-test:crop4", "other"]
-    assert preds["slide_id"].tolist()[0] == "set-dom-test"  # input untouched
-
-
 def test_evaluation_embedding_paths_leave_out_the_runs_training_stores():
     manifest = pd.DataFrame(dict(
         path=["e/a_train.h5", "e/a_test.h5", "e/variants/a_test/reinhard/t1.h5", "e/b_test.h5"],

@@ -2,7 +2,7 @@
 # (source x replicate seed) of that method -- predictions, embeddings, training summary -- and writes
 # tidy long CSVs + figures; one `summarize` job puts all methods side by side and runs the seed-paired
 # comparisons against evaluate.reference. Uses from common.smk: METHODS, SOURCES, RUNS, prediction_path,
-# embed_manifest_path, train_summary_path, tile_store, stores_where.
+# embed_manifest_path, train_summary_path.
 
 METRICS_DIR = f"{RESULTS}/metrics"
 PLOTS_DIR = f"{RESULTS}/plots"
@@ -18,7 +18,6 @@ rule evaluate:
         predictions=lambda wc: [prediction_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
         manifests=lambda wc: [embed_manifest_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
         summaries=lambda wc: [train_summary_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
-        tiles=[tile_store(s) for s in stores_where(split="test")],  # crop_groups attrs of crop stores
     output:
         **{name: report(f"{METRICS_DIR}/{{method}}/{name}.csv", caption=f"../report/{name}_csv.rst", category="Tables",
                         subcategory="{method}", labels={"method": "{method}", "table": name.replace("_", " ")})

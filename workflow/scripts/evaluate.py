@@ -3,7 +3,6 @@ cross_center.csv, variants.csv, batch_effect.csv, learning.csv and the method's 
 (thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
 import logging
 import sys
-from pathlib import Path
 
 import pandas as pd
 
@@ -21,10 +20,8 @@ cfg = pl.EvalConfig.from_config(sm.params.evaluate)
 sources = sm.params.sources
 runs = [(str(src), int(seed)) for src, seed in sm.params.runs]  # same order as the per-run inputs
 
+# per-tile slide and patient come with the predictions (crop sets: the crop's source slide / patient)
 preds = pl.normalize_predictions(pd.concat([read_predictions(p) for p in sm.input.predictions], ignore_index=True))
-# crop sets: resample source slides (the store's crop_groups attr), not whole stores
-stores = {Path(p).name.removesuffix(".zarr"): p for p in sm.input.tiles}
-preds = pl.with_tile_groups(preds, pl.crop_groups(stores))
 log.info("%s: %d prediction rows from %d runs, protocols %s, test centers %s", method, len(preds), len(runs),
          sorted(preds["protocol"].unique()), sorted(preds["test"].unique()))
 

@@ -153,35 +153,6 @@ def normalize_predictions(preds: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def crop_groups(store_paths: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
-    """Per-tile source groups (slides) of crop-set stores: the ``crop_groups`` attr written by
-    :mod:`stainshift.cropsets` (one entry per tile). Rows (store, index, slide_id); slide stores
-    (one slide per store, no such attr) contribute nothing."""
-    from stainshift.store import PatchStore
-
-    frames = []
-    for store, path in store_paths.items():
-        if not Path(path).exists():
-            continue
-        groups = PatchStore.open(path).attrs.get("crop_groups")
-        if not groups:
-            continue
-        frames.append(pd.DataFrame({"store": store, "index": np.arange(len(groups), dtype=np.int64),
-                                    "slide_id": [f"{store}:{g}" if str(g).startswith("crop") else str(g) for g in groups]}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["store", "index", "slide_id"])
-
-
-def with_tile_groups(preds: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
-    """``preds`` with ``slide_id`` replaced by the per-tile group where one is known."""
-    if groups.empty:
-        return preds
-    key = groups.set_index(["store", "index"])["slide_id"]
-    found = key.reindex(pd.MultiIndex.from_arrays([preds["store"].astype(str), preds["index"].astype(np.int64)])).to_numpy()
-    out = preds.copy()
-    out["slide_id"] = np.where(pd.isna(found), out["slide_id"].astype(str).to_numpy(), found)
-    return out
-
-
 @dataclass(frozen=True)
 class SourceInfo:
     """What the tables need to know about a source: its kind and, for ``loco``, the held-out center."""
