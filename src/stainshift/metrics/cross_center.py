@@ -13,11 +13,10 @@ call them thousands of times cheaply. This module holds the project's only balan
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 #: metrics of a cross-center cell, in table order (``balanced_accuracy_valthr``: binary tasks only)
 METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "auc", "macro_f1", "qwk", "balanced_accuracy_valthr")
@@ -33,12 +32,20 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
+def _n_classes(y_true: np.ndarray, y_pred: np.ndarray) -> int:
+    return int(max(y_true.max(), y_pred.max())) + 1
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Accuracy = (1/N) Σ_i [ŷ_i = y_i] (seed 000 Tables I-IV, seed 002 "Acc")."""
     y_true, y_pred = _as_int(y_true), _as_int(y_pred)
     if y_true.size == 0:
         return float("nan")
-    return float(np.mean(y_true == y_pred))
+    return _accuracy(confusion_matrix(y_true, y_pred, _n_classes(y_true, y_pred)))
+
+
+def _accuracy(c: np.ndarray) -> float:
+    return float(np.trace(c) / c.sum())
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -49,8 +56,13 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     y_true, y_pred = _as_int(y_true), _as_int(y_pred)
     if y_true.size == 0:
         return float("nan")
-    classes = np.unique(y_true)
-    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+    return _balanced_accuracy(confusion_matrix(y_true, y_pred, _n_classes(y_true, y_pred)))
+
+
+def _balanced_accuracy(c: np.ndarray) -> float:
+    support = c.sum(1)
+    present = support > 0
+    return float(np.mean(np.diag(c)[present] / support[present]))
 
 
 def balanced_accuracy_at_threshold(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> float:
@@ -63,13 +75,19 @@ def balanced_accuracy_at_threshold(y_true: np.ndarray, proba: np.ndarray, thresh
 
 
 def _binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC = (R_pos − n_pos(n_pos+1)/2) / (n_pos n_neg), ties with mid-ranks."""
+    """Mann-Whitney AUC = (R_pos − n_pos(n_pos+1)/2) / (n_pos n_neg), R_pos the sum of the
+    positives' ranks of ``score`` with ties given their mid-rank."""
     n_pos = int(pos.sum())
     n_neg = int(pos.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    order = np.argsort(score, kind="stable")
+    ordered = score[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    starts = np.flatnonzero(first)
+    mid_rank = (starts + np.r_[starts[1:], ordered.size] + 1) / 2.0  # ranks start+1..end averaged
+    ranks = mid_rank[np.cumsum(first) - 1]
+    return float((ranks[pos[order]].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def auc(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -90,22 +108,20 @@ def auc(y_true: np.ndarray, proba: np.ndarray) -> float:
     return float(np.nanmean(vals))
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Iterable[int] | None = None) -> float:
-    """Macro-F1 = (1/|L|) Σ_{c∈L} 2 TP_c / (2 TP_c + FP_c + FN_c), a class with an empty
-    denominator scoring 0 (scikit-learn's convention); L = classes in y_true ∪ y_pred unless given.
-    Seed 002 (Tables 1-7, "F1")."""
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Macro-F1 = (1/|L|) Σ_{c∈L} 2 TP_c / (2 TP_c + FP_c + FN_c) over the classes L that occur
+    in y_true ∪ y_pred (``sklearn.metrics.f1_score(average="macro")``). Seed 002 (Tables 1-7, "F1")."""
     y_true, y_pred = _as_int(y_true), _as_int(y_pred)
     if y_true.size == 0:
         return float("nan")
-    labs = np.unique(np.concatenate([y_true, y_pred])) if labels is None else np.asarray(list(labels))
-    f1s = []
-    for c in labs:
-        tp = np.sum((y_true == c) & (y_pred == c))
-        fp = np.sum((y_true != c) & (y_pred == c))
-        fn = np.sum((y_true == c) & (y_pred != c))
-        den = 2 * tp + fp + fn
-        f1s.append(0.0 if den == 0 else 2.0 * tp / den)
-    return float(np.mean(f1s))
+    return _macro_f1(confusion_matrix(y_true, y_pred, _n_classes(y_true, y_pred)))
+
+
+def _macro_f1(c: np.ndarray) -> float:
+    tp = np.diag(c).astype(np.float64)
+    den = c.sum(0) + c.sum(1)  # = 2 TP + FP + FN
+    occurs = den > 0
+    return float(np.mean(2.0 * tp[occurs] / den[occurs]))
 
 
 def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None) -> float:
@@ -118,11 +134,13 @@ def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, n_classes: 
     y_true, y_pred = _as_int(y_true), _as_int(y_pred)
     if y_true.size == 0:
         return float("nan")
-    if n_classes is None:
-        n_classes = int(max(y_true.max(), y_pred.max())) + 1
-    o = confusion_matrix(y_true, y_pred, n_classes).astype(np.float64)
+    return _qwk(confusion_matrix(y_true, y_pred, n_classes or _n_classes(y_true, y_pred)))
+
+
+def _qwk(c: np.ndarray) -> float:
+    o = c.astype(np.float64)
     e = np.outer(o.sum(1), o.sum(0)) / o.sum()
-    idx = np.arange(n_classes)
+    idx = np.arange(len(o))
     w = (idx[:, None] - idx[None, :]) ** 2.0
     den = float((w * e).sum())
     if den == 0.0:
@@ -130,25 +148,32 @@ def quadratic_weighted_kappa(y_true: np.ndarray, y_pred: np.ndarray, n_classes: 
     return float(1.0 - (w * o).sum() / den)
 
 
-#: metric name -> f(y_true, proba, y_pred, threshold) -> float
-METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float], float]] = {
-    "accuracy": lambda y, p, yh, t: accuracy(y, yh),
-    "balanced_accuracy": lambda y, p, yh, t: balanced_accuracy(y, yh),
-    "auc": lambda y, p, yh, t: auc(y, p),
-    "macro_f1": lambda y, p, yh, t: macro_f1(y, yh),
-    "qwk": lambda y, p, yh, t: quadratic_weighted_kappa(y, yh, n_classes=p.shape[1]),
-    "balanced_accuracy_valthr": lambda y, p, yh, t: balanced_accuracy_at_threshold(y, p, t),
-}
+#: metrics computed from the C×C confusion matrix of argmax predictions
+CONFUSION_METRICS: dict[str, Callable[[np.ndarray], float]] = {
+    "accuracy": _accuracy, "balanced_accuracy": _balanced_accuracy, "macro_f1": _macro_f1, "qwk": _qwk}
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, metrics: Sequence[str] = METRICS,
                            threshold: float = float("nan")) -> np.ndarray:
     """The ``metrics`` of one cell, in order, from labels and class probabilities (N, C); the
-    predicted class is argmax_c p_c (and [p_1 ≥ threshold] for ``balanced_accuracy_valthr``)."""
+    predicted class is argmax_c p_c (and [p_1 ≥ threshold] for ``balanced_accuracy_valthr``).
+    The label metrics share one confusion matrix over the C classes of the task."""
     proba = np.asarray(proba, dtype=np.float64)
     y_true = _as_int(y_true)
-    y_pred = proba.argmax(axis=1)
-    return np.array([METRIC_FUNCS[m](y_true, proba, y_pred, threshold) for m in metrics], dtype=np.float64)
+    if y_true.size == 0:
+        return np.full(len(metrics), np.nan)
+    conf = confusion_matrix(y_true, proba.argmax(axis=1), proba.shape[1])
+    out = []
+    for m in metrics:
+        if m in CONFUSION_METRICS:
+            out.append(CONFUSION_METRICS[m](conf))
+        elif m == "auc":
+            out.append(auc(y_true, proba))
+        elif m == "balanced_accuracy_valthr":
+            out.append(balanced_accuracy_at_threshold(y_true, proba, threshold))
+        else:
+            raise KeyError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
+    return np.array(out, dtype=np.float64)
 
 
 def chance_levels(y_true: np.ndarray, n_classes: int, metrics: Sequence[str] = METRICS) -> np.ndarray:

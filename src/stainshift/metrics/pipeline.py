@@ -264,7 +264,8 @@ def run_scores(preds: pd.DataFrame, protocol: str, source_order: Sequence[str]) 
     tiles = (raw.drop_duplicates(["store", "index"])[["store", "index", "test", "slide_id", "patient", "label"]]
              .sort_values(["test", "store", "index"], kind="stable").reset_index(drop=True))
     pos = pd.Series(np.arange(len(tiles)), index=pd.MultiIndex.from_frame(tiles[["store", "index"]]))
-    sources = [s for s in source_order if s in set(raw["source"])]
+    present = set(raw["source"].unique())
+    sources = [s for s in source_order if s in present]
     seeds = sorted(raw["seed"].unique().tolist())
     have = set(map(tuple, raw[["source", "seed"]].drop_duplicates().itertuples(index=False)))
     missing = [(src, sd) for src in sources for sd in seeds if (src, sd) not in have]
