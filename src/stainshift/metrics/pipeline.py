@@ -7,25 +7,25 @@ and the runs' ``train_summary.json``. Every output is a long frame with the colu
 :data:`COLUMNS`; a number is the mean over replicate seeds with a hierarchical (seed × test
 unit) bootstrap CI (:mod:`.bootstrap`). ``kind`` says what a row is:
 
-============== ========================== ==================================================
-kind           test                       value
-============== ========================== ==================================================
-cell           test center                metric of the source's models on that center
-unseen_mean    ``unseen_mean``            mean over the test centers the source never saw
-seen_mean      ``seen_mean``              mean over the test centers the source saw
-drop           ``drop``                   seen_mean − unseen_mean
-headline       in_center | unseen | drop  mean over the ``center``-kind sources (seed 000
-                                          Table IV: train on one center, test on the others)
-loco           held-out center            a ``loco`` source on the one center it left out
-loco_mean      ``mean``                   mean of the ``loco`` rows (WILDS / seed 003)
-chance         test center                what an image-blind model scores (majority class)
-variant        variant name               accuracy on one normalized variant (unseen centers)
-variant_summary ``over_variants``         mean ± std over variants, cross-stain consistency
-w2 / ri /      center pair / all /        latent batch effect of the encoders (raw test
-tightness      center                     embeddings), mean over seeds
-learning       ``train``                  per run: did it learn, budget, first/final losses
-paired         ``vs_{reference}``         method − reference, paired by seed and test units
-============== ========================== ==================================================
+=============== ========================== =================================================
+kind            test                       value
+=============== ========================== =================================================
+cell            test center                metric of the source's models on that center
+unseen_mean     ``unseen_mean``            mean over the test centers the source never saw
+seen_mean       ``seen_mean``              mean over the test centers the source saw
+drop            ``drop``                   seen_mean − unseen_mean
+headline        in_center | unseen | drop  mean over the ``center``-kind sources (seed 000
+                                           Table IV: train on one center, test on the others)
+loco            held-out center            a ``loco`` source on the one center it left out
+loco_mean       ``mean``                   mean of the ``loco`` rows (WILDS / seed 003)
+chance          test center                what an image-blind model scores (majority class)
+variant         variant name               accuracy on one normalized variant (unseen centers)
+variant_summary ``over_variants``          mean ± std over variants, cross-stain consistency
+w2, ri,         center pair, ``all``,      latent batch effect of the encoders (raw test
+tightness       center                     embeddings), mean over seeds
+learning        ``train``                  per run: did it learn, budget, first/final losses
+paired          ``vs_{reference}``         method − reference, paired by seed and test units
+=============== ========================== =================================================
 
 ``seen`` is True for a cell whose test center entered the run's encoder or head
 (``encoder_centers`` / ``head_centers`` of the predictions); headline numbers use unseen cells.
