@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from stainshift.models import Classifier, build_encoder
-from stainshift.train import (LinearProbe, balanced_accuracy, choose_threshold, finetune_classifier, finetune_linear,
-                              load_head, probabilities, save_head)
+from stainshift.finetune import (LinearProbe, choose_threshold, finetune_classifier, finetune_linear, head_module,
+                                 head_payload, load_heads, probabilities, save_heads)
+from stainshift.metrics.cross_center import balanced_accuracy
 from test_data import make_stores
 
 torch.set_num_threads(1)
@@ -33,9 +34,10 @@ def test_linear_probe_learns_and_selects_best_epoch(tmp_path: Path) -> None:
     pred = probabilities(probe, vx, torch.device("cpu"), from_features=True).argmax(1)
     assert balanced_accuracy(vy, pred) == pytest.approx(best["val_metric"])
     assert best["val_metric"] > 0.85
-    save_head(tmp_path / "head.pt", probe, mode="linear", num_classes=3, train_center="all")
-    mode, module, payload = load_head(tmp_path / "head.pt")
-    assert mode == "linear" and isinstance(module, LinearProbe) and payload["train_center"] == "all"
+    save_heads(tmp_path / "heads.pt", {"probe": head_payload(probe, mode="linear", num_classes=3, source="all")})
+    payload = load_heads(tmp_path / "heads.pt")["probe"]
+    module = head_module(payload)
+    assert payload["mode"] == "linear" and isinstance(module, LinearProbe) and payload["source"] == "all"
     assert torch.equal(module(torch.as_tensor(vx)), probe(torch.as_tensor(vx)))
 
 
@@ -53,8 +55,9 @@ def test_full_finetune_round_trip(tmp_path: Path) -> None:
                                       {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0, "class_weight": "balanced"},
                                       torch.device("cpu"))
     assert len(rows) == 2 and any(r.get("best") for r in rows)
-    save_head(tmp_path / "head.pt", model, mode="full", num_classes=2)
-    mode, module, _ = load_head(tmp_path / "head.pt")
+    save_heads(tmp_path / "heads.pt", {"native": head_payload(model, mode="full", num_classes=2)})
+    payload = load_heads(tmp_path / "heads.pt")["native"]
+    mode, module = payload["mode"], head_module(payload)
     tiles = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     p = probabilities(module, tiles, torch.device("cpu"), from_features=False)
     assert mode == "full" and p.shape == (3, 2) and np.allclose(p.sum(1), 1, atol=1e-5)

@@ -47,10 +47,10 @@ def test_models_of_a_source_never_read_another_centers_store(work: Path, source:
     enc = torch.load(run / "encoder.pt", weights_only=True)
     assert _centers_of(enc["train_stores"], work) == allowed
     assert enc["meta"]["source"] == source and enc["meta"]["centers"] == "+".join(sorted(allowed))
-    for head in ("head_probe.pt", "head_native.pt"):
-        payload = torch.load(run / head, weights_only=True)
-        stores = [s if s.endswith(".zarr") else f"results/tiles/{s}.zarr" for s in payload["train_stores"] + payload["val_stores"]]
-        assert _centers_of(stores, work) == allowed, head
+    heads = torch.load(run / "heads.pt", weights_only=True)
+    assert set(heads) == {"probe", "native"} and heads["native"]["downstream"] == "end_to_end"
+    for protocol, payload in heads.items():
+        assert _centers_of(payload["train_stores"] + payload["val_stores"], work) == allowed, protocol
         assert payload["head_centers"] == "+".join(sorted(allowed))
     # the embeddings a probe may learn from (train/val splits) are the source's own stores only
     manifest = pd.read_csv(work / "results" / "embeddings" / "baseline" / source / "seed0" / "manifest.csv", dtype=str)

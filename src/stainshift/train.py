@@ -1,4 +1,4 @@
-"""The shared training loop (AMP, checkpoints, resume, DDP), pretraining, fine-tuning and prediction.
+"""The shared training loop (AMP, checkpoints, resume, DDP), pretraining and the encoder file.
 
 Pretraining (``pretrain``): build the method from the merged config (:func:`method_config`), run
 :func:`fit`, write ``encoder.pt``. :func:`fit`:
@@ -16,9 +16,7 @@ Pretraining (``pretrain``): build the method from the merged config (:func:`meth
   ``ctx.backward_step``. Contrastive losses gather embeddings, so the loss equals the one-process
   loss on the same global batch (``tests/test_ddp.py``).
 
-Fine-tuning (``finetune_linear`` on frozen embeddings, ``finetune_classifier`` on images) selects
-the best epoch by a validation metric; ``choose_threshold`` picks a binary decision threshold on
-it. Prediction writes the table documented in :mod:`stainshift.embeddings`.
+Fine-tuning and prediction live in :mod:`stainshift.finetune`.
 """
 from __future__ import annotations
 
@@ -33,20 +31,18 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 import stainshift
 from stainshift.data import EpochBatchSampler, TileDataset, make_loader
 from stainshift.methods import Method, StepContext, build_method, get_method_class
-from stainshift.metrics.cross_center import accuracy, balanced_accuracy
-from stainshift.models import Classifier, build_encoder, build_head, count_parameters
+from stainshift.models import build_encoder, count_parameters
 
 log = logging.getLogger("stainshift.train")
 
@@ -503,7 +499,7 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
 
 
 # ---------------------------------------------------------------------------------------------
-# features, fine-tuning and prediction
+# features
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_images(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
@@ -522,207 +518,3 @@ def encode_images(model: nn.Module, images: np.ndarray | torch.Tensor, device: t
     if not outs:
         return np.zeros((0, dim or 0), np.float32)
     return torch.cat(outs).numpy().astype(np.float32)
-
-
-class LinearProbe(nn.Module):
-    """Standardise features with the training mean/std, then a linear layer."""
-
-    def __init__(self, in_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("std", torch.ones(in_dim))
-        self.linear = nn.Linear(in_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mean) / self.std)
-
-
-SELECT_METRICS = {"balanced_accuracy": balanced_accuracy, "accuracy": accuracy}
-
-
-def choose_threshold(y: np.ndarray, p1: np.ndarray) -> float:
-    """Decision threshold t on P(class 1) maximising balanced accuracy of [p1 ≥ t] on (y, p1) —
-    chosen on the source's validation split, so a head whose scores drift between centers is also
-    scored at its own operating point. Candidates: midpoints between sorted unique scores (and
-    0.5); ties → the candidate closest to 0.5. 0.5 when y has a single class."""
-    y = np.asarray(y)
-    p1 = np.asarray(p1, dtype=np.float64)
-    keep = y >= 0
-    y, p1 = y[keep], p1[keep]
-    if np.unique(y).size < 2:
-        return 0.5
-    u = np.unique(p1)
-    cands = np.unique(np.concatenate([[0.5], (u[1:] + u[:-1]) / 2 if u.size > 1 else u]))
-    scores = np.array([balanced_accuracy(y, (p1 >= t).astype(np.int64)) for t in cands])
-    best = np.flatnonzero(scores >= scores.max() - 1e-12)
-    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
-
-
-def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                    num_classes: int, cfg: dict[str, Any]) -> tuple[LinearProbe, list[dict[str, Any]]]:
-    """Linear probe on frozen features: Adam on standardised features, best epoch by ``cfg['select']``.
-
-    cfg keys: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed``, ``select``
-    (balanced_accuracy | accuracy), ``class_weight`` ("balanced" or null). Unlabelled rows (−1)
-    are dropped; with no labelled validation rows the training metric selects the epoch (logged).
-    Returns the best probe and the per-epoch rows.
-    """
-    seed_everything(int(cfg.get("seed", 0)))
-    tr = train_y >= 0
-    va = val_y >= 0
-    x, y = torch.as_tensor(train_x[tr]), torch.as_tensor(train_y[tr])
-    if len(y) == 0:
-        raise ValueError("finetune_linear: no labelled training tiles")
-    vx, vy = torch.as_tensor(val_x[va]), val_y[va]
-    use_train = len(vy) == 0
-    if use_train:
-        log.warning("no labelled validation tiles: selecting the epoch on the training metric")
-    probe = LinearProbe(x.shape[1], num_classes)
-    probe.mean.copy_(x.mean(0))
-    probe.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
-    weight = class_weights(y, num_classes) if cfg.get("class_weight") == "balanced" else None
-    opt = torch.optim.Adam(probe.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
-    metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
-    bs = int(cfg.get("batch_size", 256))
-    best_state, best_score, rows = None, -np.inf, []
-    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-    for epoch in range(int(cfg.get("epochs", 50))):
-        probe.train()
-        perm = torch.randperm(len(y), generator=gen)
-        total = 0.0
-        for start in range(0, len(y), bs):
-            idx = perm[start:start + bs]
-            loss = F.cross_entropy(probe(x[idx]), y[idx], weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        probe.eval()
-        with torch.no_grad():
-            if use_train:
-                score = metric(y.numpy(), probe(x).argmax(1).numpy())
-            else:
-                score = metric(vy, probe(vx).argmax(1).numpy())
-        rows.append({"epoch": epoch + 1, "train_loss": total / len(y), "val_metric": score})
-        if score > best_score:
-            best_score, best_state = score, copy.deepcopy(probe.state_dict())
-            rows[-1]["best"] = True
-    probe.load_state_dict(best_state)
-    return probe.eval(), rows
-
-
-def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """"Balanced" class weights w_c = N / (C · N_c) (0 for classes absent from ``y``)."""
-    counts = torch.bincount(y, minlength=num_classes).float()
-    return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
-
-
-def stack_tiles(stores: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Every labelled tile (uint8 (N, S, S, 3)) and its label from ``stores``."""
-    ds = TileDataset(stores, labelled_only=True)
-    if len(ds) == 0:
-        return np.zeros((0, ds.tile_size, ds.tile_size, 3), np.uint8), np.zeros(0, np.int64)
-    items = ds.__getitems__(range(len(ds)))
-    return np.stack([it["image"].permute(1, 2, 0).numpy() for it in items]), ds.labels.copy()
-
-
-def finetune_classifier(model: Classifier, train_stores: Sequence[str], val_stores: Sequence[str],
-                        cfg: dict[str, Any], device: torch.device) -> tuple[Classifier, list[dict[str, Any]]]:
-    """Full fine-tuning of ``model``'s trainable parameters (encoder + head; for seed 002's fusion
-    encoder: E_s + head, E_g frozen) with CE and seed 000's augmentations; best epoch on val.
-
-    cfg keys: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``seed``, ``select``,
-    ``class_weight``, ``views`` (BaselineAug kwargs).
-    """
-    from stainshift.augment import BaselineAug
-
-    seed_everything(int(cfg.get("seed", 0)))
-    train = TileDataset(train_stores, labelled_only=True)
-    model = model.to(device)
-    num_classes = int(model.head.spec["num_classes"]) if hasattr(model.head, "spec") else model.head.out_features
-    aug = BaselineAug(train.tile_size, **(cfg.get("views") or {}))
-    bs = min(int(cfg.get("batch_size", 64)), len(train))
-    sampler = EpochBatchSampler(len(train), bs, seed=int(cfg.get("seed", 0)))
-    loader = make_loader(train, sampler, int(cfg.get("num_workers", 0)))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=float(cfg.get("lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 0.0)))
-    weight = (class_weights(torch.as_tensor(train.labels), num_classes).to(device)
-              if cfg.get("class_weight") == "balanced" else None)
-    vimg, vlab = stack_tiles(val_stores) if val_stores else (None, None)
-    if vimg is None or len(vimg) == 0:
-        log.warning("no labelled validation tiles: selecting the epoch on the training metric")
-        vimg, vlab = stack_tiles(train_stores)
-    metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
-    best_state, best_score, rows = None, -np.inf, []
-    for epoch in range(int(cfg.get("epochs", 5))):
-        sampler.set_epoch(epoch)
-        model.train()
-        total, n = 0.0, 0
-        for batch in loader:
-            x = aug(batch["image"].to(device))
-            loss = F.cross_entropy(model(x), batch["label"].to(device), weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(x)
-            n += len(x)
-        score = metric(vlab, encode_images(model, vimg, device).argmax(1))
-        rows.append({"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_metric": score})
-        log.info("fine-tuning epoch %d: train loss %.4f, val %s %.4f", epoch + 1, rows[-1]["train_loss"],
-                 cfg.get("select", "balanced_accuracy"), score)
-        if score > best_score:
-            best_score, best_state = score, copy.deepcopy(model.state_dict())
-            rows[-1]["best"] = True
-    model.load_state_dict(best_state)
-    return model.eval(), rows
-
-
-def save_head(path: str | os.PathLike, module: nn.Module, *, mode: str, num_classes: int,
-              **meta: Any) -> None:
-    """Write ``head.pt``: linear → the probe on frozen features (``in_dim``, state); full → a
-    :class:`~stainshift.models.Classifier` on images (encoder spec, head spec, state)."""
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    payload: dict[str, Any] = {"mode": mode, "num_classes": int(num_classes), "state_dict": state, **meta}
-    if mode == "linear":
-        payload["in_dim"] = int(module.linear.in_features)
-    else:
-        payload["encoder_spec"] = module.encoder.spec
-        payload["head_spec"] = module.head.spec
-    atomic_save(payload, path)
-
-
-def load_head(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[str, nn.Module, dict[str, Any]]:
-    """(mode, module, payload) of a ``head.pt``; module is a LinearProbe or a Classifier (eval mode)."""
-    payload = load(path)
-    mode = payload.get("mode")
-    if mode == "linear":
-        module: nn.Module = LinearProbe(int(payload["in_dim"]), int(payload["num_classes"]))
-    elif mode == "full":
-        module = Classifier(build_encoder(payload["encoder_spec"]), int(payload["num_classes"]),
-                            head=build_head(payload["head_spec"]))
-    else:
-        raise ValueError(f"{path}: unknown head mode {mode!r} (expected 'linear' or 'full')")
-    module.load_state_dict(payload["state_dict"])
-    return mode, module.to(device).eval(), payload
-
-
-def load_native_classifier(encoder_path: str | os.PathLike, device: torch.device | str = "cpu") -> Classifier:
-    """The end-to-end classifier a supervised method trained during pretraining (seed 000's own
-    downstream): the encoder of ``encoder.pt`` with its saved ``native_head``."""
-    state = load(encoder_path)
-    if "native_head" not in state:
-        raise ValueError(f"{encoder_path}: the method '{state.get('method')}' trained no classifier head")
-    encoder = load_encoder(encoder_path, device)
-    head = build_head(state["native_head"]["spec"])
-    head.load_state_dict(state["native_head"]["state_dict"])
-    return Classifier(encoder, int(state["native_head"]["spec"]["num_classes"]), head=head).to(device).eval()
-
-
-@torch.no_grad()
-def probabilities(module: nn.Module, inputs: np.ndarray, device: torch.device, *, from_features: bool) -> np.ndarray:
-    """Softmax class probabilities (N, C) from features (linear probe) or uint8 tiles (full model)."""
-    if from_features:
-        logits = module(torch.as_tensor(inputs, dtype=torch.float32, device=device)).cpu()
-    else:
-        logits = torch.as_tensor(encode_images(module, inputs, device))
-    return torch.softmax(logits.float(), 1).numpy()

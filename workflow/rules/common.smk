@@ -237,7 +237,6 @@ def _check_fusion_methods():
 
 
 _check_fusion_methods()
-NATIVE_METHODS = [m for m in METHODS if native_downstream(m)]
 
 
 def run_dir(method, source, seed):

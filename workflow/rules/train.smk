@@ -2,10 +2,11 @@
 # (method, source, seed) — a source's models learn only from its centers' train/val stores:
 #   pretrain         -> {R}/models/{m}/{src}/seed{k}/encoder.pt, metrics.csv, train_summary.json
 #   embed            -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 per store and test variant), manifest.csv
-#   finetune         -> {R}/models/{m}/{src}/seed{k}/head_probe.pt   linear probe on frozen features (every method)
-#   finetune_native  -> {R}/models/{m}/{src}/seed{k}/head_native.pt  the method's own seed downstream
-#                       (end-to-end classifier of seeds 000 / fusion fine-tuning of seed 002)
-#   predict          -> {R}/predictions/{m}/{src}/seed{k}.csv  (layout: stainshift.embeddings docstring)
+#   finetune         -> {R}/models/{m}/{src}/seed{k}/heads.pt, finetune.csv: the linear probe on frozen
+#                       features (every method) and the method's own seed downstream (end-to-end
+#                       classifier of seed 000 / fusion fine-tuning of seed 002), chosen on the
+#                       source's val stores; and their predictions on every test store and variant:
+#                       {R}/predictions/{m}/{src}/seed{k}.csv (layout: stainshift.embeddings docstring)
 RUN = "{method}/{source}/seed{seed}"
 
 
@@ -69,21 +70,27 @@ rule embed:
 
 rule finetune:
     input:
+        encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
+        train=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
+        val=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
     output:
-        head=f"{RESULTS}/models/{RUN}/head_probe.pt",
-        metrics=f"{RESULTS}/models/{RUN}/finetune_probe.csv",
+        heads=f"{RESULTS}/models/{RUN}/heads.pt",
+        metrics=f"{RESULTS}/models/{RUN}/finetune.csv",
+        predictions=f"{RESULTS}/predictions/{RUN}.csv",
     params:
         cfg=config["finetune"],
         meta=run_meta,
+        downstream=lambda wc: native_downstream(wc.method),
         train_stores=lambda wc: source_stores(wc.source, TRAIN_SPLIT),
         val_stores=lambda wc: source_stores(wc.source, VAL_SPLIT),
+        test_split="test",
     wildcard_constraints:
         **RUN_CONSTRAINTS,
     log:
-        log_path("finetune", f"{RUN}_probe"),
+        log_path("finetune", RUN),
     benchmark:
-        bench_path("finetune", f"{RUN}_probe")
+        bench_path("finetune", RUN)
     threads: stage_threads("finetune")
     resources:
         **stage_resources("finetune"),
@@ -91,59 +98,6 @@ rule finetune:
         ENV_GPU
     script:
         "../scripts/finetune.py"
-
-
-rule finetune_native:
-    input:
-        encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
-        train=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
-        val=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
-    output:
-        head=f"{RESULTS}/models/{RUN}/head_native.pt",
-        metrics=f"{RESULTS}/models/{RUN}/finetune_native.csv",
-    params:
-        cfg=config["finetune"],
-        meta=run_meta,
-        downstream=lambda wc: native_downstream(wc.method),
-    wildcard_constraints:
-        **(RUN_CONSTRAINTS | {"method": _alternatives(NATIVE_METHODS)}),
-    log:
-        log_path("finetune", f"{RUN}_native"),
-    benchmark:
-        bench_path("finetune", f"{RUN}_native")
-    threads: stage_threads("finetune")
-    resources:
-        **stage_resources("finetune"),
-    conda:
-        ENV_GPU
-    script:
-        "../scripts/finetune_native.py"
-
-
-rule predict:
-    input:
-        manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
-        heads=lambda wc: [f"{run_dir(wc.method, wc.source, wc.seed)}/head_probe.pt"]
-        + ([f"{run_dir(wc.method, wc.source, wc.seed)}/head_native.pt"] if wc.method in NATIVE_METHODS else []),
-    output:
-        f"{RESULTS}/predictions/{RUN}.csv",
-    params:
-        meta=run_meta,
-        test_split="test",
-        cfg=config["embed"],
-    wildcard_constraints:
-        **RUN_CONSTRAINTS,
-    log:
-        log_path("predict", RUN),
-    benchmark:
-        bench_path("predict", RUN)
-    threads: stage_threads("embed")
-    resources:
-        **stage_resources("embed"),
-    conda:
-        ENV_GPU
-    script:
-        "../scripts/predict.py"
 
 
 TARGET_FUNCS.append(train_targets)

@@ -2,7 +2,6 @@
 import json
 import logging
 import sys
-import warnings
 
 from stainshift.tiling import tile_slide
 
