@@ -74,3 +74,43 @@ def test_views_shapes_ranges_and_identity() -> None:
     assert not torch.allclose(SimCLRViews(32)(x), SimCLRViews(32)(x))  # random views differ
     with pytest.raises(ValueError, match="jitter"):
         SimCLRViews(32, jitter="extreme")
+
+
+def test_one_padding_rule_and_one_crop_rule() -> None:
+    """Rotation pads by reflection (no black corners); the crop is square with side ≥ crop_min."""
+    from stainshift.augment import Views
+
+    torch.manual_seed(0)
+    white = torch.full((4, 3, 32, 32), 250, dtype=torch.uint8)
+    rotated = Views(32, rotation=20.0, rotation_p=1.0)(white)
+    assert float(rotated.min()) > 0.9  # zero padding would leave dark corners
+    for crop, lo in ((Views(64, crop_min=0.9, crop_p=1.0).geometric[0], 0.9),
+                     (SimCLRViews(64, crop_scale=(0.15, 1.0)).geometric[-1], 0.15**0.5)):
+        box = crop.forward_parameters(torch.Size([200, 3, 64, 64]))["src"]  # (B, 4, 2) corners
+        w = (box[:, 1, 0] - box[:, 0, 0] + 1) / 64
+        h = (box[:, 2, 1] - box[:, 1, 1] + 1) / 64
+        assert torch.allclose(w, h, atol=2 / 64)  # square
+        assert float(w.min()) >= lo - 2 / 64 and float(w.max()) <= 1.0 and float(w.min()) < lo + 0.1
+
+
+def test_shared_geometry_and_fast_ops() -> None:
+    from stainshift.augment import ColorJitter, RandomRot90
+
+    torch.manual_seed(1)
+    x = torch.rand(6, 3, 8, 8)
+    out = RandomRot90()(x)
+    assert all(any(torch.equal(o, torch.rot90(i, k, dims=(-2, -1))) for k in range(4)) for o, i in zip(out, x))
+    gray = torch.rand(6, 1, 8, 8).expand(6, 3, 8, 8)
+    hued = ColorJitter(0.0, 0.0, 0.0, 0.4, p=1.0)(gray)
+    assert torch.allclose(hued, gray, atol=1e-4)  # a hue rotation leaves the gray axis alone
+    assert torch.allclose(ColorJitter(0.0, 0.0, 0.0, 0.0, p=1.0)(x), x)
+    colour = torch.tensor([0.8, 0.3, 0.6]).view(1, 3, 1, 1).expand(6, 3, 8, 8)
+    assert not torch.allclose(ColorJitter(0.0, 0.0, 0.0, 0.4, p=1.0)(colour), colour, atol=1e-3)
+    views = BaselineAug(8, p=1.0, noise_std=0.0)
+    u8 = (x * 255).to(torch.uint8)
+    a, b, c = views.views(u8, u8, u8)
+    assert torch.equal(a, b) and torch.equal(b, c)
+    with pytest.raises(TypeError, match="uint8"):
+        build_views("he", 8, None)(x)
+    with pytest.raises(TypeError, match="views 'baseline'"):
+        build_views("baseline", 8, {"nope": 1})
