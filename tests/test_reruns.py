@@ -141,13 +141,13 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
 
 
 def test_killed_pretraining_resumes_from_its_checkpoint(work):
-    method = "baseline"
+    method, run = "baseline", "baseline/center_a/seed0"
     epochs = 4
     set_config(work, {"pretrain": {method: {"epochs": epochs}}})
-    model_dir = work / "results" / "models" / method
+    model_dir = work / "results" / "models" / run
     last = model_dir / "checkpoints" / "last.pt"
     before = last.stat().st_mtime_ns if last.exists() else None
-    target = f"results/models/{method}/encoder.pt"
+    target = f"results/models/{run}/encoder.pt"
     assert planned_rules(work, target).get("pretrain") == 1, "changed epochs must re-run pretrain"
     cmd, env = snakemake_cmd(work, target)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -161,7 +161,7 @@ def test_killed_pretraining_resumes_from_its_checkpoint(work):
     assert not (model_dir / "encoder.pt").exists(), "encoder.pt exists after the kill"
     # re-run through Snakemake: it resumes from the checkpoint instead of starting over
     run_snakemake(work, target)
-    log = (work / "results" / "logs" / "pretrain" / f"{method}.log").read_text()
+    log = (work / "results" / "logs" / "pretrain" / f"{run}.log").read_text()
     m = re.search(r"resumed from \S+: epoch (\d+) of (\d+) done", log)
     assert m, f"no resume line in the pretrain log:\n{log[-3000:]}"
     assert 1 <= int(m.group(1)) < epochs and int(m.group(2)) == epochs, m.group(0)
@@ -169,4 +169,5 @@ def test_killed_pretraining_resumes_from_its_checkpoint(work):
 
     metrics = pd.read_csv(model_dir / "metrics.csv")
     assert len(metrics) == epochs, metrics
+    assert not last.exists(), "a finished run keeps no resume checkpoint"
     assert planned_rules(work, target) == {}
