@@ -39,10 +39,11 @@ def test_demo_tables_plots_and_report(demo):
             assert (r / "plots" / m / f"{f}.png").is_file()
     # the synthetic centers carry a stain shift: a baseline trained on one center loses accuracy on
     # the centers it never saw, measurably, while it is accurate on its own center's test slide
-    head = s[(s.method == "baseline") & (s.kind == "headline") & (s.metric == "accuracy") & (s.protocol == "probe")]
+    head = s[(s.method == "baseline") & (s.kind == "headline") & (s.metric == "balanced_accuracy")
+             & (s.protocol == "probe")]
     drop, in_center = head[head.test == "drop"].iloc[0], head[head.test == "in_center"].iloc[0]
     assert drop.value > 0 and drop.ci_low > 0, drop
-    assert in_center.value > 0.85, in_center
+    assert in_center.value > 0.8, in_center
     md = (r / "report" / "summary.md").read_text()
     assert "Closing note" in md and "`stain_embed`" in md.split("Closing note")[1]
     html = (demo / "report.html").read_text(errors="ignore")

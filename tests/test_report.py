@@ -25,7 +25,7 @@ def test_ci_verdict_distinguishes_both_sides_of_zero():
 @pytest.mark.parametrize("lo, hi, says", [(0.1, 0.3, "measurably above zero"), (-0.3, -0.1, "below zero"),
                                            (-0.1, 0.2, "includes zero")])
 def test_reference_drop_verdict(lo, hi, says):
-    s = pl.frame([_row("baseline", "accuracy", (lo + hi) / 2, lo, hi, "headline")])
+    s = pl.frame([_row("baseline", "balanced_accuracy", (lo + hi) / 2, lo, hi, "headline")])
     note = report.closing_note(s)
     assert says in note
     if says != "includes zero":
@@ -34,17 +34,17 @@ def test_reference_drop_verdict(lo, hi, says):
 
 def test_closing_note_classifies_methods_by_ci():
     s = pl.frame([
-        _row("baseline", "accuracy", 0.20, 0.15, 0.25, "headline"),
-        _row("good", "delta_unseen_accuracy", 0.10, 0.05, 0.15, "paired", test="vs_baseline", p=0.01),
-        _row("good", "delta_drop_accuracy", -0.15, -0.2, -0.1, "paired", test="vs_baseline"),
-        _row("meh", "delta_unseen_accuracy", 0.01, -0.03, 0.05, "paired", test="vs_baseline", p=0.6),
-        _row("bad", "delta_unseen_accuracy", -0.1, -0.15, -0.05, "paired", test="vs_baseline", p=0.0),
+        _row("baseline", "balanced_accuracy", 0.20, 0.15, 0.25, "headline"),
+        _row("good", "delta_unseen_balanced_accuracy", 0.10, 0.05, 0.15, "paired", test="vs_baseline", p=0.01),
+        _row("good", "delta_drop_balanced_accuracy", -0.15, -0.2, -0.1, "paired", test="vs_baseline"),
+        _row("meh", "delta_unseen_balanced_accuracy", 0.01, -0.03, 0.05, "paired", test="vs_baseline", p=0.6),
+        _row("bad", "delta_unseen_balanced_accuracy", -0.1, -0.15, -0.05, "paired", test="vs_baseline", p=0.0),
     ])
     parts = {p.split(":")[0]: p for p in report.closing_note(s).split("\n\n")}
-    higher = parts["Higher unseen-center accuracy than `baseline` (95 % CI of Δ excludes 0)"]
+    higher = parts["Higher unseen-center balanced accuracy than `baseline` (95 % CI of Δ excludes 0)"]
     assert "`good`" in higher and "10.0 [5.0, 15.0]" in higher and "smaller drop" in higher
-    assert "`meh`" in parts["Unseen-center accuracy not distinguishable from `baseline` (95 % CI of Δ includes 0)"]
-    lower = parts["Lower unseen-center accuracy than `baseline` (95 % CI of Δ excludes 0)"]
+    assert "`meh`" in parts["Unseen-center balanced accuracy not distinguishable from `baseline` (95 % CI of Δ includes 0)"]
+    lower = parts["Lower unseen-center balanced accuracy than `baseline` (95 % CI of Δ excludes 0)"]
     assert "`bad`" in lower and "resolution" in lower
 
 

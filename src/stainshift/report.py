@@ -22,9 +22,12 @@ import pandas as pd
 
 PROTOCOL_TITLES = {"probe": "linear probe on the frozen encoder (every method)",
                    "native": "each method's own seed downstream"}
-HEADLINE_METRICS = (("in_center", "accuracy", "in-center acc"), ("unseen", "accuracy", "unseen acc"),
-                    ("unseen", "balanced_accuracy", "unseen bal. acc"), ("unseen", "auc", "unseen AUC"),
-                    ("drop", "accuracy", "drop (acc)"))
+#: the headline metric: balanced accuracy, since pathology tasks are imbalanced (a head that always
+#: predicts the majority class scores its share in accuracy, but 50 in balanced accuracy)
+HEADLINE = "balanced_accuracy"
+HEADLINE_METRICS = (("in_center", HEADLINE, "in-center bal. acc"), ("unseen", HEADLINE, "unseen bal. acc"),
+                    ("unseen", "auc", "unseen AUC"), ("unseen", "accuracy", "unseen acc"),
+                    ("drop", HEADLINE, "drop (bal. acc)"))
 
 
 def ci_verdict(lo: float, hi: float) -> str:
@@ -97,8 +100,8 @@ def _n_seeds(summary: pd.DataFrame) -> int:
 
 
 def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
-    """One row per method: in-center / unseen accuracy, unseen balanced accuracy and AUC, the
-    drop, Δ vs the reference (unseen accuracy, drop), learning flag."""
+    """One row per method: in-center / unseen balanced accuracy, unseen AUC and accuracy, the drop,
+    Δ vs the reference (unseen balanced accuracy, drop), learning flag."""
     flags = learning_flags(summary)
     rows = []
     for m in _methods(summary):
@@ -108,7 +111,7 @@ def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
             continue
         cells = [f"`{m}`" + (" (native = probe)" if same else "")]
         cells += [_fmt(_get(head, test=t, metric=k)) for t, k, _ in HEADLINE_METRICS]
-        for metric in ("delta_unseen_accuracy", "delta_drop_accuracy"):
+        for metric in (f"delta_unseen_{HEADLINE}", f"delta_drop_{HEADLINE}"):
             d = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric=metric)
             cells.append("reference" if m == reference else _fmt(d))
         bad, n, _ = flags.get(m, (0, 0, []))
@@ -116,7 +119,7 @@ def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
         rows.append(cells)
     if not rows:
         return "_No single-center sources in this run: no headline (see the leave-one-center-out table)._"
-    header = ["method"] + [h for _, _, h in HEADLINE_METRICS] + [f"Δ unseen acc vs {reference}",
+    header = ["method"] + [h for _, _, h in HEADLINE_METRICS] + [f"Δ unseen bal. acc vs {reference}",
                                                                    f"Δ drop vs {reference}", "learning"]
     return _md_table(header, rows)
 
@@ -191,15 +194,15 @@ def loco_table(summary: pd.DataFrame, protocol: str, metric: str = "balanced_acc
 
 def closing_note(summary: pd.DataFrame, reference: str = "baseline", protocol: str = "probe") -> str:
     """Verdicts with 95 % CIs for one protocol: the reference's drop, each method's Δ unseen-center
-    accuracy and Δ drop vs the reference, unseen balanced accuracy vs chance, and which methods
+    balanced accuracy and Δ drop vs the reference, unseen balanced accuracy vs chance, and which methods
     did not learn (whose comparisons measure nothing)."""
     lines = []
     ref_rows, _ = protocol_rows(summary, reference, protocol)
-    drop = _get(ref_rows, kind="headline", test="drop", metric="accuracy")
+    drop = _get(ref_rows, kind="headline", test="drop", metric=HEADLINE)
     if drop is not None:
         verdict = ci_verdict(drop["ci_low"], drop["ci_high"])
         lines.append(
-            f"`{reference}` ({protocol}) loses {_fmt(drop)} accuracy points between the center it was trained on "
+            f"`{reference}` ({protocol}) loses {_fmt(drop)} balanced-accuracy points between the center it was trained on "
             "and the centers it never saw (in-center − unseen, mean over single-center sources; 95 % CI). "
             + {"above": "The drop is measurably above zero.",
                "below": "Its CI lies below zero: it scores measurably higher on unseen centers than in-center.",
@@ -209,16 +212,16 @@ def closing_note(summary: pd.DataFrame, reference: str = "baseline", protocol: s
     for m in _methods(summary):
         if m == reference:
             continue
-        du = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric="delta_unseen_accuracy")
-        dd = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric="delta_drop_accuracy")
+        du = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric=f"delta_unseen_{HEADLINE}")
+        dd = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric=f"delta_drop_{HEADLINE}")
         if du is None:
             continue
-        acc = {"above": "higher unseen-center accuracy than", "below": "lower unseen-center accuracy than",
-               "includes": "unseen-center accuracy not distinguishable from", "unknown": "no CI against"}
+        acc = {"above": "higher unseen-center balanced accuracy than", "below": "lower unseen-center balanced accuracy than",
+               "includes": "unseen-center balanced accuracy not distinguishable from", "unknown": "no CI against"}
         key = ci_verdict(du["ci_low"], du["ci_high"])
         p = f"p = {du['p_value']:.2g}" if du["p_value"] > 0 else "p below the bootstrap's resolution 1/B"
         same = " (native = probe)" if f"{m}: native = probe" in str(du["note"]) else ""
-        txt = f"`{m}`{same} (Δ unseen acc {_fmt(du)}, {p}"
+        txt = f"`{m}`{same} (Δ unseen bal. acc {_fmt(du)}, {p}"
         if dd is not None:
             dv = ci_verdict(dd["ci_low"], dd["ci_high"])
             txt += f"; Δ drop {_fmt(dd)}: " + {"above": "larger drop", "below": "smaller drop",
@@ -257,9 +260,10 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
         f"Every number is the mean over **{n_seeds} replicate training seed(s)** of each (method, source), "
         "×100, with a 95 % hierarchical-bootstrap CI in brackets that carries seed variance and test-set "
         "variance (seeds resampled, then patients — slides or tiles where a test center has too few — within "
-        "each test center). Accuracy, balanced accuracy and AUC: higher = better. *drop* = in-center − "
-        "unseen-center accuracy: lower = better, 0 = no loss on centers the model never saw. "
-        f"Δ = method − `{reference}`, paired by seed and by resampled test units (Δ unseen acc: higher = better; "
+        "each test center). Accuracy, balanced accuracy and AUC: higher = better; the headline is balanced "
+        "accuracy (mean recall over classes: 50 = chance for two classes, whatever the class balance). *drop* = "
+        "in-center − unseen-center balanced accuracy: lower = better, 0 = no loss on centers the model never saw. "
+        f"Δ = method − `{reference}`, paired by seed and by resampled test units (Δ unseen bal. acc: higher = better; "
         "Δ drop: lower = better).", ""]
     for protocol in protocols:
         parts += [f"## Headline — {protocol}: {PROTOCOL_TITLES[protocol]}", "",
