@@ -175,3 +175,16 @@ def test_plain_zarr_and_dask_in_fresh_process_via_entry_point(tmp_path: Path) ->
     both = np.load(io.BytesIO(proc.stdout))
     np.testing.assert_array_equal(both[0], expected)
     np.testing.assert_array_equal(both[1], expected)
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "zstd", "lz4"])
+def test_encode_tile_from_reader_bgrx_is_byte_identical(codec: str) -> None:
+    """A reader's BGRX buffer (4 bytes per pixel, 4th ignored) encodes to the same chunk bytes as
+    its RGB copy: JPEG reads it directly (libjpeg-turbo extended colour space)."""
+    rgb = smooth_tiles(1, 64, seed=3)[0]
+    bgrx = np.concatenate([rgb[..., ::-1], np.full((64, 64, 1), 255, np.uint8)], axis=2)
+    bgrx[..., 3] = 7  # ignored
+    spec = CodecSpec(codec)
+    assert encode_tile(bgrx, spec, "BGRX") == encode_tile(rgb, spec)
+    with pytest.raises(StoreError, match="channel order"):
+        encode_tile(rgb, spec, "ARGB")

@@ -145,16 +145,29 @@ class JpegCodec(ArrayBytesCodec):
         raise NotImplementedError(f"{JPEG_CODEC_NAME} has no fixed encoded size")
 
 
-def _jpeg_encode(chunk: np.ndarray, quality: int, subsampling: str) -> bytes:
+def _jpeg_encode(chunk: np.ndarray, quality: int, subsampling: str, order: str = "RGB") -> bytes:
+    """Baseline JPEG of a uint8 chunk; ``order="BGRX"`` takes 4-byte pixels (blue first, 4th byte
+    ignored) straight from a slide reader (libjpeg-turbo's extended input colour space: the same
+    bytes as encoding the RGB copy, without making it)."""
     arr = np.ascontiguousarray(chunk, dtype=np.uint8)
     h, w, c = arr.shape[-3], arr.shape[-2], arr.shape[-1]
     img = arr.reshape(-1, w, c)
     if c == 1:
         img = img[..., 0]
     kwargs: dict[str, Any] = {"level": quality}
-    if c == 3:
+    if order == "BGRX":
+        if c != 4:
+            raise StoreError(f"BGRX pixels need 4 channels, got {c}")
+        kwargs.update(colorspace=_JCS_EXT_BGRX, outcolorspace=_JCS_YCBCR, subsampling=_SUBSAMPLING[subsampling])
+    elif order != "RGB":
+        raise StoreError(f"unknown channel order {order!r} (RGB or BGRX)")
+    elif c == 3:
         kwargs["subsampling"] = _SUBSAMPLING[subsampling]
     return bytes(imagecodecs.jpeg8_encode(img, **kwargs))
+
+
+_JCS_EXT_BGRX = imagecodecs.JPEG8.CS.EXT_BGRX
+_JCS_YCBCR = imagecodecs.JPEG8.CS.YCbCr
 
 
 register_codec(JPEG_CODEC_NAME, JpegCodec)
@@ -194,16 +207,25 @@ class CodecSpec:
         return {"name": "lz4"}
 
 
-def encode_tile(tile: np.ndarray, codec: CodecSpec) -> bytes:
+def encode_tile(tile: np.ndarray, codec: CodecSpec, order: str = "RGB") -> bytes:
     """The exact chunk bytes the store's codec chain writes for one (S, S, 3) tile.
 
     Worker processes call this so the (single) writer only moves bytes; a round-trip test checks
-    the bytes decode through zarr.
+    the bytes decode through zarr. ``order="BGRX"``: ``tile`` is (S, S, 4) as a slide reader
+    returns it (:meth:`stainshift.io.SlideReader.read_region_raw`); JPEG reads it as is, the
+    lossless codecs store its RGB bytes (one copy).
     """
-    arr = np.ascontiguousarray(tile, dtype=np.uint8)
     if codec.name == "jpeg":
-        return _jpeg_encode(arr, codec.jpeg_quality, codec.jpeg_subsampling)
-    raw = arr.tobytes()
+        return _jpeg_encode(tile, codec.jpeg_quality, codec.jpeg_subsampling, order)
+    if order == "BGRX":
+        from PIL import Image
+
+        h, w = tile.shape[:2]
+        raw = Image.frombuffer("RGB", (w, h), np.ascontiguousarray(tile, dtype=np.uint8), "raw", "BGRX", 0, 1).tobytes()
+    elif order == "RGB":
+        raw = np.ascontiguousarray(tile, dtype=np.uint8).tobytes()
+    else:
+        raise StoreError(f"unknown channel order {order!r} (RGB or BGRX)")
     if codec.name == "zstd":
         return bytes(numcodecs.Zstd(level=codec.zstd_level, checksum=False).encode(raw))
     return bytes(numcodecs.LZ4().encode(raw))
