@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from stainshift.io import SlideReadError, open_slide
+from stainshift.io import SlideReadError, open_slide, rgb_array, rgb_view
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -74,6 +74,62 @@ def test_openslide_reader_on_synth_like_tiff(tmp_path: Path) -> None:
     assert r.read_region(-20, -20, 0, 8, 8).min() == 255  # outside the slide is white
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_openslide_raw_reads_without_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """read_region_raw: an opaque region is OpenSlide's own BGRX buffer, or (direct) the decoded
+    TIFF tiles, pixel-identical to OpenSlide's; outside the scanned area it is composited onto white;
+    read_level = the thumbnail's strip reader."""
+    import stainshift.io as sio
+
+    monkeypatch.setattr(sio, "DIRECT_TIFF_TILES", direct)
+    base = np.full((512, 512, 3), 230, np.uint8)
+    base[100:300, 50:200] = (150, 60, 160)
+    base[300:400, 250:500] = (20, 140, 60)
+    path = tmp_path / "ap.tiff"
+    desc = "Aperio Image Library v10.0.0\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=90|AppMag = 20|MPP = 0.5"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, tile=(256, 256), description=desc, photometric="rgb", compression="jpeg",
+                 resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+        tw.write(base[::4, ::4], tile=(128, 128), subfiletype=1, photometric="rgb", compression="jpeg")
+    r = open_slide(path)
+    pixels, order = r.read_region_raw(40, 90, 0, 96, 64)
+    assert (order, pixels.shape) == (("RGB", (64, 96, 3)) if direct else ("BGRX", (64, 96, 4)))
+    assert (r._direct is not None) == direct and (not direct or r._direct.levels[0]["verified"])
+    tile, order = r.read_region_raw(256, 0, 0, 256, 256)  # one whole TIFF tile
+    np.testing.assert_array_equal(rgb_view(tile, order), r.read_region(256, 0, 0, 256, 256))
+    region = r.read_region(40, 90, 0, 96, 64)
+    np.testing.assert_array_equal(rgb_view(pixels, order), region)
+    np.testing.assert_array_equal(rgb_array(pixels, order), region)
+    import openslide
+
+    ref = np.asarray(openslide.OpenSlide(str(path)).read_region((40, 90), 0, (96, 64)).convert("RGB"))
+    np.testing.assert_array_equal(region, ref)  # the same pixels as openslide's public path
+    edge, order = r.read_region_raw(480, 480, 0, 64, 64)  # partly outside: transparent -> white, RGB
+    assert order == "RGB" and edge.shape == (64, 64, 3) and (edge[40:, :] == 255).all() and (edge[:, 40:] == 255).all()
+    np.testing.assert_array_equal(edge[:32, :32], ref_edge := r.read_region(480, 480, 0, 32, 32))
+    assert ref_edge.shape == (32, 32, 3)
+    thumb, ds = r.thumbnail(64)
+    np.testing.assert_array_equal(thumb, r.read_level(1, 2))
+    assert ds == 8.0 and r.read_level(0, 1).shape == (512, 512, 3)
+
+
+def test_direct_tiles_fall_back_to_openslide_on_any_difference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stainshift.io as sio
+
+    base = np.full((512, 512, 3), 200, np.uint8)
+    path = tmp_path / "g.tiff"
+    tifffile.imwrite(path, base, tile=(256, 256), photometric="rgb", compression="jpeg",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    real = sio._DirectJpegTiles.read
+    monkeypatch.setattr(sio._DirectJpegTiles, "read", lambda self, *a: real(self, *a) + 1)  # a wrong decoder
+    r = open_slide(path)
+    assert r._direct is not None and 0 in r._direct.levels
+    with pytest.warns(UserWarning, match="differs from OpenSlide"):
+        px, order = r.read_region_raw(0, 0, 0, 256, 256)
+    assert 0 not in r._direct.levels and order == "BGRX"  # OpenSlide's pixels, and from now on
+    np.testing.assert_array_equal(rgb_view(px, order), r.read_region(0, 0, 0, 256, 256))
+
+
 def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(SlideReadError, match=r"nope\.svs: file not found"):
         open_slide(tmp_path / "nope.svs")
@@ -110,3 +166,22 @@ def test_cmu1_small_region(shared_data: Path) -> None:
     thumb, ds = r.thumbnail(300)
     assert max(thumb.shape[:2]) <= 300 and ds == pytest.approx(10.0)
     assert open_slide(shared_data / "cmu1_small_region" / "CMU-1-Small-Region.svs", mpp=0.25).mpp == 0.25
+
+
+@pytest.mark.realdata
+def test_cmu1_direct_tiles_equal_openslide(shared_data: Path) -> None:
+    """Aperio SVS (photometric RGB JPEG with shared tables, 240² tiles): direct decoding gives
+    OpenSlide's pixels on aligned, unaligned and multi-tile regions."""
+    import openslide
+
+    path = shared_data / "cmu1_small_region" / "CMU-1-Small-Region.svs"
+    r, o = open_slide(path), openslide.OpenSlide(str(path))
+    assert r._direct is not None and list(r._direct.levels) == [0]
+    rng = np.random.default_rng(0)
+    regions = [(240 * i, 240 * j, 240, 240) for i in range(3) for j in range(3)]
+    regions += [(int(rng.integers(0, 1900)), int(rng.integers(0, 2600)), int(rng.integers(1, 300)),
+                 int(rng.integers(1, 300))) for _ in range(20)]
+    for x, y, w, h in regions:
+        px, order = r.read_region_raw(x, y, 0, w, h)
+        assert order == "RGB"
+        np.testing.assert_array_equal(px, np.asarray(o.read_region((x, y), 0, (w, h)).convert("RGB")))
