@@ -23,6 +23,20 @@ def test_slide_qc_png_outlines_in_label_colours(tmp_path: Path) -> None:
     assert ((img == (230, 0, 0)).all(-1)).sum() > 20 and ((img == (0, 170, 0)).all(-1)).sum() > 20
 
 
+def test_slide_qc_png_large_image_reduced_and_excluded_zone(tmp_path: Path) -> None:
+    thumb = np.full((3000, 1000, 3), 240, np.uint8)
+    tissue = np.zeros((3000, 1000), bool)
+    tissue[:1500] = True
+    ink = np.zeros_like(tissue)
+    ink[2000:2100, 200:400] = True
+    slide_qc_png(tmp_path / "qc.png", thumb, 16.0, tissue, np.zeros((0, 2)), 256, [], max_side=1024, excluded=ink)
+    img = np.asarray(Image.open(tmp_path / "qc.png").convert("RGB")).astype(int)
+    assert img.shape[:2] == (1000, 333)  # reduced by 3
+    assert img[100, 100, 0] < img[100, 100, 2]  # cyan tint on tissue
+    assert img[2050 // 3, 300 // 3, 0] > img[2050 // 3, 300 // 3, 1] + 30  # red tint on the excluded zone
+    assert (img[2500 // 3, 10] == 240).all()  # neither
+
+
 def test_montage_grid() -> None:
     tiles = np.zeros((5, 16, 16, 3), np.uint8)
     img = montage(tiles, columns=3)

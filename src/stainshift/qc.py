@@ -31,13 +31,29 @@ def _save_png(img: Image.Image, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+QC_MAX_SIDE = 2048  # larger tissue-decision images are box-reduced for the picture
+
+
 def slide_qc_png(path: str | os.PathLike, thumb: np.ndarray, thumb_downsample: float, tissue: np.ndarray,
-                 coords0: np.ndarray, tile_size0: float, labels: Sequence[int], title: str = "") -> None:
-    """Thumbnail with the tissue mask tinted (cyan) and each kept tile outlined in its label colour."""
-    base = thumb.astype(np.float32)
-    tint = np.array([0, 200, 220], np.float32)
-    base[tissue] = 0.7 * base[tissue] + 0.3 * tint
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+                 coords0: np.ndarray, tile_size0: float, labels: Sequence[int], title: str = "",
+                 max_side: int = QC_MAX_SIDE, excluded: np.ndarray | None = None) -> None:
+    """The image the tissue was decided on with its mask tinted cyan, an optional ``excluded`` zone
+    (e.g. the ink zone) tinted red, and each kept tile outlined in its label colour. ``thumb`` and
+    the masks are at ``thumb_downsample`` level-0 px per pixel; when longer than ``max_side`` they are
+    reduced by an integer box factor (each tint then shades a pixel by its mask share)."""
+    layers = [(tissue, (0, 200, 220))] + ([(excluded, (230, 0, 0))] if excluded is not None else [])
+    shares = [m.astype(np.float32) for m, _ in layers]
+    factor = max(1, int(np.ceil(max(thumb.shape[:2]) / float(max_side))))
+    if factor > 1:
+        h, w = thumb.shape[0] // factor, thumb.shape[1] // factor
+        thumb = np.asarray(Image.fromarray(np.ascontiguousarray(thumb[: h * factor, : w * factor])).reduce(factor))
+        shares = [sh[: h * factor, : w * factor].reshape(h, factor, w, factor).mean(axis=(1, 3)) for sh in shares]
+        thumb_downsample *= factor
+    base = thumb.astype(np.int32)
+    for share, (_, colour) in zip(shares, layers):
+        a = np.round(0.3 * 256 * share).astype(np.int32)[..., None]  # 30 % tint where the mask is set
+        base = base + (((np.array(colour, np.int32) - base) * a) >> 8)
+    img = Image.fromarray(base.astype(np.uint8))
     scale = 1.0
     if max(img.size) < 512:  # small thumbnails: enlarge so outlines stay visible
         scale = 512 / max(img.size)
