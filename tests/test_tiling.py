@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stainshift.io import SlideReadError, open_slide
+import stainshift.tiling as tiling
+from stainshift.io import SlideReadError, SlideReader, open_slide
 from stainshift.store import PatchStore
 from stainshift.tiling import (
+    MASK_MIN_PX,
     TilingConfig,
     TilingError,
     box_fractions,
+    disk_dilate,
     foreground_mask,
     hsv_mask,
+    hsv_saturation,
+    otsu_threshold,
+    plan_mask,
+    rgb_to_hsv,
     slide_stats,
     pen_mask,
     plan_read,
@@ -24,6 +31,8 @@ from stainshift.tiling import (
     thumbnail_mask,
     tile_grid,
     tile_slide,
+    tissue_fraction,
+    tissue_map,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -52,12 +61,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class FakeReader:
-    """Just the attributes plan_read looks at."""
+    """Just the attributes plan_read / plan_mask look at."""
 
-    def __init__(self, mpp: float, downsamples: tuple[float, ...]) -> None:
+    def __init__(self, mpp: float, downsamples: tuple[float, ...], dims0: tuple[int, int] = (16384, 16384)) -> None:
         self.mpp = mpp
         self.level_downsamples = downsamples
+        self.level_dimensions = tuple((int(dims0[0] // d), int(dims0[1] // d)) for d in downsamples)
+        self.dimensions = dims0
         self.path = Path("fake.svs")
+
+    thumbnail_plan = SlideReader.thumbnail_plan
 
 
 # ---- level choice --------------------------------------------------------------------------------
@@ -105,6 +118,54 @@ def test_otsu_on_blank_is_empty() -> None:
     glass = np.full((32, 32, 3), 240, np.uint8)
     cfg = TilingConfig(filter="otsu")
     assert not foreground_mask(glass, cfg, slide_stats(glass)).any()
+
+
+def test_numpy_otsu_percentile_saturation_match_skimage_numpy() -> None:
+    """The numpy Otsu / uint8 percentile / saturation that replace skimage in the stage are exact."""
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 256, (64, 48, 3), dtype=np.uint8), rng.integers(180, 250, (200, 100, 3), dtype=np.uint8),
+            np.full((8, 8, 3), 200, np.uint8)]
+    imgs[1][50:120, 20:70] = (150, 70, 160)
+    for img in imgs:
+        sat = hsv_saturation(img)
+        np.testing.assert_array_equal(sat, rgb_to_hsv(img)[1])
+        if sat.min() < sat.max():
+            assert tiling._threshold_otsu(sat) == float(threshold_otsu(sat))
+            assert otsu_threshold(img) == max(0.05, float(threshold_otsu(sat)))
+        for c in range(3):
+            for q in (0, 1, 50, 99, 100):
+                assert tiling._percentile_u8(img[..., c], q) == pytest.approx(np.percentile(img[..., c], q), abs=1e-9)
+
+
+def test_disk_dilate_matches_skimage() -> None:
+    from skimage.morphology import dilation, disk
+
+    rng = np.random.default_rng(1)
+    for shape, r, p in [((40, 70), 2, 0.02), ((90, 60), 8, 0.002), ((16, 16), 3, 0.3)]:
+        m = rng.random(shape) < p
+        np.testing.assert_array_equal(disk_dilate(m, r), dilation(m, disk(r)).astype(bool))
+
+
+def test_plan_mask_level_and_reduction() -> None:
+    """>= 8 x 8 mask px per tile at the coarsest such level; finer levels reduced to 16..31 px."""
+    plan = plan_read(FakeReader(0.5, (1.0, 4.0, 16.0, 64.0)), 0.5, 256)
+    r = FakeReader(0.5, (1.0, 4.0, 16.0, 64.0))
+    m = plan_mask(r, plan)  # level 3: 4 px per tile (too coarse); level 2: 16 px
+    assert (m.level, m.factor, m.downsample, m.px_per_tile, m.shape) == (2, 1, 16.0, 16.0, (1024, 1024))
+    single = FakeReader(0.5, (1.0,), dims0=(3000, 2000))
+    m = plan_mask(single, plan_read(single, 0.5, 224))  # 224 px -> factor 14 -> 16 px per tile
+    assert (m.level, m.factor, m.px_per_tile) == (0, 14, 16.0)
+    m = plan_mask(single, plan_read(single, 0.5, 100))  # 100 px: exact divisor 5 -> 20 px per tile
+    assert (m.factor, m.px_per_tile) == (5, 20.0)
+    m = plan_mask(single, plan_read(single, 0.5, 16))  # small tiles: no reduction
+    assert (m.factor, m.px_per_tile) == (1, 16.0)
+    m = plan_mask(r, plan, thumbnail_size=512)  # the configured thumbnail instead
+    assert (m.level, m.factor, m.downsample) == (3, 1, 64.0) and m.px_per_tile < MASK_MIN_PX
+    huge = FakeReader(0.5, (1.0,), dims0=(100_000, 40_000))
+    m = plan_mask(huge, plan_read(huge, 0.5, 64))  # memory cap on the long side
+    assert max(m.shape) <= tiling.MASK_MAX_SIDE
 
 
 def test_filter_iou_against_synth_ground_truth(synth_slide: SynthSlide) -> None:
@@ -191,6 +252,73 @@ def test_deterministic_across_workers(synth_slide: SynthSlide, tmp_path: Path) -
     assert not np.array_equal(PatchStore.open(tmp_path / "s8.zarr").coords, a.coords)
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_native_reads_reach_the_encoder_unconverted(synth_slide: SynthSlide, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, direct: bool) -> None:
+    """The array the reader returns is the array the encoder gets (no RGBA -> RGB -> contiguous
+    chain): decoded TIFF tiles (RGB) or OpenSlide's BGRX buffer; the stores are identical."""
+    import stainshift.io as sio
+
+    monkeypatch.setattr(sio, "DIRECT_TIFF_TILES", direct)
+    returned: dict[int, str] = {}
+    encoded: list[tuple[bool, str]] = []
+    real_raw, real_encode = SlideReader.read_region_raw, tiling.encode_tile
+
+    def raw_spy(self: SlideReader, *a: int) -> tuple[np.ndarray, str]:
+        px, order = real_raw(self, *a)
+        returned[id(px)] = order
+        return px, order
+
+    def enc_spy(tile: np.ndarray, codec: object, order: str = "RGB") -> bytes:
+        encoded.append((returned.get(id(tile)) == order, order))
+        return real_encode(tile, codec, order)
+
+    monkeypatch.setattr(SlideReader, "read_region_raw", raw_spy)
+    monkeypatch.setattr(tiling, "encode_tile", enc_spy)
+    res = tile_slide(synth_slide.tiff, tmp_path / f"d{direct}.zarr", dict(target_mpp=0.5, patch_size=64, max_tiles=None),
+                     slide_id="d", progress=False)
+    assert len(encoded) == res.n_kept > 0 and all(same for same, _ in encoded)
+    assert {o for _, o in encoded} == ({"RGB"} if direct else {"BGRX"})
+    monkeypatch.setattr(sio, "DIRECT_TIFF_TILES", not direct)
+    tile_slide(synth_slide.tiff, tmp_path / "other.zarr", dict(target_mpp=0.5, patch_size=64, max_tiles=None),
+               slide_id="d", progress=False)
+    a, b = PatchStore.open(tmp_path / f"d{direct}.zarr"), PatchStore.open(tmp_path / "other.zarr")
+    np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_array_equal(a.read(slice(None)), b.read(slice(None)))
+
+
+def test_decision_margin(synth_slide: SynthSlide, tmp_path: Path) -> None:
+    """margin 0: no tile read to be rejected; a margin covering [0, 1]: exactly the per-pixel rule on
+    every tile; default: the mask decides outside the band; the store records the decision."""
+    cfg = dict(target_mpp=0.5, patch_size=64, max_tiles=None, pen_filter=False)
+    r0 = tile_slide(synth_slide.tiff, tmp_path / "m0.zarr", dict(cfg, tissue_margin=0.0), slide_id="m0", progress=False)
+    assert r0.n_read == r0.n_kept and r0.n_checked == 0
+    r1 = tile_slide(synth_slide.tiff, tmp_path / "m1.zarr", dict(cfg, tissue_margin=1.0), slide_id="m1",
+                    qc_png=tmp_path / "qc.png", progress=False)
+    assert r1.n_read == r1.n_grid == r1.n_checked  # every tile read and checked
+    reader = open_slide(synth_slide.tiff)
+    tcfg = TilingConfig(**cfg)
+    plan = plan_read(reader, 0.5, 64)
+    grid = tile_grid(reader.dimensions, plan)
+    tm = tissue_map(reader, plan, tcfg)
+    pix = np.array([tissue_fraction(read_tile(reader, c, plan), tcfg, tm.stats) for c in grid])
+    s1 = PatchStore.open(tmp_path / "m1.zarr")
+    np.testing.assert_array_equal(s1.coords, grid[pix >= 0.5])
+    np.testing.assert_allclose(s1.tissue_fraction, pix[pix >= 0.5], rtol=1e-6)
+    rd = tile_slide(synth_slide.tiff, tmp_path / "md.zarr", cfg, slide_id="md", progress=False)
+    sd = PatchStore.open(tmp_path / "md.zarr")
+    mfrac = tm.fractions(grid, plan.tile_size0)
+    sure = (mfrac >= 0.6) | (mfrac < 0.4)
+    keep_d = np.isin(np.arange(len(grid)), np.flatnonzero((grid[:, None] == sd.coords[None]).all(-1).any(1)))
+    np.testing.assert_array_equal(keep_d[sure], mfrac[sure] >= 0.6)  # decided by the mask alone
+    np.testing.assert_array_equal(keep_d[~sure], pix[~sure] >= 0.5)  # checked per pixel
+    dec = sd.attrs["tissue_decision"]
+    assert dec["mask_px_per_tile"] >= MASK_MIN_PX and dec["tissue_margin"] == 0.1
+    assert dec["n_checked"] == rd.n_checked == int((~sure & (mfrac >= 0.4)).sum())
+    qc = np.asarray(Image.open(tmp_path / "qc.png"))
+    assert max(qc.shape[:2]) >= 512  # the decision image (enlarged when small)
+
+
 def test_no_tissue_gives_empty_store_and_warning(tmp_path: Path) -> None:
     Image.fromarray(np.full((300, 400, 3), 245, np.uint8)).save(tmp_path / "glass.png")
     with pytest.warns(UserWarning, match=r"blank: no tile passed"):
@@ -271,3 +399,87 @@ def test_tissue_patches_kept_on_real_tiles(shared_data: Path, tmp_path: Path) ->
               f"{(shares[use_pen] > 0.5).sum()} of them mostly ink")
         assert res.n_kept > 50
     assert (shares[False] > 0.5).sum() >= 3 and (shares[True] > 0.5).sum() == 0
+
+
+# ---- filter quality of the low-res decision vs the per-tile rule it replaced (issue 17) ------------
+# Measured with the per-tile rule (every prefilter candidate read and checked; commit 0fb8b6c) by the
+# protocol of _kept_tiles_iou: tiles_iou = IoU(area of the kept tiles, reference tissue mask) at the
+# reference's resolution; art_kept = share of an artefact reference (pen / coverslip edge) inside
+# kept tiles. The low-res decision must stay within 0.01 (artefacts: not worse by more than 0.01).
+BEFORE_TILES_IOU = {
+    "cmu1": 0.7358, "synth_center_a": 0.8804, "synth_center_b": 0.8634, "synth_center_c": 0.9042,
+    "synth_center_d": 0.9030, "tcga_lung": 0.8846, "tcga_diag": 0.7803,
+}
+BEFORE_ART_KEPT = {"pen_green": 0.0292, "coverslip": 0.4073}
+BEFORE_INK_IOU = {"pen_green": 0.8006, "coverslip": 0.2343}  # pen_mask at the per-tile (full) resolution
+
+
+def _kept_tiles_iou(slide: Path, store: Path, ref: np.ndarray, mpp: float | None) -> tuple[np.ndarray, PatchStore]:
+    """Raster (ref.shape) of reference pixels whose centre lies in a kept tile."""
+    w0, h0 = open_slide(slide, mpp).dimensions
+    st = PatchStore.open(store)
+    s0 = st.attrs["read_plan"]["stride0"]
+    nx, ny = int(np.ceil(w0 / s0)), int(np.ceil(h0 / s0))
+    kept = np.zeros((ny, nx), bool)
+    kept[np.round(st.coords[:, 1] / s0).astype(int), np.round(st.coords[:, 0] / s0).astype(int)] = True
+    h, w = ref.shape
+    cy = ((np.arange(h) + 0.5) * h0 / h // s0).astype(int).clip(0, ny - 1)
+    cx = ((np.arange(w) + 0.5) * w0 / w // s0).astype(int).clip(0, nx - 1)
+    return kept[cy][:, cx], st
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_decision_iou_synth_within_001_of_per_tile_rule(tmp_path: Path) -> None:
+    synth = pytest.importorskip("stainshift.synth")
+    got = {}
+    for c in ("center_a", "center_b", "center_c", "center_d"):
+        tiff, mask = tmp_path / f"{c}.tiff", tmp_path / f"{c}_mask.png"
+        synth.generate_slide(tiff, mask, tmp_path / f"{c}.xml", center=c, seed=5, size=2048, mpp=0.5, levels=3, slide_id=c)
+        ref = np.asarray(Image.open(mask)) > 0
+        tile_slide(tiff, tmp_path / f"{c}.zarr", dict(target_mpp=1.0, patch_size=32, max_tiles=None), slide_id=c,
+                   progress=False)
+        cov, st = _kept_tiles_iou(tiff, tmp_path / f"{c}.zarr", ref, None)
+        got[f"synth_{c}"] = round(_iou(cov, ref), 4)
+        assert st.attrs["tissue_decision"]["mask_px_per_tile"] >= MASK_MIN_PX
+    print("synth kept-tile IoU (before -> now):", {k: (BEFORE_TILES_IOU[k], v) for k, v in got.items()})
+    for k, v in got.items():
+        assert abs(v - BEFORE_TILES_IOU[k]) <= 0.01, (k, BEFORE_TILES_IOU[k], v)
+
+
+@pytest.mark.realdata
+def test_decision_iou_real_references_within_001_of_per_tile_rule(shared_data: Path, tmp_path: Path) -> None:
+    d = shared_data
+    tissue = [
+        ("cmu1", d / "cmu1_small_region/CMU-1-Small-Region.svs", d / "cmu1_small_region/histolab_tissue_mask.png",
+         dict(target_mpp=0.499, patch_size=64), None),
+        ("tcga_lung", d / "histolab_tcga/thumbnails/tcga-lung-rgb.jpg", d / "histolab_tcga/thumbnails/tissue-mask-tcga-lung-rgb.png",
+         dict(target_mpp=2.0, patch_size=16), 2.0),
+        ("tcga_diag", d / "histolab_tcga/thumbnails/diagnostic-slide-thumb-rgb.jpg",
+         d / "histolab_tcga/thumbnails/tissue-mask-diagnostic-slide-thumb-rgb.png", dict(target_mpp=2.0, patch_size=16), 2.0),
+    ]
+    got: dict[str, tuple[float, ...]] = {}
+    for name, slide, ref_path, cfg, mpp in tissue:
+        ref = np.asarray(Image.open(ref_path)) > 0
+        tile_slide(slide, tmp_path / f"{name}.zarr", dict(cfg, max_tiles=None), slide_id=name, mpp=mpp, progress=False)
+        cov, _ = _kept_tiles_iou(slide, tmp_path / f"{name}.zarr", ref, mpp)
+        got[name] = (BEFORE_TILES_IOU[name], round(_iou(cov, ref), 4))
+    for name, slide, ref_path in [("pen_green", d / "histoqc/pen_1k/pen_green.jpg", d / "histoqc/pen_1k/pen_green_mask.png"),
+                                  ("coverslip", d / "histoqc/coverslip_edge_he/coverslip_edge.jpg",
+                                   d / "histoqc/coverslip_edge_he/coverslip_edge_mask.png")]:
+        ref = np.asarray(Image.open(ref_path)) > 0
+        cfg = TilingConfig(target_mpp=2.0, patch_size=16, max_tiles=None)
+        tile_slide(slide, tmp_path / f"{name}.zarr", cfg, slide_id=name, mpp=2.0, progress=False)
+        cov, _ = _kept_tiles_iou(slide, tmp_path / f"{name}.zarr", ref, 2.0)
+        reader = open_slide(slide, 2.0)
+        tm = tissue_map(reader, plan_read(reader, 2.0, 16), cfg)  # the pen filter on the decision image
+        ink = np.asarray(Image.fromarray(pen_mask(tm.image)).resize(ref.shape[::-1], Image.Resampling.NEAREST))
+        got[name] = (BEFORE_ART_KEPT[name], round(float(cov[ref].mean()), 4), BEFORE_INK_IOU[name], round(_iou(ink, ref), 4))
+    print("kept-tile IoU / artefact share kept / ink IoU (before, now):", got)
+    for name in ("cmu1", "tcga_lung", "tcga_diag"):
+        assert abs(got[name][1] - got[name][0]) <= 0.01, (name, got[name])
+    for name in ("pen_green", "coverslip"):
+        before_kept, kept, before_ink, ink_iou = got[name]
+        assert kept <= before_kept + 0.01 and ink_iou >= before_ink - 0.01, (name, got[name])
