@@ -439,7 +439,7 @@ class StoreWriter:
             n_tiles=n,
             store_format=STORE_FORMAT_VERSION,
         )
-        group.attrs.update(_jsonable(attrs))
+        group.update_attributes(_jsonable(attrs))  # one zarr.json write (attrs.update writes once per key)
 
 
 def write_store(
