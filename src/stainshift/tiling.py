@@ -435,8 +435,9 @@ def thumbnail_mask(thumb: np.ndarray, cfg: TilingConfig, stats: SlideStats | Non
 def box_fractions(mask: np.ndarray, coords0: np.ndarray, size0: float, ds: float) -> np.ndarray:
     """Mean of ``mask`` (at level-0 downsample ``ds``) over each level-0 box (outside = 0)."""
     h, w = mask.shape
-    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
-    sat[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    dt = np.int32 if mask.size < 2**31 else np.int64
+    sat = np.zeros((h + 1, w + 1), dtype=dt)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=dt), axis=1, out=sat[1:, 1:])
     x0 = np.floor(coords0[:, 0] / ds).astype(np.int64)
     y0 = np.floor(coords0[:, 1] / ds).astype(np.int64)
     side = max(1, int(round(size0 / ds)))
