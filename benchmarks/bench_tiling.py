@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tile-stage benchmark: whole-stage tiles/s vs a bare read_region loop over the same kept grid.
+"""Tile-stage benchmark: the harness's whole-call figure, the per-stage split, and a bare read loop.
 
 One command (from the repo root):
 
@@ -8,20 +8,27 @@ One command (from the repo root):
     .venv/bin/python benchmarks/bench_tiling.py --slide X.svs   # any slide
     .venv/bin/python benchmarks/bench_tiling.py --codecs        # + store codec size / read speed
 
-What it measures, in one run (so ratios are comparable on a shared machine):
+What it measures, in one run, every step in its own subprocess, ``--repeats`` rounds round-robin over
+the steps (slow drift of a shared machine is spread over all of them), medians reported:
 
-1. ``stage_w1``: :func:`stainshift.tiling.tile_slide` with 1 worker, all tissue tiles (``max_tiles``
-   null), JPEG q90 store -- its kept coords define the grid for everything below;
-2. ``bare_w1`` / ``bare_w2``: ``read_region`` over exactly those coords, 1 process / 2 processes
-   (the decode limit);
-3. ``stage_w2`` (process pool) and ``stage_w2_thread``;
-4. peak RSS of every step (each runs in its own subprocess; pool workers counted), and the 1-worker
+1. ``stage_w1`` / ``stage_w2`` / ``stage_w2_thread``: :func:`stainshift.tiling.tile_slide` exactly as
+   ``../shared/tools/peer_tiling_bench.py`` runs it (its ``stainshift`` configuration: level 0,
+   patch = ``--patch`` at the slide's mpp, all tissue tiles, min_tissue_fraction 0.5, JPEG q90 zarr
+   store, ``workers`` 1 / 2) -- the same whole-call figure: **kept tiles / wall seconds of the
+   tile_slide call** (imports excluded, everything inside the call included);
+2. ``bare_w1`` / ``bare_w2``: the harness's bare loop (``openslide.OpenSlide.read_region`` ->
+   ``.convert("RGB")`` -> numpy) over exactly the tiles the stage kept, 1 process / a 2-process pool
+   -- the decode limit for the same tiles;
+3. peak RSS: the step's own ``ru_maxrss`` (the harness's "RSS MB": /usr/bin/time of the process) and
+   the process tree's peak sampled from /proc every 0.1 s (its "tree RSS MB"); plus the 1-worker
    stage on a slide of half the side, to show memory does not grow with slide size;
+4. the per-stage split of ``tile_slide`` (``TilingResult.stages``: open, mask, read, resize, check,
+   encode -- summed over workers with 2 --, write, wait, qc), also per kept tile;
 5. with ``--codecs``: bytes/tile and random single-tile reads/s of the store codecs (zarr 3 +
    stainshift.jpeg sharded, the same unsharded, zarr 2 + imagecodecs' numcodecs JPEG, zstd, lz4).
 
-Tiles/s = kept tiles / wall seconds, for the stage including its thumbnail pass, the tiles it reads
-and rejects, encoding and writing. Results: printed table + ``{out}/bench_tiling.json``.
+Results: printed tables + ``{out}/bench_tiling.json``. The load average is printed at the start and
+end: on a shared machine compare the ratios (measured in the same run), not absolute figures.
 """
 from __future__ import annotations
 
@@ -29,10 +36,11 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,37 +58,44 @@ def peak_rss_mb() -> dict[str, float]:
 
 
 # ---- steps (each runs in a fresh subprocess: python bench_tiling.py --step NAME ...) ---------------
-def step_stage(slide: str, out: str, workers: int, parallel: str, patch: int, target_mpp: float | None) -> dict:
+def harness_config(slide: str, patch: int, workers: int, parallel: str, target_mpp: float | None) -> dict:
+    """peer_tiling_bench.py's ``stainshift`` configuration (plus the pool kind)."""
     from stainshift.io import open_slide
-    from stainshift.tiling import tile_slide
 
     mpp0 = open_slide(slide).mpp
-    cfg = dict(target_mpp=target_mpp or mpp0, patch_size=patch, max_tiles=None, codec="jpeg", jpeg_quality=90,
-               workers=workers, parallel=parallel, filter="od")
+    return {"target_mpp": target_mpp or mpp0, "patch_size": patch, "max_tiles": None, "min_tissue_fraction": 0.5,
+            "codec": "jpeg", "jpeg_quality": 90, "workers": workers, "parallel": parallel}
+
+
+def step_stage(slide: str, out: str, workers: int, parallel: str, patch: int, target_mpp: float | None) -> dict:
+    from stainshift.tiling import tile_slide
+
+    cfg = harness_config(slide, patch, workers, parallel, target_mpp)
     t0 = time.perf_counter()
     res = tile_slide(slide, out, cfg, slide_id=Path(slide).stem, progress=False)
     wall = time.perf_counter() - t0
-    return {"n_kept": res.n_kept, "n_read": res.n_read, "n_grid": res.n_grid, "seconds": wall,
-            "plan": res.plan, **peak_rss_mb()}
+    return {"n_kept": res.n_kept, "n_read": res.n_read, "n_grid": res.n_grid, "n_checked": res.n_checked,
+            "seconds": wall, "plan": res.plan, "mask": res.mask, "stages": res.stages, **peak_rss_mb()}
 
 
 _READER = {}
 
 
 def _bare_init(slide: str) -> None:
-    from stainshift.io import open_slide
+    import openslide
 
-    _READER["r"] = open_slide(slide)
+    _READER["r"] = openslide.OpenSlide(slide)
 
 
 def _bare_chunk(coords: np.ndarray, level: int, size: int) -> int:
     r = _READER["r"]
     for x, y in coords:
-        r.read_region(int(x), int(y), level, size, size)
+        np.asarray(r.read_region((int(x), int(y)), level, (size, size)).convert("RGB"))
     return len(coords)
 
 
 def step_bare(slide: str, store: str, workers: int) -> dict:
+    """The harness's bare loop over the tiles the stage kept (fork pool, chunks of 32, like it)."""
     from stainshift.store import PatchStore
 
     st = PatchStore.open(store)
@@ -93,10 +108,9 @@ def step_bare(slide: str, store: str, workers: int) -> dict:
     else:
         import multiprocessing as mp
 
-        chunks = np.array_split(coords, workers * 8)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver"), initializer=_bare_init,
-                                 initargs=(slide,)) as ex:
-            n = sum(ex.map(_bare_chunk, chunks, [level] * len(chunks), [size] * len(chunks)))
+        chunks = [coords[i : i + 32] for i in range(0, len(coords), 32)]
+        with mp.get_context("fork").Pool(workers, _bare_init, (slide,)) as pool:
+            n = sum(pool.starmap(_bare_chunk, [(c, level, size) for c in chunks]))
     wall = time.perf_counter() - t0
     return {"n": n, "seconds": wall, **peak_rss_mb()}
 
@@ -163,11 +177,50 @@ def step_codecs(store: str, out_dir: str, n_tiles: int = 512, n_reads: int = 400
 
 
 # ---- driver ----------------------------------------------------------------------------------------
+def _tree_rss_mb(pid: int) -> float:
+    """Summed RSS (MB) of ``pid`` and its descendants, from /proc."""
+    kids: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+            with open(f"/proc/{d}/statm") as f:
+                rss[int(d)] = int(f.read().split()[1])
+            kids.setdefault(int(st[st.rfind(")") + 2 :].split()[1]), []).append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    todo, tot = [pid], 0
+    while todo:
+        p = todo.pop()
+        tot += rss.get(p, 0)
+        todo.extend(kids.get(p, []))
+    return tot * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def run_step(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--step", *args], capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, "--step", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            done.wait(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    done.set()
+    th.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"step {args[0]} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"step {args[0]} failed:\n{err[-4000:]}")
+    rec = json.loads(out.strip().splitlines()[-1])
+    rec["tree_peak_mb"] = peak[0]
+    return rec
 
 
 def build_slide(source: str, side: int, out_dir: Path) -> Path:
@@ -190,6 +243,19 @@ def build_slide(source: str, side: int, out_dir: Path) -> Path:
     return path
 
 
+def _median_rec(recs: list[dict]) -> dict:
+    """The run with the median wall time, with every run's seconds listed."""
+    ordered = sorted(recs, key=lambda r: r["seconds"])
+    rec = dict(ordered[len(ordered) // 2])
+    rec["runs_s"] = [round(r["seconds"], 3) for r in recs]
+    rec["tree_peak_mb"] = statistics.median(r["tree_peak_mb"] for r in recs)
+    rec["self_mb"] = statistics.median(r["self_mb"] for r in recs)
+    return rec
+
+
+STAGE_KEYS = ("open", "mask", "read", "resize", "check", "encode", "write", "wait", "qc", "total")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slide", type=Path, help="benchmark this slide instead of building one")
@@ -198,6 +264,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16384, help="side of the built slide (level 0)")
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--target-mpp", type=float, default=None, help="default: the slide's level-0 mpp")
+    ap.add_argument("--repeats", type=int, default=3, help="round-robin rounds over all steps (medians)")
     ap.add_argument("--out", type=Path, default=REPO / "bench_out")
     ap.add_argument("--no-half", action="store_true", help="skip the half-size memory check")
     ap.add_argument("--codecs", action="store_true", help="also measure store codecs")
@@ -205,16 +272,26 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     slide = args.slide or build_slide(args.source, args.size, args.out)
     tm = str(args.target_mpp or 0)
-    report: dict = {"slide": str(slide), "patch": args.patch, "cpu_count": os.cpu_count(),
+    report: dict = {"slide": str(slide), "patch": args.patch, "cpu_count": os.cpu_count(), "repeats": args.repeats,
                     "loadavg_start": os.getloadavg()}
     store = str(args.out / "bench_stage_w1.zarr")
-    report["stage_w1"] = run_step(["stage", str(slide), store, "1", "process", str(args.patch), tm])
-    report["bare_w1"] = run_step(["bare", str(slide), store, "1"])
-    report["bare_w2"] = run_step(["bare", str(slide), store, "2"])
-    report["stage_w2"] = run_step(["stage", str(slide), str(args.out / "bench_stage_w2.zarr"), "2", "process",
-                                   str(args.patch), tm])
-    report["stage_w2_thread"] = run_step(["stage", str(slide), str(args.out / "bench_stage_w2t.zarr"), "2", "thread",
-                                          str(args.patch), tm])
+    steps = {
+        "stage_w1": ["stage", str(slide), store, "1", "process", str(args.patch), tm],
+        "bare_w1": ["bare", str(slide), store, "1"],
+        "stage_w2": ["stage", str(slide), str(args.out / "bench_stage_w2.zarr"), "2", "process", str(args.patch), tm],
+        "bare_w2": ["bare", str(slide), store, "2"],
+        "stage_w2_thread": ["stage", str(slide), str(args.out / "bench_stage_w2t.zarr"), "2", "thread",
+                            str(args.patch), tm],
+    }
+    runs: dict[str, list[dict]] = {k: [] for k in steps}
+    for rep in range(args.repeats):
+        for key, step in steps.items():
+            rec = run_step(step)
+            runs[key].append(rec)
+            print(f"[rep {rep}] {key:<16} {rec.get('n_kept', rec.get('n')):>6} tiles {rec['seconds']:7.2f} s "
+                  f"rss {rec['self_mb']:.0f} MB tree {rec['tree_peak_mb']:.0f} MB", flush=True)
+    for key, recs in runs.items():
+        report[key] = _median_rec(recs)
     if not args.slide and not args.no_half:
         half = build_slide(args.source, args.size // 2, args.out)
         report["stage_w1_half_slide"] = run_step(["stage", str(half), str(args.out / "bench_half.zarr"), "1",
@@ -224,35 +301,41 @@ def main() -> None:
     report["loadavg_end"] = os.getloadavg()
 
     n = report["stage_w1"]["n_kept"]
-    rate = {k: report[k].get("n_kept", report[k].get("n", 0)) / report[k]["seconds"]
-            for k in ("stage_w1", "bare_w1", "bare_w2", "stage_w2", "stage_w2_thread")}
+    rate = {k: report[k].get("n_kept", report[k].get("n", 0)) / report[k]["seconds"] for k in steps}
     report["tiles_per_s"] = rate
-    read_rate = {k: report[k]["n_read"] / report[k]["seconds"] for k in ("stage_w1", "stage_w2", "stage_w2_thread")}
-    report["read_tiles_per_s"] = read_rate
-    cpu_ms = {k: 1000 * report[k]["cpu_s"] / report[k].get("n_kept", report[k].get("n", 1))
-              for k in ("stage_w1", "bare_w1", "bare_w2", "stage_w2", "stage_w2_thread")}
+    cpu_ms = {k: 1000 * report[k]["cpu_s"] / report[k].get("n_kept", report[k].get("n", 1)) for k in steps}
     report["cpu_ms_per_kept_tile"] = cpu_ms
     report["ratios"] = {
-        "stage_w1 / bare_w1 (tiles read incl. rejected)": read_rate["stage_w1"] / rate["bare_w1"],
         "stage_w1 / bare_w1": rate["stage_w1"] / rate["bare_w1"],
         "stage_w2 / stage_w1": rate["stage_w2"] / rate["stage_w1"],
         "stage_w2_thread / stage_w1": rate["stage_w2_thread"] / rate["stage_w1"],
         "bare_w2 / bare_w1": rate["bare_w2"] / rate["bare_w1"],
         "stage_w2 / bare_w2": rate["stage_w2"] / rate["bare_w2"],
     }
-    print(f"\nslide {slide}: {report['stage_w1']['n_grid']} grid tiles, {n} kept, patch {args.patch}, "
-          f"plan {report['stage_w1']['plan']}")
-    print(f"{'step':<18}{'tiles/s':>10}{'seconds':>10}{'CPU ms/tile':>13}{'peak MB self':>14}{'children':>10}")
+    s1 = report["stage_w1"]
+    print(f"\nslide {slide}: {s1['n_grid']} grid tiles, {n} kept, {s1['n_read']} read, {s1['n_checked']} pixel-checked, "
+          f"patch {args.patch}; mask {s1['mask'].get('mask_downsample')}x (level {s1['mask'].get('mask_level')}, "
+          f"{s1['mask'].get('mask_px_per_tile')} px per tile side), margin {s1['mask'].get('tissue_margin')}")
+    print(f"whole call (harness figure: kept tiles / wall of tile_slide), medians of {args.repeats}:")
+    print(f"{'step':<18}{'tiles/s':>10}{'seconds':>10}{'CPU ms/tile':>13}{'RSS MB':>9}{'tree MB':>9}  runs")
     for k in rate:
         r = report[k]
-        print(f"{k:<18}{rate[k]:>10.1f}{r['seconds']:>10.1f}{cpu_ms[k]:>13.2f}{r['self_mb']:>14.0f}{r['children_mb']:>10.0f}")
-    print(f"CPU-time ratio bare_w1 / stage_w1 (per kept tile, load-independent): "
-          f"{cpu_ms['bare_w1'] / cpu_ms['stage_w1']:.2f}")
+        print(f"{k:<18}{rate[k]:>10.1f}{r['seconds']:>10.2f}{cpu_ms[k]:>13.2f}{r['self_mb']:>9.0f}{r['tree_peak_mb']:>9.0f}"
+              f"  {r['runs_s']}")
     if "stage_w1_half_slide" in report:
         h = report["stage_w1_half_slide"]
-        print(f"{'stage_w1 (half)':<18}{h['n_kept'] / h['seconds']:>10.1f}{h['seconds']:>10.1f}{h['self_mb']:>14.0f}{h['children_mb']:>10.0f}")
+        print(f"{'stage_w1 (half)':<18}{h['n_kept'] / h['seconds']:>10.1f}{h['seconds']:>10.2f}{'':>13}"
+              f"{h['self_mb']:>9.0f}{h['tree_peak_mb']:>9.0f}")
     for k, v in report["ratios"].items():
-        print(f"ratio {k:<48}{v:6.2f}")
+        print(f"ratio {k:<32}{v:6.2f}")
+    print("\nper-stage split of tile_slide (seconds; ms per kept tile; read/check/encode summed over workers):")
+    print(f"{'stage':<10}" + "".join(f"{k:>22}" for k in ("stage_w1", "stage_w2", "stage_w2_thread")))
+    for st in STAGE_KEYS:
+        cells = []
+        for k in ("stage_w1", "stage_w2", "stage_w2_thread"):
+            v = report[k]["stages"].get(st, 0.0)
+            cells.append(f"{v:>10.3f} s {1000 * v / max(1, report[k]['n_kept']):>6.2f} ms")
+        print(f"{st:<10}" + "".join(f"{c:>22}" for c in cells))
     if "codecs" in report:
         print(f"\ncodecs ({report['codecs']['n_tiles']} tiles of {report['codecs']['tile_size']}², "
               f"{report['codecs']['n_reads']} random single-tile reads)")
