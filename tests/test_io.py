@@ -130,6 +130,37 @@ def test_direct_tiles_fall_back_to_openslide_on_any_difference(tmp_path: Path, m
     np.testing.assert_array_equal(rgb_view(px, order), r.read_region(0, 0, 0, 256, 256))
 
 
+def test_direct_tiles_cache_partial_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sub-tile reads decode each TIFF tile once (LRU cache), whole-tile reads are not cached and
+    return the decoder's (read-only) array; read_region's result is always the caller's."""
+    import stainshift.io as sio
+
+    base = _rgb(512, 512, seed=4)
+    path = tmp_path / "g.tiff"
+    tifffile.imwrite(path, base, tile=(256, 256), photometric="rgb", compression="jpeg",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    r = open_slide(path)
+    assert r._direct is not None
+    calls = []
+    lv = r._direct.levels[0]
+    real = lv["decode"]
+    lv["decode"] = lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1]
+    ref = r.read_region(0, 0, 0, 512, 512)  # whole tiles (+ the one verification read through OpenSlide)
+    n0 = len(calls)
+    subs = [r.read_region_raw(x, y, 0, 64, 64) for y in range(0, 256, 64) for x in range(256, 512, 64)]
+    assert len(calls) - n0 == 1 and r._direct._cache_bytes == 256 * 256 * 3  # tile 1 decoded once, cached
+    for (px, order), (y, x) in zip(subs, [(y, x) for y in range(0, 256, 64) for x in range(256, 512, 64)]):
+        assert order == "RGB"  # a crop: a fresh array
+        np.testing.assert_array_equal(px, ref[y : y + 64, x : x + 64])
+    whole, _ = r.read_region_raw(0, 256, 0, 256, 256)
+    assert not whole.flags.writeable and r._direct._cache_bytes == 256 * 256 * 3  # not cached
+    region = r.read_region(0, 256, 0, 256, 256)
+    region[0, 0] = 0  # the caller's copy
+    monkeypatch.setattr(sio, "DIRECT_CACHE_BYTES", 0)
+    r.read_region_raw(300, 300, 0, 10, 10)
+    assert r._direct._cache_bytes == 0
+
+
 def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(SlideReadError, match=r"nope\.svs: file not found"):
         open_slide(tmp_path / "nope.svs")

@@ -32,7 +32,9 @@ import ctypes
 import math
 import os
 import sys
+import threading
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ __all__ = ["SlideReader", "SlideReadError", "open_slide", "PLAIN_IMAGE_SUFFIXES"
 
 CHANNEL_ORDERS = ("RGB", "BGRX")
 DIRECT_TIFF_TILES = os.environ.get("STAINSHIFT_DIRECT_TIFF", "1") != "0"  # _DirectJpegTiles (off: OpenSlide only)
+DIRECT_CACHE_BYTES = 32 << 20  # decoded partially-read TIFF tiles kept per reader (as OpenSlide's default cache)
 STRIP_PIXELS = 1 << 22  # whole-level reads go in row strips of at most this many level pixels (16 MB RGBA)
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -115,7 +118,8 @@ class SlideReader:
     def read_region_raw(self, x0: int, y0: int, level: int, w: int, h: int) -> tuple[np.ndarray, str]:
         """Like :meth:`read_region`, without a conversion: ``(pixels, order)`` where ``pixels`` is
         (h, w, 3) for ``order == "RGB"`` or (h, w, 4) for ``"BGRX"`` (opaque; the 4th byte is
-        ignored). :func:`rgb_view` gives an RGB view of either without copying."""
+        ignored). :func:`rgb_view` gives an RGB view of either without copying. The array may be
+        read-only (a decoder's or the tile cache's own): copy before modifying it."""
         if not 0 <= level < self.level_count:
             raise SlideReadError(f"{self.path}: level {level} does not exist ({self.level_count} levels)")
         if w <= 0 or h <= 0:
@@ -248,8 +252,9 @@ class _DirectJpegTiles:
     the decode alone). Used by :class:`OpenSlideReader` for regions inside a level whose TIFF page
     it can match exactly (same size, tiled, 8-bit 3-sample contiguous JPEG), at integral level
     coordinates; everything else goes through OpenSlide. The first read of every level is compared
-    with OpenSlide's pixels and the level falls back to OpenSlide for good on any difference, so
-    the pixels are OpenSlide's either way. Reads use ``os.pread`` (thread-safe, no shared offset).
+    with OpenSlide's pixels (up to one TIFF tile of it) and the level falls back to OpenSlide for good
+    on any difference. Decoded tiles are read-only; those read only in part (tiles smaller than the
+    TIFF's, or straddling) stay in an LRU cache of ``DIRECT_CACHE_BYTES`` for the neighbouring reads. Reads use ``os.pread`` (thread-safe, no shared offset).
     """
 
     def __init__(self, path: Path, level_dimensions: tuple[tuple[int, int], ...]) -> None:
@@ -257,6 +262,9 @@ class _DirectJpegTiles:
 
         self._tif = tifffile.TiffFile(str(path))
         self._fd = os.open(str(path), os.O_RDONLY)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # partially read tiles, LRU
+        self._cache_bytes = 0
         self.levels: dict[int, dict[str, Any]] = {}
         pages = [pg for pg in self._tif.pages]
         for level, (w, h) in enumerate(level_dimensions):
@@ -274,13 +282,30 @@ class _DirectJpegTiles:
                 "tables": pg.jpegtables, "decode": pg.decode, "verified": False,
             }
 
-    def _tile(self, lv: dict[str, Any], index: int) -> np.ndarray | None:
+    def _tile(self, lv: dict[str, Any], index: int, cache: bool = False) -> np.ndarray | None:
+        """Decoded tile ``index`` (read-only); ``cache``: keep it for the next partial reads."""
+        key = (id(lv), index)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         n = int(lv["counts"][index])
         if n <= 0:
             return None  # sparse tile: let OpenSlide render it
         data = os.pread(self._fd, n, int(lv["offsets"][index]))
         arr = lv["decode"](data, index, jpegtables=lv["tables"])[0]
-        return None if arr is None else arr.reshape(arr.shape[-3:])
+        if arr is None:
+            return None
+        arr = arr.reshape(arr.shape[-3:])
+        arr.flags.writeable = False
+        if cache:
+            with self._lock:
+                self._cache[key] = arr
+                self._cache_bytes += arr.nbytes
+                while self._cache_bytes > DIRECT_CACHE_BYTES and self._cache:
+                    self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return arr
 
     def read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray | None:
         """RGB (h, w, 3) of level pixels [lx, lx + w) x [ly, ly + h), or None (not servable here)."""
@@ -294,7 +319,8 @@ class _DirectJpegTiles:
         out = np.empty((h, w, 3), np.uint8)
         for ty in range(ty0, ty1 + 1):
             for tx in range(tx0, tx1 + 1):
-                tile = self._tile(lv, ty * lv["across"] + tx)
+                partial = lx > tx * tw or ly > ty * th or lx + w < (tx + 1) * tw or ly + h < (ty + 1) * th
+                tile = self._tile(lv, ty * lv["across"] + tx, cache=partial)
                 if tile is None or tile.shape[0] < th or tile.shape[1] < tw:
                     return None
                 ya, yb = max(ly, ty * th), min(ly + h, (ty + 1) * th)
@@ -357,7 +383,8 @@ class OpenSlideReader(SlideReader):
 
     def _read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
         pixels, order = self._read_raw(x0, y0, level, w, h)
-        return rgb_array(pixels, order)
+        out = rgb_array(pixels, order)
+        return out if out.flags.writeable else out.copy()  # read_region's result is the caller's
 
     def _read_raw(self, x0: int, y0: int, level: int, w: int, h: int) -> tuple[np.ndarray, str]:
         direct = self._direct
@@ -370,14 +397,15 @@ class OpenSlideReader(SlideReader):
                     lv = direct.levels[level]
                     if lv["verified"]:
                         return pixels, "RGB"
-                    ref, order = self._read_openslide(x0, y0, level, w, h)
-                    if np.array_equal(rgb_view(ref, order), pixels):
+                    # first read of the level: compare (at most) one TIFF tile's worth with OpenSlide
+                    vw, vh = min(w, lv["tw"]), min(h, lv["th"])
+                    ref, order = self._read_openslide(x0, y0, level, vw, vh)
+                    if np.array_equal(rgb_view(ref, order), pixels[:vh, :vw]):
                         lv["verified"] = True
                         return pixels, "RGB"
                     del direct.levels[level]  # differs from OpenSlide: OpenSlide for this level from now on
                     warnings.warn(f"{self.path}: level {level} direct JPEG tile decoding differs from OpenSlide; "
                                   f"using OpenSlide", stacklevel=2)
-                    return ref, order
         return self._read_openslide(x0, y0, level, w, h)
 
     def _read_openslide(self, x0: int, y0: int, level: int, w: int, h: int) -> tuple[np.ndarray, str]:
