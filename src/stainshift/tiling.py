@@ -75,6 +75,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -726,7 +727,9 @@ def _executor(cfg: TilingConfig, path: str, mpp: float | None) -> Executor | Non
     # Snakemake `script:` is the whole job (workers crashed). Workers only use openslide/tifffile,
     # numpy and imagecodecs and open their own reader, so forking the parent is safe here.
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    return ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(path, mpp))
+    ex = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(path, mpp))
+    ex.submit(int)  # start the workers now: they open the slide while the parent computes the mask
+    return ex
 
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # level-0 coords, mask fractions, check flags
@@ -790,12 +793,16 @@ def tile_slide(
     cfg = config if isinstance(config, TilingConfig) else TilingConfig.from_dict(config)
     slide_path = Path(slide_path)
     notes: list[str] = []
-    with open_slide(slide_path, mpp) as reader:
+    with ExitStack() as stack:
+        reader = stack.enter_context(open_slide(slide_path, mpp))
         plan = plan_read(reader, cfg.target_mpp, cfg.patch_size, cfg.stride, cfg.allow_upsample)
         log.info("%s: %s, levels %s, mpp %.4f -> read plan %s", slide_id, reader.backend,
                  reader.level_dimensions, plan.mpp_level0, asdict(plan))
         dims0 = reader.dimensions
         grid = tile_grid(dims0, plan)
+        executor = _executor(cfg, str(slide_path), mpp)
+        if executor is not None:
+            stack.callback(executor.shutdown, wait=True, cancel_futures=True)
         t0 = clock()
         stages["open"] = t0 - t_start
         tmap = tissue_map(reader, plan, cfg)
@@ -875,7 +882,6 @@ def tile_slide(
         tw = clock()
         with StoreWriter(out_store, patch_size=cfg.patch_size, attrs=attrs, codec=cfg.codec,
                          jpeg_quality=cfg.jpeg_quality, shard_tiles=cfg.shard_tiles) as writer:
-            executor = _executor(cfg, str(slide_path), mpp)
             bar = None
             if progress:
                 from tqdm.auto import tqdm
