@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stainshift.methods.base import LARS, build_optimizer, build_scheduler, lr_factor
-from stainshift.methods.losses import barlow_twins, nt_xent
+from stainshift.methods.losses import barlow_twins, barlow_twins_terms, nt_xent
 
 torch.set_num_threads(1)
 
@@ -60,6 +60,16 @@ def test_barlow_twins_matches_formula() -> None:
     q, _ = torch.linalg.qr(torch.randn(16, 4, generator=g).double())
     q = (q - q.mean(0)).float()
     assert float(barlow_twins(q, q, 0.005)) < 0.3
+
+
+def test_barlow_twins_terms() -> None:
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g)
+    on, off = barlow_twins_terms(z1, z2)
+    assert float(barlow_twins(z1, z2, 0.01)) == pytest.approx(float(on + 0.01 * off), rel=1e-6)
+    assert 6.0 < float(on) < 10.0  # unrelated views: Σ(1 − C_ii)² ≈ d = 8
+    on_same, _ = barlow_twins_terms(z1, z1)
+    assert float(on_same) < 1e-6
 
 
 def test_lars_step_matches_formula() -> None:

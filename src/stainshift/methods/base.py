@@ -36,6 +36,13 @@ images (they normalise internally).
 - ``export_encoder() -> nn.Module``: the module saved as the pretrained encoder (default
   ``self.encoder``); it must have ``.spec`` (a dict accepted by ``build_encoder``) and ``.out_dim``.
 - optional ``on_epoch_end(epoch)``.
+- ``learning_check(history) -> list[str]``: the reasons a finished run did not learn (empty list =
+  learned), from the per-epoch rows of :func:`stainshift.train.fit`; override ``learning_rules``
+  to add a method's rules. Each method logs its loss terms, their chance levels (``*_chance``) and
+  the collapse statistic ``emb_std`` (see :func:`stainshift.methods.losses.embedding_spread`) per
+  step so the rules can be checked.
+- ``native_classifier() -> nn.Module | None``: the method's own end-to-end-trained classifier
+  (seed 000's models: :class:`stainshift.models.Classifier` with the method's head), else None.
 - ``seed_defaults``: the seed paper's parameters (DESIGN.md "Methods"); the config overlays them
   (:func:`stainshift.train.method_config`: seed_defaults ← ``pretrain.defaults`` ← ``pretrain.<name>``).
 
@@ -209,6 +216,85 @@ class Method(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:  # noqa: B027 - optional hook
         """Optional hook after every epoch."""
+
+    def native_classifier(self) -> nn.Module | None:
+        """The classifier this method trained end to end (encoder + its own head), or None.
+
+        Supervised seed-000 methods override it; self-supervised methods have none (their
+        downstream is a probe or fine-tuning on the exported encoder).
+        """
+        return None
+
+    @classmethod
+    def learning_check(cls, history: list[dict[str, Any]]) -> list[str]:
+        """Reasons the run did not learn, from :func:`stainshift.train.fit`'s per-epoch rows; an
+        empty list means it learned.
+
+        A run that saw fewer than :data:`MIN_JUDGED_IMAGES` = 1,000 training images in all (the
+        rows' ``images``) is too short to judge — a loss at chance after a few steps says nothing
+        about the recipe — and gets no reasons. Otherwise the method's :meth:`learning_rules` apply.
+        """
+        if any("images" in row for row in history):
+            if sum(float(row.get("images", 0)) for row in history) < MIN_JUDGED_IMAGES:
+                return []
+        return cls.learning_rules(history)
+
+    @classmethod
+    def learning_rules(cls, history: list[dict[str, Any]]) -> list[str]:
+        """The rules of :meth:`learning_check`. Base rule (every method): the encoder features
+        collapsed — the last epoch's ``emb_std`` (√d · mean per-dimension std of the L2-normalised
+        features, :func:`stainshift.methods.losses.embedding_spread`) is below
+        :data:`COLLAPSE_THRESHOLD` = 0.05 (random and trained ResNets give 0.3–0.7 on H&E crops; a
+        collapsed encoder → 0). Subclasses extend it with their loss rules."""
+        return check_collapse(history, "emb_std", COLLAPSE_THRESHOLD)
+
+
+# ---------------------------------------------------------------------------------------------
+# learning checks (rules over the per-epoch history rows of stainshift.train.fit)
+# ---------------------------------------------------------------------------------------------
+#: runs with fewer training images in all are not judged by learning_check
+MIN_JUDGED_IMAGES = 1000
+#: ``emb_std`` / ``proj_std`` below this = collapse (1 = isotropic spread, 0 = one point)
+COLLAPSE_THRESHOLD = 0.05
+#: a contrastive loss within this fraction of its chance level log(2N − 1) did not learn
+CONTRASTIVE_CHANCE_MARGIN = 0.02
+#: a cross-entropy above this fraction of its chance level (label entropy) did not learn
+CE_CHANCE_FRACTION = 0.95
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float | None:
+    """The last epoch's finite value of ``key`` (None when absent)."""
+    if not history or key not in history[-1]:
+        return None
+    value = float(history[-1][key])
+    return value if math.isfinite(value) else None
+
+
+def check_collapse(history: list[dict[str, Any]], key: str, threshold: float) -> list[str]:
+    """``[reason]`` when the last epoch's spread statistic ``key`` is below ``threshold``."""
+    value = _last(history, key)
+    if value is not None and value < threshold:
+        return [f"{key} = {value:.3g} < {threshold:g} at the last epoch: the embeddings collapsed"]
+    return []
+
+
+def check_chance(history: list[dict[str, Any]], key: str, chance_key: str, fraction: float) -> list[str]:
+    """``[reason]`` when the last epoch's loss ``key`` ≥ ``fraction`` × its chance level ``chance_key``."""
+    value, chance = _last(history, key), _last(history, chance_key)
+    if value is not None and chance is not None and chance > 0 and value >= fraction * chance:
+        return [f"{key} = {value:.4g} is not below {fraction:g} × its chance level {chance:.4g} "
+                f"({chance_key}) at the last epoch: it did not learn"]
+    return []
+
+
+def check_decrease(history: list[dict[str, Any]], key: str, fraction: float) -> list[str]:
+    """``[reason]`` when the last epoch's ``key`` is not below ``fraction`` × the first epoch's."""
+    if len(history) < 2 or key not in history[0]:
+        return []
+    first, last = float(history[0][key]), _last(history, key)
+    if last is not None and math.isfinite(first) and first > 0 and last >= fraction * first:
+        return [f"{key} fell from {first:.4g} to {last:.4g} only, not below {fraction:g} × its first epoch"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------

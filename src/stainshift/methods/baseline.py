@@ -8,15 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from stainshift.augment import build_views
-from stainshift.methods.base import Method, StepContext, register_method
-from stainshift.models import build_encoder
+from stainshift.methods.base import CE_CHANCE_FRACTION, Method, StepContext, check_chance, register_method
+from stainshift.methods.losses import embedding_spread, label_entropy
+from stainshift.models import Classifier, build_encoder, build_head
 
 
 @register_method("baseline")
 class Baseline(Method):
-    """Encoder + linear classifier trained with CE (tiles with label −1 are ignored).
+    """Encoder + linear head trained with CE, L = 1/B Σ_i CE(f(aug(x_i)), y_i) (label −1 ignored).
 
-    cfg keys: ``encoder`` (spec), ``image_size``, ``views`` (BaselineAug kwargs), ``label_smoothing``.
+    Seed 000's "baseline": the same encoder, optimizer and augmentations as its stain-embedding
+    model, without ℓ_c. cfg keys: ``encoder`` (spec), ``image_size``, ``views``
+    (:class:`stainshift.augment.BaselineAug` kwargs), ``label_smoothing``. Logged per step:
+    ``loss``, ``ce_chance`` (label entropy of the batch), ``acc``, ``emb_std``.
     """
 
     supervised = True
@@ -30,7 +34,7 @@ class Baseline(Method):
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.encoder = build_encoder(cfg["encoder"])
-        self.head = nn.Linear(self.encoder.out_dim, num_classes)
+        self.head = build_head({"kind": "linear", "in_dim": self.encoder.out_dim, "num_classes": num_classes})
         self.views = build_views("baseline", int(cfg["image_size"]), cfg.get("views"))
         self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
 
@@ -38,12 +42,24 @@ class Baseline(Method):
         x = self.views(batch["image"])
         labels = batch["label"]
         with ctx.autocast():
-            logits = self.head(self.encoder(x))
+            h = self.encoder(x)
+            logits = self.head(h)
+        stats = {"ce_chance": label_entropy(labels, self.num_classes), "emb_std": embedding_spread(h)}
         valid = labels >= 0
         if not bool(valid.any()):
             # keep every parameter in the graph (DDP) while contributing nothing
             loss = logits.float().sum() * 0.0
-            return {"loss": loss, "acc": torch.zeros((), device=loss.device)}
+            return {"loss": loss, "acc": torch.zeros((), device=loss.device), **stats}
         loss = F.cross_entropy(logits.float(), labels, ignore_index=-1, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(1)[valid] == labels[valid]).float().mean()
-        return {"loss": loss, "acc": acc.detach()}
+        return {"loss": loss, "acc": acc.detach(), **stats}
+
+    def native_classifier(self) -> nn.Module:
+        """Seed 000's downstream for its baseline: the encoder with the head trained end to end."""
+        return Classifier(self.encoder, self.num_classes, head=self.head)
+
+    @classmethod
+    def learning_rules(cls, history: list[dict[str, Any]]) -> list[str]:
+        """Base collapse rule, plus: CE not below ``CE_CHANCE_FRACTION`` = 0.95 × the label entropy of
+        the batches (``ce_chance``: the CE of predicting the class frequencies, ≤ log C)."""
+        return super().learning_rules(history) + check_chance(history, "loss", "ce_chance", CE_CHANCE_FRACTION)

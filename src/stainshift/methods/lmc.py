@@ -6,28 +6,37 @@ from typing import Any
 import torch
 
 from stainshift.augment import build_views
-from stainshift.methods.base import Method, StepContext, register_method
-from stainshift.methods.losses import barlow_twins, gather
+from stainshift.methods.base import Method, StepContext, check_chance, check_decrease, register_method
+from stainshift.methods.losses import barlow_twins_terms, embedding_spread, gather
 from stainshift.models import build_encoder, mlp
+
+#: the Barlow Twins loss must end below this fraction of its first epoch's value
+BT_DECREASE_FRACTION = 0.8
+#: the invariance term Σ(1 − C_ii)² must end below this fraction of d (its value for independent views)
+BT_INVARIANCE_FRACTION = 0.5
 
 
 @register_method("lmc")
 class LMC(Method):
-    """Latent manifold compaction: H&E-space views (α, β ~ U[0.5, 2]) + Barlow Twins.
+    """Latent manifold compaction: two views with H&E scaled by α, β ~ U[0.5, 2] + Barlow Twins,
+    L = Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij² on the projections (seed 003).
 
-    cfg keys: ``encoder``, ``views`` (HEViews kwargs), ``lambd`` (0.005), ``proj_dim``,
-    ``proj_hidden``, ``proj_layers`` (projector Linear-BN-ReLU … Linear; ``proj_bn``). Under DDP the
-    cross-correlation uses the gathered global batch. The seed gives no projector; the Barlow Twins
-    reference uses a 3-layer 8192-wide one — the default here is 2 layers of 2048 (configurable).
+    cfg keys: ``encoder`` (seed: ViT-tiny; any registered arch, e.g. a ResNet for CPU budgets),
+    ``views`` (:class:`stainshift.augment.HEViews` kwargs; flips / rot90 are off in the seed),
+    ``lambd`` (0.005), ``proj_dim``, ``proj_hidden``, ``proj_layers`` (projector Linear-BN-ReLU …
+    Linear; ``proj_bn``). Under DDP the cross-correlation uses the gathered global batch. The seed
+    gives no projector; the Barlow Twins reference uses a 3-layer 8192-wide one — the default here
+    is 2 layers of 2048 (configurable). Logged per step: ``loss``, ``loss_on`` (invariance term)
+    with ``loss_on_chance`` = d, ``loss_off`` (λ × redundancy term), ``emb_std``, ``proj_std``.
     """
 
     # seed 003: ViT-tiny (12 blocks, 3 heads, dim 192), AdamW wd 0.01, batch 32, warm-up → 1e-4 →
-    # anneal to 1e-7, λ 0.005, α, β ~ U[0.5, 2], 256 px patches (patch size 16).
+    # anneal to 1e-7, λ 0.005, α, β ~ U[0.5, 2] (no other augmentation stated), 256 px patches.
     seed_defaults = {
         "encoder": {"arch": "vit_tiny", "patch": 16}, "epochs": 100, "batch_size": 32, "optimizer": "adamw",
         "lr": 1e-4, "weight_decay": 0.01, "schedule": "wsa", "warmup_epochs": 10, "anneal_fraction": 0.2,
         "final_lr": 1e-7, "lambd": 0.005, "proj_hidden": 2048, "proj_dim": 2048, "proj_layers": 2,
-        "proj_bn": True, "views": {"alpha_range": [0.5, 2.0], "beta_range": [0.5, 2.0], "flip_p": 0.5, "rot90": True},
+        "proj_bn": True, "views": {"alpha_range": [0.5, 2.0], "beta_range": [0.5, 2.0], "flip_p": 0.0, "rot90": False},
     }
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
@@ -43,7 +52,20 @@ class LMC(Method):
         images = batch["image"]
         x1, x2 = self.views(images), self.views(images)
         with ctx.autocast():
-            z1 = self.projector(self.encoder(x1))
+            h1 = self.encoder(x1)
+            z1 = self.projector(h1)
             z2 = self.projector(self.encoder(x2))
-        loss = barlow_twins(gather(z1.float()), gather(z2.float()), self.lambd)
-        return {"loss": loss}
+        z1, z2 = gather(z1.float()), gather(z2.float())
+        on_diag, off_diag = barlow_twins_terms(z1, z2)
+        loss = on_diag + self.lambd * off_diag
+        return {"loss": loss, "loss_on": on_diag.detach(), "loss_on_chance": torch.tensor(float(z1.shape[1])),
+                "loss_off": (self.lambd * off_diag).detach(), "emb_std": embedding_spread(h1),
+                "proj_std": embedding_spread(z1)}
+
+    @classmethod
+    def learning_rules(cls, history: list[dict[str, Any]]) -> list[str]:
+        """Base collapse rule, plus: the loss did not fall below ``BT_DECREASE_FRACTION`` = 0.8 × its
+        first epoch, or the invariance term Σ(1 − C_ii)² is still ≥ ``BT_INVARIANCE_FRACTION`` = 0.5
+        × d (d = its value for unrelated views) at the last epoch."""
+        return (super().learning_rules(history) + check_decrease(history, "loss", BT_DECREASE_FRACTION)
+                + check_chance(history, "loss_on", "loss_on_chance", BT_INVARIANCE_FRACTION))
