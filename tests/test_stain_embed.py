@@ -12,10 +12,10 @@ from stainshift.methods.base import StepContext, build_method
 from stainshift.methods.stain_embed import (
     LayerTap,
     StainBatchNormalizer,
+    latent_embedding_chance,
     latent_embedding_loss,
+    latent_positive_accuracy,
     negative_indices,
-    nt_xent_loss,
-    paired_augment,
     paired_ce_loss,
 )
 
@@ -82,19 +82,30 @@ def test_sampled_negatives_fixed_count_and_loss() -> None:
         negative_indices(1)
 
 
-def test_nt_xent_matches_loop_and_training_core() -> None:
+def test_ours_c_nt_xent_is_the_shared_one_on_flattened_maps() -> None:
+    """Ours(c) uses losses.nt_xent on the flattened layer-l maps: check it against the loop."""
     from stainshift.methods.losses import nt_xent
 
     g = torch.Generator().manual_seed(2)
-    z1, z2 = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
-    w = torch.cat([z1, z2])
+    z1, z2 = torch.randn(4, 3, 2, generator=g), torch.randn(4, 3, 2, generator=g)
+    w = torch.cat([z1.flatten(1), z2.flatten(1)])
     total = 0.0
     for k in range(8):
         p = (k + 4) % 8
         den = sum(math.exp(_cos(w[k], w[m]) / 0.7) for m in range(8) if m != k)
         total += -math.log(math.exp(_cos(w[k], w[p]) / 0.7) / den)
-    assert float(nt_xent_loss(z1, z2, 0.7)) == pytest.approx(total / 8, rel=1e-5)
-    assert float(nt_xent_loss(z1, z2, 0.7)) == pytest.approx(float(nt_xent(z1, z2, 0.7)), rel=1e-6)
+    assert float(nt_xent(z1, z2, 0.7)) == pytest.approx(total / 8, rel=1e-5)
+
+
+def test_latent_embedding_chance_and_positive_accuracy() -> None:
+    z = torch.ones(5, 4)  # every embedding identical: ℓ_c = log 2(B−1) per anchor
+    assert float(latent_embedding_loss(z, z, reduction="mean")) == pytest.approx(latent_embedding_chance(5), rel=1e-6)
+    assert latent_embedding_chance(5, reduction="sum") == pytest.approx(5 * math.log(8))
+    assert latent_embedding_chance(5, num_negatives=3) == pytest.approx(math.log(3))
+    assert float(latent_positive_accuracy(z, z)) == 0.0  # ties count against the positive
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(5, 16, generator=g)
+    assert float(latent_positive_accuracy(u, u + 0.01 * torch.randn(5, 16, generator=g))) == 1.0
 
 
 def test_paired_ce_is_mean_over_both_batches_and_ignores_unknown() -> None:
@@ -123,18 +134,19 @@ def test_layer_tap_captures_stage_map_with_gradient() -> None:
         LayerTap(enc, "stages.9")
 
 
-def test_paired_augment_shares_geometry() -> None:
-    g = torch.Generator().manual_seed(5)
-    x = torch.rand(6, 3, 16, 16, generator=g)
-    a, b = paired_augment([x, x.clone()], generator=torch.Generator().manual_seed(1), p=1.0, noise_std=0.0)
-    assert torch.equal(a, b)  # same flips / rotation / crop for x_i and x̄_i
-    assert not torch.allclose(a, x)
-    same = paired_augment([x], generator=torch.Generator().manual_seed(1), p=0.0)[0]
-    assert torch.equal(same, x)
-    noisy = paired_augment([x], generator=torch.Generator().manual_seed(1), p=1.0, rotation=0.0, crop_min=1.0,
-                           noise_std=0.08)[0]
-    diff = noisy - x.flip(-1).flip(-2)
-    assert 0.03 < float(diff.std()) < 0.09  # σ = 0.08 before clipping to [0, 1]
+def test_views_share_geometry_between_raw_and_normalized() -> None:
+    """x_i and x̄_i get one geometric draw (the seed-000 set from stainshift.augment), noise per view."""
+    from stainshift.augment import BaselineAug
+
+    torch.manual_seed(1)
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    a, b = BaselineAug(16, p=1.0, noise_std=0.0).views(x, x.clone())
+    assert torch.equal(a, b) and not torch.allclose(a, x.float() / 255)
+    a, b = BaselineAug(16, p=1.0, rotation=0.0, crop_min=1.0, noise_std=0.08).views(x, x.clone())
+    flipped = (x.float() / 255).flip(-1).flip(-2)  # p = 1: both flips, for both views
+    for v in (a, b):
+        assert 0.03 < float((v - flipped).std()) < 0.09  # σ = 0.08 before clipping to [0, 1]
+    assert not torch.equal(a, b)  # independent noise per view
 
 
 class _ShiftNormalizer:
@@ -149,6 +161,16 @@ class _ShiftNormalizer:
     def transform(self, batch: torch.Tensor) -> torch.Tensor:
         f = torch.as_tensor(batch).float()
         return (f - f.mean(dim=(1, 2), keepdim=True) + self.mean).clamp(0, 255).round().to(torch.uint8)
+
+
+def test_second_normalizer_differs_in_method_and_reference() -> None:
+    norm = StainBatchNormalizer(methods=("a", "b", "c"), factory=lambda name: _ShiftNormalizer())
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        m, r = norm.draw(4, g, exclude=1, exclude_method="b")
+        assert m != "b" and r != 1
+    only = StainBatchNormalizer(methods=("a",), factory=lambda name: _ShiftNormalizer())
+    assert only.draw(4, g, exclude_method="a")[0] == "a"  # no other candidate: the same method
 
 
 def test_batch_normalizer_draws_reference_from_batch_and_falls_back() -> None:
@@ -185,7 +207,8 @@ def test_method_step_trains(name: str) -> None:
     losses = []
     for _ in range(6):
         out = method.training_step(batch, ctx)
-        assert torch.isfinite(out["loss"]) and {"loss_c", "loss_e", "norm_s"} <= set(out)
+        assert torch.isfinite(out["loss"])
+        assert {"loss_c", "loss_c_chance", "loss_e", "ce_chance", "pos_acc", "emb_std", "proj_std", "norm_s"} <= set(out)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -195,7 +218,7 @@ def test_method_step_trains(name: str) -> None:
 
 def test_method_rejects_unknown_layer() -> None:
     with pytest.raises(ValueError, match="not found"):
-        build_method("stain_embed", {"embed_layer": "encoder.nope"}, num_classes=2)
+        build_method("stain_embed", {"embed_layer": "encoder.nope", "image_size": 16}, num_classes=2)
 
 
 def test_real_normalizers_on_real_tiles(shared_data) -> None:  # noqa: ANN001 - fixture
@@ -214,7 +237,7 @@ def test_real_normalizers_on_real_tiles(shared_data) -> None:  # noqa: ANN001 - 
         outs = {}
         for backend in ("numpy", "torch"):
             norm = StainBatchNormalizer(methods=(method,), backend=backend)
-            norm.draw = lambda b, generator=None, exclude=None: (method, b - 1)  # reference: the TUPAC tile
+            norm.draw = lambda b, generator=None, exclude=None, exclude_method=None: (method, b - 1)  # the TUPAC tile
             outs[backend] = norm(batch)
             assert not norm.last_failed and norm.last_reference == 5
         out = outs["numpy"]

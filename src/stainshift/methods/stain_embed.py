@@ -15,8 +15,16 @@ Seed 000 (Tiard et al., "stain normalization latent embedding"), Sec. II and III
 * Narrow ResNet18 (32/64/128/256/256 filters, leaky ReLU), FC 256 → 512 → logits; Adam
   (β = 0.9, 0.999), lr 1e-4 → 1e-5 after 35 of 60 epochs, batch 20; augmentations each with
   p = 0.5: h/v flips, rotation ±20°, Gaussian noise σ = 0.08, crops up to 90 % of the side.
-* "Ours(c)" (Sec. III): both batches are normalized (different random targets / methods) and
-  trained with a contrastive (NT-Xent) objective instead of the raw-anchored ℓ_c.
+* "Ours(c)" (Sec. III): "we transform both batches ... through different normalization functions
+  with respect to different targets" and train with a contrastive (NT-Xent) objective instead of
+  the raw-anchored ℓ_c: here g₂ ≠ g₁ and x_r₂ ≠ x_r₁ whenever the candidates allow.
+
+Reduction of ℓ_c (our choice, ``contrastive_reduction: mean``): Eq. 1 is written as a sum over the
+B anchors while Eq. 3 is a mean, so with w_c = w_e = 1 the sum weighs the embedding term B times
+the per-sample CE (B = 20: ℓ_c ≈ 20 · log 38 ≈ 73 at chance against ℓ_e ≈ 0.5) and the label signal
+is lost (measured: docs/methods.md). We take the mean over anchors — the same as the sum with
+w_c = 1/B — so both terms are per-sample averages and w_c = w_e = 1 weighs them equally at any
+batch size. ``contrastive_reduction: sum`` restores the literal Eq. 1.
 
 The Discussion notes the negatives' memory grows as B²; ``num_negatives`` samples a fixed number
 of negatives per anchor (uniformly, without replacement) instead of all 2(B−1). Here the B × 2B
@@ -24,12 +32,16 @@ cosine matrix comes from one matrix product of the normalised embeddings (B·2B 
 per-pair tensors), so memory is dominated by the 2B layer-l maps themselves; sampling is offered
 as the paper's mitigation of the objective, not needed for memory at the demo's sizes.
 
+Augmentations: :class:`stainshift.augment.BaselineAug` (the seed's set, the same as ``baseline``)
+applied to [X; X̄] with one geometric draw, so x_i and x̄_i stay the same sample.
+
 Step-time note: X̄ is computed once per step by the stain library (numpy path for CPU batches,
 torch path on the batch's GPU); the seconds spent are logged per step as ``norm_s`` in the
 pretrain ``metrics.csv`` so the normalization share of the step time is visible in every run.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -39,19 +51,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stainshift.augment import to_float
-from stainshift.methods.base import Method, StepContext, register_method
-from stainshift.methods.losses import gather
-from stainshift.models import build_encoder
+from stainshift.augment import build_views
+from stainshift.methods.base import (CE_CHANCE_FRACTION, CONTRASTIVE_CHANCE_MARGIN, Method, StepContext, check_chance,
+                                     register_method)
+from stainshift.methods.losses import embedding_spread, gather, label_entropy, nt_xent, nt_xent_chance, positive_accuracy
+from stainshift.models import Classifier, build_encoder, build_head
 
 __all__ = [
     "negative_indices",
     "latent_embedding_loss",
-    "nt_xent_loss",
+    "latent_embedding_chance",
     "paired_ce_loss",
     "LayerTap",
     "StainBatchNormalizer",
-    "paired_augment",
     "StainEmbedMethod",
     "StainEmbedContrastiveMethod",
 ]
@@ -125,18 +137,21 @@ def latent_embedding_loss(
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-def nt_xent_loss(z1: Tensor, z2: Tensor, tau: float = 0.70) -> Tensor:
-    """NT-Xent (SimCLR) between two views, used by "Ours(c)" (seed 000, Sec. III).
+def latent_embedding_chance(batch_size: int, num_negatives: int | None = None, reduction: str = "mean") -> float:
+    """ℓ_c of an encoder that maps every image to the same point: log K per anchor (K negatives,
+    2(B−1) by default); × B for ``reduction="sum"``."""
+    k = 2 * (batch_size - 1) if num_negatives is None else min(int(num_negatives), 2 * (batch_size - 1))
+    return math.log(k) * (batch_size if reduction == "sum" else 1)
 
-    For the 2B embeddings w = [z1; z2] (cosine), anchor k's positive is its other view and its
-    denominator every other embedding: L = 1/(2B) Σ_k −log exp(s_{k,p(k)}/τ) / Σ_{m≠k} exp(s_{k,m}/τ).
-    """
-    b = z1.shape[0]
-    w = torch.cat([_flat_normalized(z1), _flat_normalized(z2)], dim=0)
-    sim = w @ w.T / tau
-    sim = sim.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=sim.device), float("-inf"))
-    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(sim.device)
-    return F.cross_entropy(sim, target)
+
+@torch.no_grad()
+def latent_positive_accuracy(z: Tensor, z_bar: Tensor) -> Tensor:
+    """Share of anchors x_i whose x̄_i is strictly more similar than every negative x_j, x̄_j (j ≠ i)."""
+    u, v = _flat_normalized(z), _flat_normalized(z_bar)
+    b = u.shape[0]
+    pos = (u * v).sum(1)
+    neg = (u @ torch.cat([u, v]).T).gather(1, negative_indices(b, device=u.device))
+    return (pos > neg.max(1).values).float().mean()
 
 
 def paired_ce_loss(logits: Tensor, logits_bar: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
@@ -247,21 +262,26 @@ class StainBatchNormalizer:
         return self._cache[name]
 
     def draw(self, batch_size: int, generator: torch.Generator | None = None,
-             exclude: int | None = None) -> tuple[str, int]:
-        """Draw (method name, reference index) with the given generator."""
+             exclude: int | None = None, exclude_method: str | None = None) -> tuple[str, int]:
+        """Draw (method name, reference index ≠ ``exclude``, method ≠ ``exclude_method`` when
+        another candidate has a positive probability) with the given generator."""
         p = torch.tensor(self.probs if self.probs is not None else [1.0] * len(self.methods), dtype=torch.float64)
+        if exclude_method in self.methods:
+            other = p.clone()
+            other[list(self.methods).index(exclude_method)] = 0.0
+            p = other if float(other.sum()) > 0 else p
         m = int(torch.multinomial(p / p.sum(), 1, generator=generator))
         choices = [i for i in range(batch_size) if i != exclude] or list(range(batch_size))
         r = choices[int(torch.randint(len(choices), (1,), generator=generator))]
         return self.methods[m], r
 
     def __call__(self, batch_u8: Tensor, generator: torch.Generator | None = None,
-                 exclude: int | None = None) -> Tensor:
-        """Normalize ``batch_u8`` (N, H, W, 3) uint8 to a random member of itself."""
+                 exclude: int | None = None, exclude_method: str | None = None) -> Tensor:
+        """Normalize ``batch_u8`` (N, H, W, 3) uint8 to a random member of itself (see :meth:`draw`)."""
         n = batch_u8.shape[0]
         self.last_failed = False
         for _ in range(self.max_tries):
-            name, r = self.draw(n, generator, exclude)
+            name, r = self.draw(n, generator, exclude, exclude_method)
             g = self._normalizer(name)
             data = self._backend_input(batch_u8)
             try:
@@ -277,60 +297,6 @@ class StainBatchNormalizer:
 
 
 # --------------------------------------------------------------------------------------------
-# Seed-000 augmentations, identical geometry for x_i and x̄_i
-# --------------------------------------------------------------------------------------------
-def paired_augment(
-    views: Sequence[Tensor],
-    generator: torch.Generator | None = None,
-    p: float = 0.5,
-    rotation: float = 20.0,
-    noise_std: float = 0.08,
-    crop_min: float = 0.9,
-) -> list[Tensor]:
-    """Seed 000's augmentations (each with probability ``p``), the same draw for every view.
-
-    Flips (h and v), rotation in [−``rotation``, ``rotation``]°, a crop of side fraction in
-    [``crop_min``, 1] resized back, zero-mean Gaussian noise σ = ``noise_std``. The geometry is
-    shared so x_i and x̄_i stay the same sample under two stains (the positive pair of Eq. 1);
-    the noise is drawn independently per view. Inputs (N, 3, H, W) float in [0, 1].
-    """
-    import kornia.geometry.transform as KT
-
-    x = torch.cat(list(views), dim=1)  # (N, 3V, H, W): one geometric draw for all views
-    n, _, h, w = x.shape
-    dev = x.device
-
-    def coin() -> Tensor:
-        return (torch.rand(n, generator=generator) < p).to(dev)
-
-    flip_h, flip_v = coin(), coin()
-    x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
-    x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
-    rot, crop = coin(), coin()
-    angle = (torch.rand(n, generator=generator) * 2 - 1).to(dev) * rotation * rot
-    frac = 1 - (torch.rand(n, generator=generator).to(dev) * (1 - crop_min)) * crop
-    if bool(rot.any()) or bool(crop.any()):
-        cx = (w - 1) / 2 + (torch.rand(n, generator=generator).to(dev) - 0.5) * (1 - frac) * (w - 1)
-        cy = (h - 1) / 2 + (torch.rand(n, generator=generator).to(dev) - 0.5) * (1 - frac) * (h - 1)
-        center = torch.stack([cx, cy], dim=1)
-        scale = (1.0 / frac)[:, None].expand(n, 2)
-        mat = KT.get_rotation_matrix2d(center, angle, scale)
-        # move the crop centre to the image centre after rotation+zoom about it
-        mat[:, 0, 2] += (w - 1) / 2 - cx
-        mat[:, 1, 2] += (h - 1) / 2 - cy
-        x = KT.warp_affine(x, mat.to(x.dtype), (h, w), mode="bilinear", padding_mode="reflection", align_corners=True)
-    out = []
-    for v in x.split(3, dim=1):
-        noisy = coin()
-        if generator is None:
-            eps = torch.randn(v.shape, device=dev, dtype=v.dtype) * noise_std
-        else:
-            eps = torch.randn(v.shape, generator=generator).to(dev, v.dtype) * noise_std
-        out.append((v + eps * noisy[:, None, None, None]).clamp(0, 1))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # The registered methods
 # --------------------------------------------------------------------------------------------
 
@@ -343,44 +309,48 @@ def _sync(device: torch.device) -> None:
 
 
 class _StainEmbedBase(Method):
-    """Shared parts of ``stain_embed`` and ``stain_embed_c``: encoder, FC head, normalizer, augs.
+    """Shared parts of ``stain_embed`` and ``stain_embed_c``: encoder, FC head, normalizer, views.
 
     Config keys (``pretrain.<method>``): ``encoder`` (spec, default narrow ResNet18), ``head_hidden``
-    (512), ``tau`` (0.70), ``w_c`` / ``w_e`` (1.0), ``embed_layer`` (module path of f^l inside the
-    method, default ``encoder.stages.3`` = last residual stage; ``encoder`` = the pooled
-    feature), ``num_negatives`` (null = all 2(B−1)), ``contrastive_reduction`` (sum | mean),
-    ``stain_methods`` / ``stain_probs`` / ``stain_backend`` (auto | numpy | torch), ``views``
-    ({p, rotation, noise_std, crop_min}, as :class:`stainshift.augment.BaselineAug` but one
-    geometric draw shared by x_i and x̄_i).
+    (512: the head is ``build_head({"kind": "mlp", ...})``, Linear → leaky ReLU → Linear), ``tau``
+    (0.70), ``w_c`` / ``w_e`` (1.0), ``embed_layer`` (module path of f^l inside the method, default
+    ``encoder.stages.3`` = last residual stage; ``encoder`` = the pooled feature),
+    ``num_negatives`` (null = all 2(B−1)), ``contrastive_reduction`` (mean | sum, see the module
+    docstring), ``stain_methods`` / ``stain_probs`` / ``stain_backend`` (auto | numpy | torch),
+    ``views`` (:class:`stainshift.augment.BaselineAug` kwargs; one geometric draw for both batches).
     Under DDP the embeddings are gathered so ℓ_c sees the global batch (each rank normalizes its
     own shard to its own reference).
+    Logged per step: ``loss``, ``loss_c`` with ``loss_c_chance``, ``loss_e`` with ``ce_chance``
+    (label entropy of the batch), ``pos_acc``, ``emb_std`` (pooled features), ``proj_std``
+    (flattened f^l), ``norm_s`` (normalization seconds), ``norm_failed``.
     """
 
     supervised = True
-    # seed 000, Sec. II and III-A (see the module docstring)
+    # seed 000, Sec. II and III-A (see the module docstring); the ℓ_c reduction is our reading
     seed_defaults = {
         "encoder": {"arch": "resnet18_narrow"}, "epochs": 60, "batch_size": 20, "optimizer": "adam",
         "betas": [0.9, 0.999], "lr": 1e-4, "schedule": "step", "milestones": [35], "gamma": 0.1,
         "weight_decay": 0.0, "views": {"p": 0.5, "rotation": 20.0, "noise_std": 0.08, "crop_min": 0.9},
         "head_hidden": 512, "tau": 0.70, "w_c": 1.0, "w_e": 1.0, "embed_layer": "encoder.stages.3",
-        "num_negatives": None, "contrastive_reduction": "sum",
+        "num_negatives": None, "contrastive_reduction": "mean",
         "stain_methods": ["macenko", "reinhard", "vahadane"], "stain_probs": None, "stain_backend": "auto",
     }
 
     def __init__(self, cfg: dict, num_classes: int) -> None:
         super().__init__(cfg, num_classes)
         self.encoder = build_encoder(cfg.get("encoder") or DEFAULT_ENCODER)
-        hidden = int(cfg.get("head_hidden", 512))
         # seed 000: "two fully connected layers of 256 and 512 neurons" map the 256-d code to logits
-        self.head = nn.Sequential(nn.Linear(self.encoder.out_dim, hidden), nn.LeakyReLU(0.01),
-                                  nn.Linear(hidden, max(int(num_classes), 1)))
+        self.head = build_head({"kind": "mlp", "in_dim": self.encoder.out_dim, "hidden": int(cfg.get("head_hidden", 512)),
+                                "num_classes": max(int(num_classes), 1), "act": "leaky_relu"})
         self.tau = float(cfg.get("tau", 0.70))
         self.w_c = float(cfg.get("w_c", 1.0))
         self.w_e = float(cfg.get("w_e", 1.0))
         self.embed_layer = str(cfg.get("embed_layer", "encoder.stages.3"))
         self.num_negatives = cfg.get("num_negatives")
-        self.reduction = str(cfg.get("contrastive_reduction", "sum"))
-        self.aug = dict(cfg.get("views") or {})
+        self.reduction = str(cfg.get("contrastive_reduction", "mean"))
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"contrastive_reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        self.views = build_views("baseline", int(cfg["image_size"]), cfg.get("views"))
         self.normalizer = StainBatchNormalizer(
             methods=tuple(cfg.get("stain_methods", ("macenko", "reinhard", "vahadane"))),
             probs=cfg.get("stain_probs"),
@@ -388,29 +358,40 @@ class _StainEmbedBase(Method):
         )
         LayerTap(self, self.embed_layer)  # fail at build time on a bad layer name
 
-    def _normalize(self, raw_u8: Tensor, exclude: int | None = None) -> tuple[Tensor, int | None]:
-        """X̄ = g(X, x_r) on (B, 3, H, W) uint8; returns the float batch and the reference index."""
-        out = self.normalizer(raw_u8.permute(0, 2, 3, 1), generator=None, exclude=exclude)
-        return to_float(out.permute(0, 3, 1, 2)), self.normalizer.last_reference
+    def _normalize(self, raw_u8: Tensor, exclude: int | None = None,
+                   exclude_method: str | None = None) -> tuple[Tensor, int | None, str | None]:
+        """X̄ = g(X, x_r) on (B, 3, H, W) uint8 → (uint8 batch, reference index, method name)."""
+        out = self.normalizer(raw_u8.permute(0, 2, 3, 1), generator=None, exclude=exclude,
+                              exclude_method=exclude_method)
+        return out.permute(0, 3, 1, 2), self.normalizer.last_reference, self.normalizer.last_method
 
-    def _augment(self, views: list[Tensor]) -> list[Tensor]:
-        if float(self.aug.get("p", 0.5)) <= 0:
-            return views
-        return paired_augment(views, generator=None, p=float(self.aug.get("p", 0.5)),
-                              rotation=float(self.aug.get("rotation", 20.0)),
-                              noise_std=float(self.aug.get("noise_std", 0.08)),
-                              crop_min=float(self.aug.get("crop_min", 0.9)))
-
-    def _forward_pair(self, a: Tensor, b: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One forward pass over [a; b]: logits and layer-l embeddings of both halves."""
+    def _forward_pair(self, a: Tensor, b: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One forward pass over [a; b]: logits and layer-l embeddings of both halves, pooled features."""
         n = a.shape[0]
         with LayerTap(self, self.embed_layer) as tap, ctx.autocast():
-            logits = self.head(self.encoder(torch.cat([a, b], 0)))
+            h = self.encoder(torch.cat([a, b], 0))
+            logits = self.head(h)
             z = tap.pop()
-        return logits[:n], logits[n:], z[:n], z[n:]
+        return logits[:n], logits[n:], z[:n], z[n:], h
 
-    def export_encoder(self) -> nn.Module:
-        return self.encoder
+    def _log(self, loss: Tensor, l_c: Tensor, l_c_chance: float, l_e: Tensor, labels: Tensor, pos_acc: Tensor,
+             h: Tensor, z: Tensor, t_norm: float) -> dict[str, Tensor]:
+        return {"loss": loss, "loss_c": l_c.detach(), "loss_c_chance": torch.tensor(l_c_chance),
+                "loss_e": l_e.detach(), "ce_chance": label_entropy(labels, self.num_classes), "pos_acc": pos_acc,
+                "emb_std": embedding_spread(h), "proj_std": embedding_spread(z), "norm_s": torch.tensor(t_norm),
+                "norm_failed": torch.tensor(float(self.normalizer.last_failed))}
+
+    def native_classifier(self) -> nn.Module:
+        """Seed 000's downstream: the encoder with the FC head trained end to end by ℓ_e."""
+        return Classifier(self.encoder, self.num_classes, head=self.head)
+
+    @classmethod
+    def learning_rules(cls, history: list[dict]) -> list[str]:
+        """Base collapse rule, plus: ``loss_e`` not below ``CE_CHANCE_FRACTION`` = 0.95 × the label
+        entropy of the batches (``ce_chance``, the CE of predicting the class frequencies), and
+        ``loss_c`` within ``CONTRASTIVE_CHANCE_MARGIN`` = 2 % of its chance level (``loss_c_chance``)."""
+        return (super().learning_rules(history) + check_chance(history, "loss_e", "ce_chance", CE_CHANCE_FRACTION)
+                + check_chance(history, "loss_c", "loss_c_chance", 1.0 - CONTRASTIVE_CHANCE_MARGIN))
 
 
 @register_method("stain_embed")
@@ -421,35 +402,37 @@ class StainEmbedMethod(_StainEmbedBase):
         raw = batch["image"]
         _sync(raw.device)
         t0 = time.perf_counter()
-        x_bar, _ = self._normalize(raw)
+        x_bar, _, _ = self._normalize(raw)
         _sync(raw.device)
         t_norm = time.perf_counter() - t0
-        x, x_bar = self._augment([to_float(raw), x_bar])
-        logits, logits_bar, z, z_bar = self._forward_pair(x, x_bar, ctx)
-        l_c = latent_embedding_loss(gather(z.float()), gather(z_bar.float()), self.tau, self.num_negatives,
-                                    reduction=self.reduction)
+        x, x_bar = self.views.views(raw, x_bar)
+        logits, logits_bar, z, z_bar, h = self._forward_pair(x, x_bar, ctx)
+        z, z_bar = gather(z.float()), gather(z_bar.float())
+        l_c = latent_embedding_loss(z, z_bar, self.tau, self.num_negatives, reduction=self.reduction)
         l_e = paired_ce_loss(logits, logits_bar, batch["label"])
         loss = self.w_c * l_c + self.w_e * l_e
-        return {"loss": loss, "loss_c": l_c.detach(), "loss_e": l_e.detach(),
-                "norm_s": torch.tensor(t_norm), "norm_failed": torch.tensor(float(self.normalizer.last_failed))}
+        chance = latent_embedding_chance(z.shape[0], self.num_negatives, self.reduction)
+        return self._log(loss, l_c, chance, l_e, batch["label"], latent_positive_accuracy(z, z_bar), h, z, t_norm)
 
 
 @register_method("stain_embed_c")
 class StainEmbedContrastiveMethod(_StainEmbedBase):
-    """Seed 000 "Ours(c)": X̄¹ = g₁(X, x_r₁), X̄² = g₂(X, x_r₂) (r₁ ≠ r₂, g drawn independently);
+    """Seed 000 "Ours(c)": X̄¹ = g₁(X, x_r₁), X̄² = g₂(X, x_r₂) (r₁ ≠ r₂, g₂ ≠ g₁ when possible);
     ℓ = w_c NT-Xent(f^l(X̄¹), f^l(X̄²); τ) + w_e · 1/(2B)(Σ CE(f(x̄¹_i), y_i) + Σ CE(f(x̄²_i), y_i))."""
 
     def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
         raw = batch["image"]
         _sync(raw.device)
         t0 = time.perf_counter()
-        x1, r1 = self._normalize(raw)
-        x2, _ = self._normalize(raw, exclude=r1)
+        x1, r1, g1 = self._normalize(raw)
+        x2, _, _ = self._normalize(raw, exclude=r1, exclude_method=g1)
         _sync(raw.device)
         t_norm = time.perf_counter() - t0
-        x1, x2 = self._augment([x1, x2])
-        logits1, logits2, z1, z2 = self._forward_pair(x1, x2, ctx)
-        l_c = nt_xent_loss(gather(z1.float()), gather(z2.float()), self.tau)
+        x1, x2 = self.views.views(x1, x2)
+        logits1, logits2, z1, z2, h = self._forward_pair(x1, x2, ctx)
+        z1, z2 = gather(z1.float()), gather(z2.float())
+        l_c = nt_xent(z1, z2, self.tau)
         l_e = paired_ce_loss(logits1, logits2, batch["label"])
         loss = self.w_c * l_c + self.w_e * l_e
-        return {"loss": loss, "loss_c": l_c.detach(), "loss_e": l_e.detach(), "norm_s": torch.tensor(t_norm)}
+        return self._log(loss, l_c, nt_xent_chance(z1.shape[0]), l_e, batch["label"], positive_accuracy(z1, z2)[0],
+                         h, z1, t_norm)
