@@ -109,7 +109,7 @@ def test_adversarial_step_moves_encoder_and_discriminator_in_opposite_directions
 
     def cross_affinity() -> float:
         with torch.no_grad():
-            s1, s2, _ = model.ssl(v1, v2)
+            s1, s2, _, _ = model.ssl(v1, v2)
             return float(pair_means(model.affinity(s1, s2), r)[0])
 
     opt_d = torch.optim.SGD(model.discriminator.parameters(), lr=1e-2)
@@ -139,8 +139,8 @@ def test_adversarial_step_moves_encoder_and_discriminator_in_opposite_directions
 
 def _adv_only(forward):  # noqa: ANN001, ANN202 - small test helper
     def wrapped(v1: torch.Tensor, v2: torch.Tensor):  # noqa: ANN202
-        s1, s2, loss = forward(v1, v2)
-        return s1, s2, loss * 0.0
+        s1, s2, loss, h1 = forward(v1, v2)
+        return s1, s2, loss * 0.0, h1
 
     return wrapped
 
@@ -230,3 +230,38 @@ def test_non_finite_loss_skips_every_update() -> None:
     out = sassl_step(model, x, x, [0, 0, 1, 1, 2, 2], opt_g, opt_d)
     assert not np.isfinite(out["loss"]) and set(out) == {"loss"}
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_adversarial_terms_skip_without_both_pair_sets() -> None:
+    """One slide in the batch (R all ones): D has nothing to separate, so neither side is updated by it."""
+    model = _tiny_sassl()
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    opt_d = torch.optim.SGD(model.discriminator.parameters(), lr=0.1)
+    opt_g = torch.optim.SGD(model.ssl.online_parameters(), lr=0.1)
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    out = sassl_step(model, x, x.flip(-1), [7] * 6, opt_g, opt_d)
+    assert out["adv_active"] == 0.0 and out["loss_adv"] == 0.0 and out["loss_d"] == 0.0
+    assert out["loss"] == pytest.approx(out["loss_ssl"])
+    assert all(torch.equal(p, q) for p, q in zip(d_before, model.discriminator.parameters()))
+
+
+def test_adversarial_readings() -> None:
+    """paper rewards raising every affinity (collapse); reversal and gap only act on the difference."""
+    r = relation_matrix([0, 0, 1, 1])
+    a = torch.full((4, 4), 0.3, requires_grad=True)
+    (g_paper,) = torch.autograd.grad(generator_adversarial_loss(a, r, "paper"), a)
+    assert (g_paper < 0).all()  # descending raises every entry
+    (g_rev,) = torch.autograd.grad(generator_adversarial_loss(a, r, "reversal"), a)
+    assert float(g_rev.sum()) == pytest.approx(0.0, abs=1e-6)  # level-free: same and other pulled apart equally
+    (g_gap,) = torch.autograd.grad(generator_adversarial_loss(a, r, "gap"), a)
+    assert float(g_gap.abs().max()) == 0.0  # equal pair means: nothing to do, whatever the level
+    with pytest.raises(ValueError, match="adv_mode"):
+        generator_adversarial_loss(a, r, "nope")
+
+
+def test_simclr_base_logs_its_chance_level() -> None:
+    model = _tiny_sassl("simclr")
+    x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(6))
+    out = sassl_step(model, x, x.flip(-1), [0, 0, 1, 1, 2, 2], torch.optim.SGD(model.ssl.online_parameters(), lr=0.1),
+                     torch.optim.SGD(model.discriminator.parameters(), lr=0.1))
+    assert out["loss_ssl_chance"] == pytest.approx(np.log(11)) and {"emb_std", "proj_std", "affinity_std"} <= set(out)

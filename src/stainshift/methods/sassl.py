@@ -26,7 +26,18 @@ i.e. ||A||₁/N² (equal to a_diff + a_same up to the weighting of the two pair 
 balanced as in the fractions). On the stain term — the different-slide affinity a_diff — G and D
 pull in opposite directions; this is the min–max of Eq. 4. Training alternates: one D step on
 detached projections, then one G step with D frozen ("G and D trained alternately").
-``adv_mode = "reversal"`` offers the textbook GAN reading of Eq. 4 instead (L_G = L_ssl − λ L_D).
+``adv_mode = "reversal"`` offers the textbook GAN reading of Eq. 4 instead (L_G = L_ssl − λ L_D),
+and ``adv_mode = "gap"`` makes the two pair means equal without rewarding either's level,
+L_adv = (a_same − a_diff)².
+
+The ``paper`` reading rewards G for raising *every* affinity, and the maximum is reached when all
+projections map to one point after D: a collapse. SimSiam's own loss is minimal at that collapse
+too (its stop-gradient only slows the way there), so nothing pushes back. Measured on TUPAC16
+crops (docs/methods.md): with λ_adv = 1 the same- and other-slide affinities both rose to 0.93 and
+the probe stayed near chance. ``seed_defaults`` keep the literal reading (``paper``); the CPU-budget
+configs use ``gap``, which the learning check does not flag. With a single slide in the batch (R all ones) or no slide pair (R = I) one of
+the pair sets is empty and D cannot be trained: both adversarial terms are then skipped
+(``adv_active`` = 0 in the log) instead of pushing every affinity up.
 
 A = l1 l2ᵀ is unbounded for raw vectors (D could scale its output without limit), so by default
 l1, l2 are L2-normalised first (``affinity: cosine``, a_ij ∈ [−1, 1]); ``affinity: dot`` keeps
@@ -35,6 +46,7 @@ the raw product.
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -45,11 +57,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stainshift.augment import build_views
-from stainshift.methods.base import Method, StepContext, register_method
+from stainshift.methods.base import (COLLAPSE_THRESHOLD, CONTRASTIVE_CHANCE_MARGIN, Method, StepContext, check_chance,
+                                     check_collapse, register_method)
 from stainshift.methods import fusion as _fusion  # noqa: F401  (registers the "fused" encoder arch)
-from stainshift.methods.losses import gather
-from stainshift.methods.stain_embed import nt_xent_loss
-from stainshift.models import build_encoder
+from stainshift.methods.losses import embedding_spread, gather, nt_xent, nt_xent_chance
+from stainshift.models import build_encoder, mlp
 
 __all__ = [
     "StainDiscriminator",
@@ -131,35 +143,37 @@ def discriminator_loss(a: Tensor, r: Tensor) -> Tensor:
     return a_diff - a_same
 
 
+ADV_MODES = ("paper", "reversal", "gap")
+#: a mean cosine affinity of different-slide pairs at or above this = the affinities saturated
+AFFINITY_SATURATION = 0.9
+
+
 def generator_adversarial_loss(a: Tensor, r: Tensor, mode: str = "paper") -> Tensor:
     """Adversarial part of seed 002 Eq. 5 for the encoder (added to L_ssl).
 
     ``paper``: −(a_diff + a_same) — raise every affinity so D cannot tell slides apart.
     ``reversal``: −L_D = a_same − a_diff — the textbook GAN min–max reading of Eq. 4.
+    ``gap``: (a_same − a_diff)² — equal pair means, whatever their level.
     """
     a_diff, a_same = pair_means(a, r)
     if mode == "paper":
         return -(a_diff + a_same)
     if mode == "reversal":
         return a_same - a_diff
-    raise ValueError(f"adv_mode must be 'paper' or 'reversal', got {mode!r}")
+    if mode == "gap":
+        return (a_same - a_diff).pow(2)
+    raise ValueError(f"adv_mode must be one of {ADV_MODES}, got {mode!r}")
+
+
+def has_both_pair_sets(r: Tensor) -> bool:
+    """Whether R holds both same-slide pairs off the diagonal and different-slide pairs."""
+    n = r.shape[0]
+    return bool(r.sum() > n) and bool(r.sum() < n * n)
 
 
 # --------------------------------------------------------------------------------------------
 # SSL bases
 # --------------------------------------------------------------------------------------------
-def _mlp(dims: Sequence[int], last_bn: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for k, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        last = k == len(dims) - 2
-        layers.append(nn.Linear(a, b, bias=last and not last_bn))
-        if not last:
-            layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-        elif last_bn:
-            layers.append(nn.BatchNorm1d(b, affine=False))
-    return nn.Sequential(*layers)
-
-
 def _neg_cos(p: Tensor, z: Tensor) -> Tensor:
     """Seed 002 Eq. 3 / SimSiam: 1 − ⟨p, sg(z)⟩ / (‖p‖‖z‖), batch mean."""
     return 1.0 - F.cosine_similarity(p, z.detach(), dim=1).mean()
@@ -196,11 +210,11 @@ class SSLBase(nn.Module):
         self.encoder = encoder
         self.momentum = momentum
         self.tau = tau if tau is not None else {"simclr": 0.1, "moco": 0.2}.get(base, 0.1)
-        proj_dims = [feat_dim, proj_dim, proj_dim, proj_dim] if base == "simsiam" else [feat_dim, proj_dim, proj_dim]
-        self.projector = _mlp(proj_dims, last_bn=base == "simsiam")
+        simsiam = base == "simsiam"  # SimSiam: 3 layers, BN on the output too; the others: 2 layers
+        self.projector = mlp(feat_dim, proj_dim, proj_dim, layers=3 if simsiam else 2, bn=True, last_bn=simsiam)
         self.predictor: nn.Module | None = None
         if base in ("simsiam", "byol"):
-            self.predictor = _mlp([proj_dim, pred_dim, proj_dim])
+            self.predictor = mlp(proj_dim, pred_dim, proj_dim, layers=2, bn=True)
         self.target_encoder: nn.Module | None = None
         self.target_projector: nn.Module | None = None
         if base in ("byol", "moco"):
@@ -210,6 +224,15 @@ class SSLBase(nn.Module):
             self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.proj_dim = proj_dim
+
+    def chance(self, n: int) -> float | None:
+        """L_ssl of an encoder that cannot tell the positive apart: log(2N − 1) for SimCLR,
+        log(1 + K) for MoCo (K queued keys); None for SimSiam / BYOL (minimal at collapse)."""
+        if self.base == "simclr":
+            return nt_xent_chance(n)
+        if self.base == "moco":
+            return math.log(1 + self.queue.shape[0])
+        return None
 
     def online_parameters(self) -> list[nn.Parameter]:
         """Parameters trained by the generator optimizer (not the EMA copies)."""
@@ -247,14 +270,15 @@ class SSLBase(nn.Module):
         self.queue[idx] = k
         self.queue_ptr.fill_((ptr + n) % size)
 
-    def forward(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Return (S1, S2, L_ssl) for two views (N, 3, H, W)."""
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
+    def forward(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return (S1, S2, L_ssl, encoder features of v1) for two views (N, 3, H, W)."""
+        h1 = self.encoder(v1)
+        z1, z2 = self.projector(h1), self.projector(self.encoder(v2))
         if self.base == "simsiam":
             p1, p2 = self.predictor(z1), self.predictor(z2)
             loss = 0.5 * (_neg_cos(p1, z2) + _neg_cos(p2, z1))
         elif self.base == "simclr":
-            loss = nt_xent_loss(z1, z2, tau=self.tau)
+            loss = nt_xent(z1, z2, self.tau)
         elif self.base == "byol":
             p1, p2 = self.predictor(z1), self.predictor(z2)
             t1, t2 = self._targets(v1), self._targets(v2)
@@ -264,7 +288,7 @@ class SSLBase(nn.Module):
             loss = 0.5 * (self._moco_infonce(z1, k2) + self._moco_infonce(z2, k1))
             if self.training:
                 self._enqueue(torch.cat([k1, k2]))
-        return z1, z2, loss
+        return z1, z2, loss, h1
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +299,7 @@ class SASSLConfig:
     """SASSL hyper-parameters (config keys under ``pretrain.sassl``)."""
 
     adv_weight: float = 1.0
-    adv_mode: str = "paper"  # paper | reversal
+    adv_mode: str = "paper"  # paper | reversal | gap
     affinity: str = "cosine"  # cosine | dot
     d_steps: int = 1
 
@@ -314,51 +338,61 @@ def sassl_update(
     D:  minimise L_D = a_diff − a_same over θ_D (``step_d(loss)`` back-propagates and steps D).
     G:  minimise L_ssl + λ_adv · L_adv over θ_G (encoder, projector, predictor) with D frozen;
         L_adv as in :func:`generator_adversarial_loss` (``step_g(loss)`` steps the encoder side).
-    ``gather_fn`` concatenates S1, S2 and the slide ids over DDP ranks (identity on one process)
-    so A and R cover the global batch. A non-finite loss skips every update (on all ranks) and is
-    returned as ``loss`` so the training loop stops with its message before weights are spoiled.
-    Returns detached scalars for logging.
+    Without both same- and different-slide pairs in the batch the adversarial terms are skipped
+    (G minimises L_ssl alone; ``adv_active`` = 0). ``gather_fn`` concatenates S1, S2 and the slide
+    ids over DDP ranks (identity on one process) so A and R cover the global batch. A non-finite
+    loss skips every update (on all ranks) and is returned as ``loss`` so the training loop stops
+    with its message before weights are spoiled. Returns detached scalars for logging: the loss
+    terms, the pair means ``affinity_same`` / ``affinity_diff``, the affinity spread ``affinity_std``
+    (std of A's entries; → 0 when every affinity is equal) and the collapse statistics
+    ``emb_std`` (encoder features) and ``proj_std`` (S1).
     """
     cfg = cfg or SASSLConfig()
     normalize = cfg.affinity == "cosine"
     with autocast():
-        s1, s2, l_ssl = model.ssl(v1, v2)
+        s1, s2, l_ssl, h1 = model.ssl(v1, v2)
+    l_ssl = l_ssl.float()
+    if not _all_finite(l_ssl.detach()):
+        return {"loss": l_ssl.detach()}
     s1, s2 = gather_fn(s1.float()), gather_fn(s2.float())
     r = relation_matrix(gather_fn(slide_codes_tensor(slide_ids, v1.device)), device=v1.device)
+    active = has_both_pair_sets(r)
+    l_d = torch.zeros((), device=v1.device)
+    if active:
+        for _ in range(max(cfg.d_steps, 1)):
+            l_d = discriminator_loss(model.affinity(s1.detach(), s2.detach(), normalize), r)
+            if not _all_finite(l_d.detach()):
+                return {"loss": l_d.detach()}
+            step_d(l_d)
+    # G step against the *updated* D (alternating updates): A recomputed with D frozen
     disc = model.discriminator
     disc.requires_grad_(False)
     try:
         a = model.affinity(s1, s2, normalize)
-        l_adv = generator_adversarial_loss(a, r, cfg.adv_mode)
-        loss = l_ssl.float() + cfg.adv_weight * l_adv
-    finally:
-        disc.requires_grad_(True)
-    if not _all_finite(loss.detach()):
-        return {"loss": loss.detach()}
-    for _ in range(max(cfg.d_steps, 1)):
-        l_d = discriminator_loss(model.affinity(s1.detach(), s2.detach(), normalize), r)
-        if not _all_finite(l_d.detach()):
-            return {"loss": l_d.detach()}
-        step_d(l_d)
-    # G step against the *updated* D (alternating updates): recompute A with D frozen
-    disc.requires_grad_(False)
-    try:
-        a = model.affinity(s1, s2, normalize)
-        l_adv = generator_adversarial_loss(a, r, cfg.adv_mode)
-        loss = l_ssl.float() + cfg.adv_weight * l_adv
+        l_adv = generator_adversarial_loss(a, r, cfg.adv_mode) if active else torch.zeros((), device=v1.device)
+        loss = l_ssl + cfg.adv_weight * l_adv
+        if not _all_finite(loss.detach()):
+            return {"loss": loss.detach()}
         step_g(loss)
     finally:
         disc.requires_grad_(True)
     model.ssl.momentum_update()
-    a_diff, a_same = pair_means(a.detach(), r)
-    return {
+    a = a.detach()
+    a_diff, a_same = pair_means(a, r)
+    chance = model.ssl.chance(s1.shape[0])
+    extra = {"loss_ssl_chance": torch.tensor(chance)} if chance is not None else {}
+    return {**extra,
         "loss": loss.detach(),
-        "loss_ssl": l_ssl.detach().float(),
+        "loss_ssl": l_ssl.detach(),
         "loss_adv": l_adv.detach(),
         "loss_d": l_d.detach(),
         "affinity_diff": a_diff,
         "affinity_same": a_same,
+        "affinity_std": a.std(),
+        "adv_active": torch.tensor(float(active)),
         "same_slide_pairs": (r.sum() - r.shape[0]).detach(),
+        "emb_std": embedding_spread(h1),
+        "proj_std": embedding_spread(s1),
     }
 
 
@@ -424,7 +458,7 @@ class SASSL(Method):
     Config keys (``pretrain.sassl``): ``encoder`` (spec), ``image_size``, ``views`` (SimCLRViews
     kwargs; SimSiam-style by default), ``ssl_base`` (simsiam | simclr | byol | moco), ``proj_dim``,
     ``pred_dim``, ``tau``, ``momentum_ema`` (BYOL / MoCo target EMA), ``queue_size``, ``disc_hidden``, ``disc_depth``,
-    ``adv_weight`` (λ_adv, 1.0), ``adv_mode`` (paper | reversal), ``affinity`` (cosine | dot),
+    ``adv_weight`` (λ_adv), ``adv_mode`` (paper | reversal | gap), ``affinity`` (cosine | dot),
     ``d_steps``, ``tiles_per_slide`` (slide-balanced batches); optimizers ``encoder`` and ``disc``
     under ``optimizers:``.
     """
@@ -468,10 +502,10 @@ class SASSL(Method):
             affinity=str(cfg.get("affinity", "cosine")),
             d_steps=int(cfg.get("d_steps", 1)),
         )
-        if self.sassl_cfg.adv_mode not in ("paper", "reversal") or self.sassl_cfg.affinity not in ("cosine", "dot"):
-            raise ValueError(f"sassl: adv_mode must be paper|reversal and affinity cosine|dot, got "
+        if self.sassl_cfg.adv_mode not in ADV_MODES or self.sassl_cfg.affinity not in ("cosine", "dot"):
+            raise ValueError(f"sassl: adv_mode must be one of {ADV_MODES} and affinity cosine|dot, got "
                              f"{self.sassl_cfg.adv_mode!r} / {self.sassl_cfg.affinity!r}")
-        self.views = build_views("simclr", int(cfg.get("image_size", 224)), cfg.get("views"))
+        self.views = build_views("simclr", int(cfg["image_size"]), cfg.get("views"))
 
     def optimizer_params(self) -> dict[str, Any]:
         return {"encoder": self.model.ssl.online_parameters(), "disc": list(self.model.discriminator.parameters())}
@@ -492,3 +526,19 @@ class SASSL(Method):
 
     def export_encoder(self) -> nn.Module:
         return self.encoder
+
+    @classmethod
+    def learning_rules(cls, history: list[dict[str, Any]]) -> list[str]:
+        """Base collapse rule on the encoder features, plus: the projections collapsed (``proj_std``
+        below ``COLLAPSE_THRESHOLD`` = 0.05, SimSiam's collapse); the discriminator's affinities
+        saturated — the mean cosine affinity of *different*-slide pairs ``affinity_diff`` ≥
+        ``AFFINITY_SATURATION`` = 0.9 at the last epoch, i.e. after D every patch points the same
+        way (the end point of the ``paper`` reading; healthy runs on TUPAC16 ended at 0.5–0.7);
+        and, for the SimCLR / MoCo bases, L_ssl within 2 % of its chance level ``loss_ssl_chance``."""
+        saturated = []
+        value = history[-1].get("affinity_diff") if history else None
+        if value is not None and float(value) >= AFFINITY_SATURATION:
+            saturated = [f"affinity_diff = {float(value):.3g} ≥ {AFFINITY_SATURATION:g} at the last epoch: the "
+                         f"stain affinities saturated (every patch alike after D)"]
+        return (super().learning_rules(history) + check_collapse(history, "proj_std", COLLAPSE_THRESHOLD) + saturated
+                + check_chance(history, "loss_ssl", "loss_ssl_chance", 1.0 - CONTRASTIVE_CHANCE_MARGIN))
