@@ -90,23 +90,24 @@ def test_finetune_selection() -> None:
 
 
 def test_fused_encoder_through_full_finetuning_and_head_file(tmp_path) -> None:  # noqa: ANN001
-    """The training core's finetune_full trains E_s + head only; head.pt rebuilds the fused model."""
+    """Full fine-tuning trains E_s + head only; the head payload rebuilds the fused model."""
     import numpy as np
 
-    from stainshift.train import finetune_full, load_head, save_head
+    from stainshift.finetune import finetune_classifier, head_module, head_payload
+    from stainshift.models import Classifier
     from test_data import make_stores
 
     stores = make_stores(tmp_path / "stores", n_slides=2, n_tiles=8)
     general = _general()
     frozen = {k: v.clone() for k, v in general.state_dict().items()}
     enc = build_fusion_encoder(general, init="random", seed=0)
-    model, rows = finetune_full(enc, stores, [], 2, {"epochs": 1, "batch_size": 8, "lr": 1e-3, "views": {"p": 0.0}},
-                                torch.device("cpu"))
+    model, rows = finetune_classifier(Classifier(enc, 2), stores, [],
+                                      {"epochs": 1, "batch_size": 8, "lr": 1e-3, "views": {"p": 0.0}},
+                                      torch.device("cpu"))
     assert isinstance(model.encoder, FusionEncoder) and len(rows) == 1
     for k, v in model.encoder.general.state_dict().items():
         assert torch.equal(v, frozen[k]), k  # E_g (weights and BN statistics) untouched
-    save_head(tmp_path / "head.pt", model, mode="full", num_classes=2)
-    _, loaded, _ = load_head(tmp_path / "head.pt")
+    loaded = head_module(head_payload(model, mode="full", num_classes=2))
     x = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         assert np.allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
