@@ -388,13 +388,13 @@ class OpenSlideReader(SlideReader):
 
     def _read_raw(self, x0: int, y0: int, level: int, w: int, h: int) -> tuple[np.ndarray, str]:
         direct = self._direct
-        if direct is not None and level in direct.levels:
+        lv = direct.levels.get(level) if direct is not None else None
+        if lv is not None:
             ds = self.level_downsamples[level]
             lx, ly = x0 / ds, y0 / ds
             if lx == int(lx) and ly == int(ly):
                 pixels = direct.read(level, int(lx), int(ly), w, h)
                 if pixels is not None:
-                    lv = direct.levels[level]
                     if lv["verified"]:
                         return pixels, "RGB"
                     # first read of the level: compare (at most) one TIFF tile's worth with OpenSlide
@@ -403,7 +403,7 @@ class OpenSlideReader(SlideReader):
                     if np.array_equal(rgb_view(ref, order), pixels[:vh, :vw]):
                         lv["verified"] = True
                         return pixels, "RGB"
-                    del direct.levels[level]  # differs from OpenSlide: OpenSlide for this level from now on
+                    direct.levels.pop(level, None)  # differs from OpenSlide: OpenSlide for this level from now on
                     warnings.warn(f"{self.path}: level {level} direct JPEG tile decoding differs from OpenSlide; "
                                   f"using OpenSlide", stacklevel=2)
         return self._read_openslide(x0, y0, level, w, h)
