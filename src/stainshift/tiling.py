@@ -853,6 +853,7 @@ def tile_slide(
 
         decision = {
             "rule": "mask fraction >= t + m kept, < t - m dropped, else per-pixel check (stainshift.tiling docstring)",
+            "tissue_fraction": "the decision's: mask fraction, or per-pixel fraction for pixel-checked tiles",
             "mask_level": mplan.level, "mask_reduce": mplan.factor, "mask_downsample": mplan.downsample,
             "mask_px_per_tile": mplan.px_per_tile, "mask_shape": list(mplan.shape),
             "stats_downsample": tmap.stats_downsample, "ink_zone_px": INK_ZONE_PX if tmap.ink_zone is not None else 0,
