@@ -98,10 +98,11 @@ RESIZE_FILTER = "PIL.Image.BOX (area average)"
 MPP_TOLERANCE = 0.01
 # The tissue-decision image (module docstring): a tile covers >= MASK_MIN_PX x MASK_MIN_PX of its
 # pixels; a level where it covers >= 2 * MASK_REDUCE_PX px is box-reduced to MASK_REDUCE_PX..2x-1 px;
-# the image's long side is capped at MASK_MAX_SIDE (memory; a note is logged when that breaks MASK_MIN_PX).
+# the image's long side is capped at MASK_MAX_SIDE (memory: the same envelope as the old 4096-px
+# thumbnail; a note is logged when the cap breaks MASK_MIN_PX).
 MASK_MIN_PX = 8
 MASK_REDUCE_PX = 16
-MASK_MAX_SIDE = 8192
+MASK_MAX_SIDE = 4096
 DEFAULT_TISSUE_MARGIN = 0.1
 # Ink gate (pen_filter): on the statistics thumbnail, ink pixels dilated by INK_ZONE_PX px form the
 # ink zone; a tile whose footprint there is < INK_ZONE_FACTOR * min_tissue_fraction tissue outside
