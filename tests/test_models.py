@@ -84,8 +84,12 @@ def test_one_padding_rule_and_one_crop_rule() -> None:
     white = torch.full((4, 3, 32, 32), 250, dtype=torch.uint8)
     rotated = Views(32, rotation=20.0, rotation_p=1.0)(white)
     assert float(rotated.min()) > 0.9  # zero padding would leave dark corners
+    from stainshift.augment import HEViews
+
+    assert len(HEViews(64).geometric) == 0  # seed 003: H&E scaling only
     for crop, lo in ((Views(64, crop_min=0.9, crop_p=1.0).geometric[0], 0.9),
-                     (SimCLRViews(64, crop_scale=(0.15, 1.0)).geometric[-1], 0.15**0.5)):
+                     (SimCLRViews(64, crop_scale=(0.15, 1.0)).geometric[-1], 0.15**0.5),
+                     (HEViews(64, crop_scale=(0.25, 1.0)).geometric[-1], 0.5)):
         box = crop.forward_parameters(torch.Size([200, 3, 64, 64]))["src"]  # (B, 4, 2) corners
         w = (box[:, 1, 0] - box[:, 0, 0] + 1) / 64
         h = (box[:, 2, 1] - box[:, 1, 1] + 1) / 64

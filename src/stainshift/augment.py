@@ -24,7 +24,7 @@ its seed adds (stain normalization for ``stain_embed``, H&E scaling for ``lmc``)
   ``crop_scale`` (0.15–1; square: side √0.15 = 0.39 to 1), rot90, flips, colour jitter
   light/medium/heavy with p = 0.8, blur p = 0.5 with σ ~ U[0.1, 2] and kernel 0.1 × side (odd).
 - :class:`HEViews` — seed 003 (``lmc``): H&E scaling α, β ~ U[0.5, 2] of each view
-  (:func:`stainshift.stain.he_augment`), optional flips / rot90.
+  (:func:`stainshift.stain.he_augment`); optional flips, rot90 and crop (not in the seed).
 Every transform can be switched off (``p: 0``), e.g. for deterministic tests.
 """
 from __future__ import annotations
@@ -224,11 +224,15 @@ class SimCLRViews(Views):
 
 class HEViews(Views):
     """Seed 003's view: H&E scaling (α ∈ ``alpha_range``, β ∈ ``beta_range``) with probability
-    ``he_p``, then (our addition, off in the seed's defaults) flips and rot90."""
+    ``he_p``; our additions, off in the seed's defaults: flips, rot90 and a square crop of area in
+    ``crop_scale`` (as :class:`SimCLRViews`)."""
 
     def __init__(self, size: int, alpha_range: Sequence[float] = (0.5, 2.0), beta_range: Sequence[float] = (0.5, 2.0),
-                 flip_p: float = 0.0, rot90: bool = False, he_p: float = 1.0) -> None:
-        super().__init__(size, flip_p=flip_p, rot90=rot90, he_p=he_p, alpha_range=alpha_range, beta_range=beta_range)
+                 flip_p: float = 0.0, rot90: bool = False, he_p: float = 1.0,
+                 crop_scale: Sequence[float] = (1.0, 1.0)) -> None:
+        lo, hi = (math.sqrt(float(a)) for a in crop_scale)
+        super().__init__(size, flip_p=flip_p, rot90=rot90, crop_min=lo, crop_max=hi, crop_p=1.0, he_p=he_p,
+                         alpha_range=alpha_range, beta_range=beta_range)
 
 
 VIEWS = {"baseline": BaselineAug, "simclr": SimCLRViews, "he": HEViews}
