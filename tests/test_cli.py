@@ -1,6 +1,7 @@
 """The `stainshift` command line: --version and help."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,47 @@ def test_console_script_entry_point() -> None:
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True, env={"COLUMNS": "200"})
     assert proc.returncode == 0
     assert "synth" in proc.stdout
+
+
+def test_inspect_where_selects_and_prints(tmp_path: Path) -> None:
+    from test_slide_view import fake_predictions, slide_store
+
+    store = slide_store(tmp_path)
+    csv = tmp_path / "seed0.csv"
+    fake_predictions(store).to_csv(csv, index=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", str(store), "--where", "label=tumour", "--class-names", "normal,tumour", "--n", "3", "--json",
+                              "--montage", str(tmp_path / "m.png")])
+    assert res.exit_code == 0, res.output
+    sel = json.loads(res.output)["selection"]
+    assert sel["selected"] == "9 of 36 tiles" and sel["labels"] == {"tumour": 9}
+    assert sel["indices"] == "0,1,2,6,7,8,12,13,14"
+    assert all(int(i) in (0, 1, 2, 6, 7, 8, 12, 13, 14) for i in json.loads(res.output)["montage_indices"])
+    res = runner.invoke(app, ["inspect", str(store), "--predictions", str(csv), "--where", "score=0.6..1",
+                              "--where", "center=c0", "--n", "0"])
+    assert res.exit_code == 0, res.output
+    assert "selection" in res.output and "score=0.6..1 and center=c0" in res.output
+    assert "score_range" in res.output and "unseen sources: c1, c2, loco-c0" in res.output
+    res = runner.invoke(app, ["inspect", str(store), "--where", "score>0.5", "--n", "0"])
+    assert res.exit_code == 2 and "need --predictions" in res.output
+    res = runner.invoke(app, ["inspect", str(store), "--where", "label=1", "--indices", "1"])
+    assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_export_geojson_command(tmp_path: Path) -> None:
+    from test_slide_view import crop_store, fake_predictions, slide_store
+
+    store = slide_store(tmp_path)
+    csv = tmp_path / "seed0.csv"
+    fake_predictions(store).to_csv(csv, index=False)
+    runner = CliRunner()
+    res = runner.invoke(app, ["export-geojson", str(store), "--predictions", str(csv), "--class-names", "normal,tumour"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "s0.geojson").read_text())
+    assert len(data["features"]) == 36 and "wrote 36 tiles" in res.output
+    assert data["features"][0]["properties"]["classification"]["name"] in ("normal", "tumour")
+    res = runner.invoke(app, ["export-geojson", str(store), "--predictions", str(csv), "--protocol", "x",
+                              "--out", str(tmp_path / "x.geojson")])
+    assert res.exit_code == 2 and "protocol 'x'" in res.output
+    res = runner.invoke(app, ["export-geojson", str(crop_store(tmp_path))])
+    assert res.exit_code == 2 and "no slide coordinates" in res.output

@@ -1,7 +1,7 @@
 """The `stainshift` command line. Each stage module contributes its verbs here."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -71,23 +71,104 @@ def inspect(
     seed: int = typer.Option(0, min=0, help="Seed of the random tile choice."),
     columns: int = typer.Option(8, min=1, help="Montage columns."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    where: Optional[List[str]] = typer.Option(
+        None, "--where", help="Select tiles: KEY OP VALUE with OP in = != < <= > >=, or KEY=LO..HI; repeatable (all "
+        "must hold). Keys: label (id or class name), center, tissue_fraction, label_fraction, index, x, y and, with "
+        "--predictions, score (P(positive class)), pred, share_correct. The montage then shows selected tiles."),
+    predictions: Optional[List[str]] = typer.Option(
+        None, "--predictions", help="Predictions CSV(s) of one method (repeatable): scores for --where "
+        "(protocol probe, first seed, mean over the sources that never saw the store's center)."),
+    protocol: str = typer.Option("probe", help="Prediction protocol for the scores (probe | native)."),
+    class_names: Optional[str] = typer.Option(None, help="Comma-separated class names for --where label=NAME "
+                                              "(default: the store's, else 'class k')."),
 ) -> None:
     """Summarise a patch store (tiles, labels, mpp, level, settings) and save a montage of its tiles."""
     import json
     from pathlib import Path
 
+    import numpy as np
+
     from stainshift.qc import format_summary, inspect_store
     from stainshift.store import StoreError
 
     idx = [int(i) for i in indices.split(",") if i.strip()] if indices else None
+    if where and idx:
+        raise typer.BadParameter("give --where or --indices, not both")
+    selection = None
+    if where or predictions:
+        try:
+            names = [c.strip() for c in class_names.split(",")] if class_names else None
+            selection = _select(store, where or [], predictions or [], protocol, names)
+        except (StoreError, ValueError, FileNotFoundError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        chosen = selection.pop("_indices")
+        k = min(n, len(chosen))
+        idx = sorted(np.random.default_rng(seed).choice(chosen, size=k, replace=False).tolist()) if k else []
     out = None
-    if n > 0 or idx:
+    if idx or (n > 0 and selection is None):
         out = montage or str(Path(store.rstrip("/")).with_name(Path(store.rstrip("/")).stem + "_montage.png"))
     try:
         summary = inspect_store(store, n=n, indices=idx, seed=seed, montage_png=out, columns=columns)
     except (StoreError, IndexError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
+    if as_json:
+        typer.echo(json.dumps({**summary, **({"selection": selection} if selection else {})}, indent=2, default=str))
+        return
+    typer.echo(format_summary(summary))
+    if selection is not None:
+        typer.echo("\nselection\n" + format_summary(selection))
+
+
+def _select(store_path: str, where: List[str], predictions: List[str], protocol: str,
+            names: Optional[List[str]]) -> dict:
+    """The tiles of a store meeting every --where filter: a summary for `inspect` plus their indices."""
+    from pathlib import Path
+
+    from stainshift.slide_view import read_predictions, select_tiles, tile_scores, tile_table
+    from stainshift.store import PatchStore
+
+    store = PatchStore.open(store_path)
+    store_id = Path(store_path.rstrip("/")).stem
+    scores = tile_scores(read_predictions(predictions, store_id), store_id, protocol=protocol) if predictions else None
+    chosen = select_tiles(tile_table(store, scores, names), where)
+    out: dict = {"where": " and ".join(where) or "(all tiles)", "selected": f"{len(chosen)} of {len(store)} tiles",
+                 "labels": {str(k): int(v) for k, v in chosen["label_name"].value_counts().sort_index().items()}}
+    if scores is not None:
+        out["scores"] = scores.describe()
+        if len(chosen):
+            out["score_range"] = f"{chosen['score'].min():.3f} .. {chosen['score'].max():.3f}"
+    shown = chosen["index"].tolist()
+    out["indices"] = ",".join(map(str, shown[:40])) + (f",... (+{len(shown) - 40})" if len(shown) > 40 else "")
+    out["_indices"] = shown
+    return out
+
+
+@app.command("export-geojson")
+def export_geojson(
+    store: str = typer.Argument(..., help="A patch store (.zarr) of a tiled slide."),
+    predictions: Optional[List[str]] = typer.Option(
+        None, "--predictions", help="Predictions CSV(s) of one method (repeatable): adds prediction, score and the "
+        "predicted class as QuPath classification (protocol, first seed, mean over the unseen sources)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output file (default: STORE's name + .geojson beside it)."),
+    protocol: str = typer.Option("probe", help="Prediction protocol (probe | native)."),
+    seed: Optional[int] = typer.Option(None, help="Replicate seed of the predictions (default: the smallest)."),
+    all_sources: bool = typer.Option(False, "--all-sources", help="Average every source, also those that saw the center."),
+    class_names: Optional[str] = typer.Option(None, help="Comma-separated class names (default: the store's, else 'class k')."),
+) -> None:
+    """Write a store's tiles as GeoJSON in level-0 pixels: import into QuPath on the original slide."""
+    from pathlib import Path
+
+    from stainshift.export import export_store
+    from stainshift.store import StoreError
+
+    target = out or str(Path(store.rstrip("/")).with_suffix(".geojson"))
+    names = [c.strip() for c in class_names.split(",")] if class_names else None
+    try:
+        path, n, scores = export_store(store, target, predictions=predictions or [], protocol=protocol, seed=seed,
+                                       unseen_only=not all_sources, names=names)
+    except (StoreError, ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"wrote {n} tiles to {path}" + (f" (scores: {scores.describe()})" if scores else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover
