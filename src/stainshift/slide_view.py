@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from stainshift import embeddings
 from stainshift.embeddings import RAW
 from stainshift.protocol import split_centers
 from stainshift.store import PatchStore
@@ -89,7 +90,7 @@ def read_predictions(paths: str | os.PathLike | Sequence[str | os.PathLike], sto
         raise ValueError("no predictions CSV given")
     frames = []
     for p in paths:
-        df = pd.read_csv(p, dtype={"source": str, "encoder_centers": str, "head_centers": str, "store": str, "test": str})
+        df = embeddings.read_predictions(p)
         frames.append(df if store is None else df[df["store"] == store])
     return pd.concat(frames, ignore_index=True)
 

@@ -1,0 +1,72 @@
+# Predictions back on the slide (issue 19; stainshift.slide_view, stainshift.export):
+#   heatmap         one job per (method, test store): {R}/plots/slides/{method}/{store}.png -- slides: thumbnail +
+#                   annotation + tile labels | mean P(positive) | share of sources correct | per-source maps;
+#                   crop stores: crops ordered by score. Marked for the HTML report.
+#   export_geojson  one job per (method, test slide): {R}/export/{method}/{store}.geojson -- the kept tiles in
+#                   level-0 pixels with label, scores and QuPath classification (File > Import objects).
+# Scores: protocol probe, the first replicate seed, the mean over the sources that never saw the store's center
+# (all sources, said in the title, where every source saw it). Uses from common.smk: RESULTS, RUNS, METHODS,
+# STORES, stores_where, prediction_path, log_path, bench_path, stage_resources, stage_threads, ENV_CPU,
+# TARGET_FUNCS, _alternatives.
+
+SLIDE_VIEW = {"protocol": "probe", "seed": RUNS[0][2] if RUNS else 0,
+              "class_names": config["tiling"].get("class_names")}
+TEST_STORES = stores_where(split="test")
+TEST_SLIDES = [s for s in TEST_STORES if STORES.loc[s, "kind"] == "slide"]
+
+# per method: the prediction CSVs of every source at the first replicate seed
+SLIDE_VIEW_PREDICTIONS = {method: [prediction_path(m, s, k) for m, s, k in RUNS if m == method and k == SLIDE_VIEW["seed"]]
+                          for method in METHODS}
+
+
+rule heatmap:
+    input:
+        store=f"{RESULTS}/tiles/{{store}}.zarr",
+        predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],
+    output:
+        png=report(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", caption="../report/slide_heatmap.rst",
+                   category="Slides", subcategory="{method}", labels={"method": "{method}", "store": "{store}"}),
+    params:
+        view=SLIDE_VIEW,
+    wildcard_constraints:
+        method=_alternatives(METHODS),
+        store=_alternatives(TEST_STORES),
+    log:
+        log_path("heatmap", "{method}/{store}"),
+    benchmark:
+        bench_path("heatmap", "{method}/{store}")
+    threads: stage_threads("slide_view")
+    resources:
+        **stage_resources("slide_view"),
+    conda:
+        ENV_CPU
+    script:
+        "../scripts/heatmap.py"
+
+
+rule export_geojson:
+    input:
+        store=f"{RESULTS}/tiles/{{store}}.zarr",
+        predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],
+    output:
+        geojson=f"{RESULTS}/export/{{method}}/{{store}}.geojson",
+    params:
+        view=SLIDE_VIEW,
+    wildcard_constraints:
+        method=_alternatives(METHODS),
+        store=_alternatives(TEST_SLIDES),
+    log:
+        log_path("export_geojson", "{method}/{store}"),
+    benchmark:
+        bench_path("export_geojson", "{method}/{store}")
+    threads: stage_threads("slide_view")
+    resources:
+        **stage_resources("slide_view"),
+    conda:
+        ENV_CPU
+    script:
+        "../scripts/export_geojson.py"
+
+
+TARGET_FUNCS.append(lambda: [f"{RESULTS}/plots/slides/{m}/{s}.png" for m in METHODS for s in TEST_STORES]
+                    + [f"{RESULTS}/export/{m}/{s}.geojson" for m in METHODS for s in TEST_SLIDES])
