@@ -4,7 +4,8 @@ Open ``{store}.zarr`` in napari (File → Open Folder, or ``napari results/tiles
 manifest ``stainshift/napari.yaml``, entry point ``napari.manifest``). Layers:
 
 1. ``{slide} tiles`` — the tile stack (N, S, S, 3), read lazily from the zarr array, one tile per
-   slice of the first axis;
+   slice of the first axis; for slide stores scaled to level-0 pixels like the slide layers, so a
+   tile shows at its true size in the top-left corner (hide the slide layers and zoom there);
 2. ``{slide} tile info`` — one text point per slice; its features (layer properties) are the tile
    table of :func:`stainshift.slide_view.tile_table`: index, x, y, label, label name, tissue and
    label fraction, and ``score_{method}`` per method;
@@ -116,14 +117,16 @@ def store_layers(path: str | os.PathLike, predictions: Sequence[str | os.PathLik
         table[f"score_{method}"] = score.reindex(table["index"]).to_numpy()
     meta = {"stainshift": {"store": str(path), "attrs": store.attrs, "methods": list(scores)}}
     s = store.patch_size
+    px0 = tile_size0(store) / s if has_coords(store) else 1.0  # stack in level-0 px, the slide layers' unit
+    stack = {"scale": (1.0, px0, px0), "axis_labels": ("tile", "y", "x"), "metadata": meta}
     label_rgba = np.array([(*label_colour(int(k)), 1.0) for k in store.label]).reshape(-1, 4)
     first = f"score_{next(iter(scores))}" if scores else None
     text = "#{index} {label_name}" + (" p={" + first + ":.2f}" if first else "")
     layers: list[LayerData] = [
-        (store.images, {"name": f"{sid} tiles", "rgb": True, "metadata": meta}, "image"),
+        (store.images, {"name": f"{sid} tiles", "rgb": True, **stack}, "image"),
         (np.column_stack([np.arange(len(store)), np.zeros((len(store), 2))]).reshape(-1, 3),
-         {"name": f"{sid} tile info", "features": table, "size": max(1.0, s / 16), "face_color": label_rgba,
-          "text": {"string": text, "anchor": "upper_left", "size": 10, "color": "yellow"}, "metadata": meta}, "points"),
+         {"name": f"{sid} tile info", "features": table, "size": 1.0, "face_color": label_rgba,
+          "text": {"string": text, "anchor": "upper_left", "size": 9, "color": "yellow"}, **stack}, "points"),
     ]
     if not has_coords(store):
         return layers
