@@ -119,17 +119,19 @@ def tile_scores(preds: pd.DataFrame, store: str, *, protocol: str = "probe", see
     if not seen:
         rows = rows[unseen]
     pcols = _proba_columns(rows)
+    if len(pcols) <= POSITIVE:
+        raise ValueError(f"store {store!r}: predictions have class columns {pcols}, need p0 and p1 at least")
     sources = list(dict.fromkeys(rows["source"]))
     per_source = {}
     for src in sources:
         sub = rows[rows["source"] == src].drop_duplicates("index").set_index("index").sort_index()
-        per_source[src] = pd.DataFrame({"score": sub[pcols[POSITIVE]] if len(pcols) > POSITIVE else np.nan,
+        per_source[src] = pd.DataFrame({"score": sub[pcols[POSITIVE]],
                                         "pred": sub["pred"].astype(int), "label": sub["label"].astype(int)})
     proba = rows.groupby("index")[pcols].mean().sort_index()
     label = rows.groupby("index")["label"].first().reindex(proba.index).astype(int)
     correct = (rows["pred"].astype(int) == rows["label"].astype(int)).astype(float).where(rows["label"] >= 0)
     table = proba.copy()
-    table["score"] = proba[pcols[POSITIVE]] if len(pcols) > POSITIVE else np.nan
+    table["score"] = proba[pcols[POSITIVE]]
     table["pred"] = proba.to_numpy().argmax(1)
     table["label"] = label
     table["share_correct"] = correct.groupby(rows["index"]).mean().reindex(proba.index)
@@ -247,7 +249,8 @@ def _thumbnail(store: PatchStore, max_size: int) -> tuple[np.ndarray, float, tup
             dims = [int(store.coords[:, 0].max() + tile_size0(store)), int(store.coords[:, 1].max() + tile_size0(store))]
         ds = max(dims) / float(max_size)
         h, w = max(1, round(dims[1] / ds)), max(1, round(dims[0] / ds))
-        return np.full((h, w, 3), 255, np.uint8), ds, (int(dims[0]), int(dims[1])), f"slide not readable ({exc})"
+        note = f"slide {Path(str(path)).name} not readable ({type(exc).__name__}): blank canvas"
+        return np.full((h, w, 3), 255, np.uint8), ds, (int(dims[0]), int(dims[1])), note
 
 
 def _tile_raster(store: PatchStore, values: np.ndarray, shape: tuple[int, int], ds: float) -> np.ndarray:
