@@ -36,7 +36,7 @@ from stainshift.embeddings import RAW
 from stainshift.protocol import split_centers
 from stainshift.store import PatchStore
 
-__all__ = ["TileScores", "read_predictions", "tile_scores", "class_names", "tile_size0", "tile_table",
+__all__ = ["TileScores", "read_predictions", "tile_scores", "class_names", "tile_size0", "has_coords", "label_colour", "tile_table",
            "parse_where", "select_tiles", "slide_heatmap", "crop_montage", "store_figure"]
 
 POSITIVE = 1  # the class whose probability is drawn (binary tasks: tumour, atypical, ...)
