@@ -188,3 +188,14 @@ def test_encode_tile_from_reader_bgrx_is_byte_identical(codec: str) -> None:
     assert encode_tile(bgrx, spec, "BGRX") == encode_tile(rgb, spec)
     with pytest.raises(StoreError, match="channel order"):
         encode_tile(rgb, spec, "ARGB")
+
+
+def test_read_leaves_the_callers_index_array_alone(tmp_path):
+    from test_data import make_stores
+
+    store = PatchStore.open(make_stores(tmp_path, n_slides=1, n_tiles=6)[0])
+    idx = np.array([5, -1, 0])
+    idx.flags.writeable = False  # as pandas hands out .to_numpy() views
+    tiles = store.read(idx)
+    assert idx.tolist() == [5, -1, 0] and tiles.shape[0] == 3
+    np.testing.assert_array_equal(tiles[0], tiles[1])

@@ -569,7 +569,7 @@ class PatchStore:
             return np.empty((0, self.patch_size, self.patch_size, 3), dtype=np.uint8)
         if order.min() < -n or order.max() >= n:
             raise IndexError(f"tile index out of range for {self.path} ({n} tiles)")
-        order %= n
+        order = order % n  # never in place: the caller's index array (possibly read-only) stays as it was
         unique, inverse = np.unique(order, return_inverse=True)
         return self._read_sorted(unique)[inverse]
 

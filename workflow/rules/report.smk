@@ -10,7 +10,8 @@ rule report:
         summary=f"{RESULTS}/metrics/summary.csv",
         figures=[f"{RESULTS}/plots/variant_accuracy.png"]
         + expand(f"{RESULTS}/plots/{{method}}/{{fig}}.png", method=METHODS,
-                 fig=["cross_center_heatmap", "roc", "embedding_map"]),
+                 fig=["cross_center_heatmap", "roc", "embedding_map"])
+        + expand(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", method=METHODS, store=stores_where(split="test")),
     output:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
     params:

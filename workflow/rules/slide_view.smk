@@ -1,9 +1,10 @@
 # Predictions back on the slide (issue 19; stainshift.slide_view, stainshift.export):
-#   heatmap         one job per (method, test store): {R}/plots/slides/{method}/{store}.png -- slides: thumbnail +
-#                   annotation + tile labels | mean P(positive) | share of sources correct | per-source maps;
-#                   crop stores: crops ordered by score. Marked for the HTML report.
-#   export_geojson  one job per (method, test slide): {R}/export/{method}/{store}.geojson -- the kept tiles in
-#                   level-0 pixels with label, scores and QuPath classification (File > Import objects).
+#   slide_view  one job per method, over every test store:
+#               {R}/plots/slides/{method}/{store}.png -- slides: thumbnail + annotation + tile labels | mean
+#               P(positive) | share of sources correct | per-source maps; crop stores: crops ordered by score
+#               (marked for the HTML report);
+#               {R}/export/{method}/{store}.geojson per test slide -- the kept tiles in level-0 pixels with label,
+#               scores and QuPath classification (File > Import objects).
 # Scores: protocol probe, the first replicate seed, the mean over the sources that never saw the store's center
 # (all sources, said in the title, where every source saw it). Uses from common.smk: RESULTS, RUNS, METHODS,
 # STORES, stores_where, prediction_path, log_path, bench_path, stage_resources, stage_threads, ENV_CPU,
@@ -19,53 +20,32 @@ SLIDE_VIEW_PREDICTIONS = {method: [prediction_path(m, s, k) for m, s, k in RUNS 
                           for method in METHODS}
 
 
-rule heatmap:
+rule slide_view:
     input:
-        store=f"{RESULTS}/tiles/{{store}}.zarr",
+        stores=[f"{RESULTS}/tiles/{s}.zarr" for s in TEST_STORES],
         predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],
     output:
-        png=report(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", caption="../report/slide_heatmap.rst",
-                   category="Slides", subcategory="{method}", labels={"method": "{method}", "store": "{store}"}),
+        pngs=[report(f"{RESULTS}/plots/slides/{{method}}/{s}.png", caption="../report/slide_heatmap.rst",
+                     category="Slides", subcategory="{method}", labels={"method": "{method}", "store": s})
+              for s in TEST_STORES],
+        geojson=[f"{RESULTS}/export/{{method}}/{s}.geojson" for s in TEST_SLIDES],
     params:
         view=SLIDE_VIEW,
+        stores=TEST_STORES,
+        slides=TEST_SLIDES,
     wildcard_constraints:
         method=_alternatives(METHODS),
-        store=_alternatives(TEST_STORES),
     log:
-        log_path("heatmap", "{method}/{store}"),
+        log_path("slide_view", "{method}"),
     benchmark:
-        bench_path("heatmap", "{method}/{store}")
+        bench_path("slide_view", "{method}")
     threads: stage_threads("slide_view")
     resources:
         **stage_resources("slide_view"),
     conda:
         ENV_CPU
     script:
-        "../scripts/heatmap.py"
-
-
-rule export_geojson:
-    input:
-        store=f"{RESULTS}/tiles/{{store}}.zarr",
-        predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],
-    output:
-        geojson=f"{RESULTS}/export/{{method}}/{{store}}.geojson",
-    params:
-        view=SLIDE_VIEW,
-    wildcard_constraints:
-        method=_alternatives(METHODS),
-        store=_alternatives(TEST_SLIDES),
-    log:
-        log_path("export_geojson", "{method}/{store}"),
-    benchmark:
-        bench_path("export_geojson", "{method}/{store}")
-    threads: stage_threads("slide_view")
-    resources:
-        **stage_resources("slide_view"),
-    conda:
-        ENV_CPU
-    script:
-        "../scripts/export_geojson.py"
+        "../scripts/slide_view.py"
 
 
 TARGET_FUNCS.append(lambda: [f"{RESULTS}/plots/slides/{m}/{s}.png" for m in METHODS for s in TEST_STORES]
