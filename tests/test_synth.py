@@ -224,7 +224,7 @@ def test_cli_writes_slides_and_a_valid_sample_sheet(tmp_path, monkeypatch):
 def test_study_rows_match_the_demo_sheet():
     import pandas as pd
 
-    rows = synth.study_rows(["center_a", "center_b", "center_c"], 3)
+    rows = synth.study_rows(["center_a", "center_b", "center_c"], 4)
     demo = pd.read_csv(REPO / "config" / "slides.tsv", sep="\t")
     assert [r["slide_id"] for r in rows] == list(demo["slide_id"])
     assert [r["split"] for r in rows] == list(demo["split"])

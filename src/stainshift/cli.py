@@ -33,7 +33,7 @@ def main(
 def synth(
     outdir: str = typer.Argument(..., help="Folder for the slides, masks, XML files and slides.tsv."),
     centers: str = typer.Option("center_a,center_b,center_c", help="Comma-separated center names (stainshift.synth.CENTERS)."),
-    slides_per_center: int = typer.Option(3, min=1, help="Slides per center: last test, one before val (>= 3), rest train."),
+    slides_per_center: int = typer.Option(4, min=1, help="Slides per center: last test, one before val (>= 3), rest train."),
     size: int = typer.Option(3072, min=256, help="Level-0 width = height in px (benchmark variant: 16384)."),
     seed: int = typer.Option(0, min=0, help="Study seed; each slide's seed derives from (seed, slide_id)."),
     mpp: float = typer.Option(0.5, min=0.01, help="Level-0 micrometres per pixel."),

@@ -966,7 +966,7 @@ def generate_study(
     outdir: str | os.PathLike,
     *,
     centers: Sequence[str] = ("center_a", "center_b", "center_c"),
-    slides_per_center: int = 3,
+    slides_per_center: int = 4,
     size: int = 3072,
     seed: int = 0,
     mpp: float = 0.5,
