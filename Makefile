@@ -26,7 +26,7 @@ report: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20
 
 lint: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint

@@ -1,7 +1,7 @@
 """Helpers of the cluster / re-run tests (tests/test_slurm.py, tests/test_reruns.py).
 
 - CI_MINI: the config overlay (on top of config/examples/tiny.yaml) both suites run: the whole demo
-  DAG — every stage — with one pretraining method and two stain methods, so a full local run and a
+  DAG — every stage — with one pretraining method on one source and two stain methods, so a full local run and a
   full SLURM run stay within the CI budget.
 - base_run(): one completed local run of CI_MINI per pytest session, shared by both suites (they copy
   it, mtimes and .snakemake metadata included, before changing anything).
@@ -29,7 +29,8 @@ import numpy as np
 from workflow_helpers import REPO, SNAKEFILE, make_workdir, run_snakemake
 
 CI_MINI: dict[str, Any] = {
-    "pretrain": {"methods": ["baseline"]},
+    # one method, one source (center_a, scored on b and c): every stage, the fewest jobs
+    "pretrain": {"methods": ["baseline"], "sources": ["center_a"]},
     "normalize": {"methods": ["reinhard", "macenko"], "targets": {"k": 2}},
     # small requests so the one-node CI cluster (2 CPUs, ~24 GB) runs two jobs side by side
     "resources": {

@@ -106,3 +106,18 @@ def test_real_crop_sets(shared_data: Path, tmp_path: Path) -> None:
     assert sum(len(s) for s in stores) == len(load_crop_set(at).table)
     assert all(s.patch_size == 128 and set(s.label) <= {0, 1} for s in stores)
     print({p.name: len(s) for p, s in zip(paths, stores)})
+
+
+def test_dataset_gives_each_crop_its_slide(tmp_path: Path) -> None:
+    """A crop store holds crops of many slides: TileDataset's per-tile slide ids (SASSL's relation
+    R, slide-balanced batches) come from the store's crop groups, not one id per store."""
+    from stainshift.data import TileDataset
+
+    root = make_set(tmp_path / "set", n_groups=5, per_group=3)
+    entry = {"name": "mit", "folder": str(root), "group_column": "slide", "classes": ["normal", "atypical"], "seed": 1}
+    cs = load_crop_set(entry)
+    train = [p for p in import_crop_set(entry, tmp_path / "tiles") if p.name.endswith("-train.zarr")]
+    ds = TileDataset(train)
+    groups = cs.table[cs.table["split"].eq("train")].sort_values(["domain"], kind="stable")["group"]
+    assert len(ds.slide_ids) == groups.nunique() > len(train)
+    assert sorted(np.asarray(ds.slide_ids)[ds.slides]) == sorted(groups.astype(str))

@@ -125,7 +125,7 @@ def test_demo_through_slurm_equals_local_run(slurm_cluster, tmp_path_factory):
             assert j["Partition"] == "cpu", (j["rule"], j["Partition"])
             assert "gpu" not in j.get("TresPerJob", ""), (j["rule"], j.get("TresPerJob"))
     # the GPU job saw its (fake) GPU, torch found no CUDA, and training fell back to CPU with a log line
-    pretrain_log = (work / "results" / "logs" / "pretrain" / "baseline.log").read_text()
+    pretrain_log = (work / "results" / "logs" / "pretrain" / "baseline" / "center_a" / "seed0.log").read_text()
     assert re.search(r"no CUDA device.*CPU", pretrain_log), pretrain_log[-2000:]
 
     local, local_s = base_run(tmp_path_factory)  # the session's local run (shared with test_reruns.py)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from stainshift.cropsets import tile_groups
 from stainshift.store import PatchStore
 
 
@@ -34,7 +35,7 @@ class TileDataset(Dataset):
         self.paths = [str(p) for p in paths]
         store_idx, tile_idx, labels, slides, centers, coords = [], [], [], [], [], []
         self.store_attrs: list[dict[str, Any]] = []
-        slide_names: list[str] = []
+        slide_index: dict[str, int] = {}  # slide id -> code, in order of first appearance
         center_names: list[str] = []
         sizes = set()
         for s, path in enumerate(self.paths):
@@ -46,22 +47,23 @@ class TileDataset(Dataset):
             n = len(store)
             if n:
                 sizes.add(tuple(store.images.shape[1:3]))
-            slide = str(attrs.get("slide_id") or Path(path).stem)
+            attrs.setdefault("slide_id", Path(path).stem)
             center = str(attrs.get("center") or "unknown")
-            if slide not in slide_names:
-                slide_names.append(slide)
+            tile_slides, _ = tile_groups(attrs, n)  # a crop store: one slide id per crop (SASSL's R)
+            for slide in tile_slides:
+                slide_index.setdefault(slide, len(slide_index))
             if center not in center_names:
                 center_names.append(center)
             store_idx.append(np.full(n, s, np.int64))
             tile_idx.append(np.arange(n, dtype=np.int64))
             labels.append(np.asarray(store.label, np.int64).reshape(n))
-            slides.append(np.full(n, slide_names.index(slide), np.int64))
+            slides.append(np.asarray([slide_index[t] for t in tile_slides], np.int64).reshape(n))
             centers.append(np.full(n, center_names.index(center), np.int64))
             coords.append(np.asarray(store.coords, np.int64).reshape(n, 2))
         if len(sizes) > 1:
             raise ValueError(f"TileDataset: stores have different tile sizes {sorted(sizes)}: {self.paths}")
         self.tile_size = sizes.pop()[0] if sizes else 0
-        self.slide_ids = slide_names
+        self.slide_ids = list(slide_index)
         self.centers = center_names
         self.store_index = np.concatenate(store_idx)
         self.tile_index = np.concatenate(tile_idx)
