@@ -252,6 +252,9 @@ def _csv(a: Path, b: Path, roots) -> None:
     da, db = pd.read_csv(a, sep=sep), pd.read_csv(b, sep=sep)
     if list(da.columns) != list(db.columns) or da.shape != db.shape:
         raise Mismatch(f"{a.name}: columns/shape {list(da.columns)} {da.shape} != {list(db.columns)} {db.shape}")
+    if "metric" in da.columns and "value" in da.columns:  # long format: timing rows (seconds, images_per_s)
+        volatile = da["metric"].astype(str).str.contains(VOLATILE) | db["metric"].astype(str).str.contains(VOLATILE)
+        da, db = da[~volatile].reset_index(drop=True), db[~volatile].reset_index(drop=True)
     keep = [c for c in da.columns if not VOLATILE.search(str(c))]
     for col in keep:
         x, y = da[col], db[col]

@@ -226,6 +226,9 @@ def test_learning_rows_flag_a_run_that_did_not_learn(run_dir):
     bad = flag[flag.value == 1]
     assert bad[["source", "seed"]].values.tolist() == [["cc", 1]] and "log(2N-1)" in bad["note"].iloc[0]
     assert {"epochs", "images_seen", "final_loss", "first_loss", "final_embedding_std"} <= set(t.metric)
+    # the run's training centers as the predictions write them (train_summary.json: a joined string)
+    by_source = flag.set_index("source")["encoder_centers"].to_dict()
+    assert by_source["ca"] == "ca" and all("+" not in v or k.startswith("loco") for k, v in by_source.items())
 
 
 def test_compare_methods_paired_by_seed(run_dir):

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from stainshift.protocol import LOCO_PREFIX, split_centers
+from stainshift.protocol import LOCO_PREFIX, join_centers, split_centers
 
 from . import batch_effect as be
 from . import bootstrap as bs
@@ -669,6 +669,14 @@ def subsample_for_map(emb: EmbeddingSet, max_points: int, seed: int) -> tuple[np
 LEARNING_SCALARS = ("epochs", "tiles", "images_seen", "seconds")
 
 
+def _centers_text(centers: str | Iterable[str] | None) -> str:
+    """A run's training centers as the predictions write them (``a+b``), from the summary's joined
+    string or a list."""
+    if not centers:
+        return ""
+    return join_centers(split_centers(centers) if isinstance(centers, str) else centers)
+
+
 def read_train_summary(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
@@ -684,7 +692,7 @@ def learning_table(summaries: Iterable[Mapping[str, Any]], method: str,
         learning = s.get("learning") or {}
         common = dict(method=method, protocol="train", source=str(s["source"]), source_kind=kinds.get(str(s["source"]), ""),
                       seed=int(s["seed"]), test="train", kind="learning", n=int(s.get("tiles") or 0), n_seeds=1,
-                      encoder_centers="+".join(sorted(s.get("centers") or [])))
+                      encoder_centers=_centers_text(s.get("centers")))
         status = str(learning.get("status", "ok"))
         rows.append(row(**common, metric="did_not_learn", value=float(status != "ok"),
                         note="; ".join(map(str, learning.get("reasons") or [])) or status))
