@@ -47,7 +47,7 @@ class TileDataset(Dataset):
             n = len(store)
             if n:
                 sizes.add(tuple(store.images.shape[1:3]))
-            attrs.setdefault("slide_id", Path(path).stem)
+            attrs["slide_id"] = str(attrs.get("slide_id") or Path(path).stem)  # empty id: the store's name
             center = str(attrs.get("center") or "unknown")
             tile_slides, _ = tile_groups(attrs, n)  # a crop store: one slide id per crop (SASSL's R)
             for slide in tile_slides:
