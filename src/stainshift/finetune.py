@@ -6,7 +6,8 @@ Every run is scored under two protocols (:data:`stainshift.embeddings.PROTOCOLS`
   source's training stores (from the ``embed`` rule) → a linear layer (:func:`finetune_linear`);
 - ``native`` — the method's own seed downstream: ``end_to_end`` = the classifier a supervised
   method trained during pretraining (seed 000: baseline, stain_embed), unchanged; ``fusion`` =
-  full fine-tuning of a classifier on seed 002's fusion encoder (:func:`finetune_classifier`).
+  full fine-tuning of a classifier on seed 002's fusion encoder (:func:`finetune_classifier`);
+  ``full`` = full fine-tuning of encoder + linear head (external encoders with ``finetune: full``).
 
 Both choose their epoch on the source's validation stores, and for binary tasks a decision
 threshold on P(class 1) there too (:func:`choose_threshold`). The heads of a run are one file
@@ -37,7 +38,7 @@ from stainshift.train import atomic_save, encode_images, load, load_encoder, see
 log = logging.getLogger("stainshift.finetune")
 
 SELECT_METRICS = {"balanced_accuracy": balanced_accuracy, "accuracy": accuracy}
-DOWNSTREAMS = ("end_to_end", "fusion")
+DOWNSTREAMS = ("end_to_end", "fusion", "full")
 
 
 class LinearProbe(nn.Module):
@@ -239,8 +240,6 @@ def head_module(payload: Mapping[str, Any], device: torch.device | str = "cpu") 
     if mode == "linear":
         module: nn.Module = LinearProbe(int(payload["in_dim"]), int(payload["num_classes"]))
     elif mode == "full":
-        import stainshift.methods  # noqa: F401  (registers the fused encoder arch of seed 002)
-
         module = Classifier(build_encoder(payload["encoder_spec"]), int(payload["num_classes"]),
                             head=build_head(payload["head_spec"]))
     else:
@@ -305,21 +304,27 @@ def fit_native(downstream: str, encoder_path: str | os.PathLike, train_stores: S
                val_stores: Sequence[str], cfg: Mapping[str, Any], device: torch.device,
                seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The native head of a run (payload) and its per-epoch rows: ``end_to_end`` (the pretraining
-    classifier) or ``fusion`` (seed 002 Eqs. 7–9, settings ``cfg['full']``, E_s init
-    ``cfg['fusion_init']``). ``train_stores`` / ``val_stores`` are store paths."""
+    classifier), ``fusion`` (seed 002 Eqs. 7–9, settings ``cfg['full']``, E_s init
+    ``cfg['fusion_init']``) or ``full`` (encoder + linear head fine-tuned, settings ``cfg['full']``).
+    ``train_stores`` / ``val_stores`` are store paths."""
     from stainshift.methods.fusion import build_fusion_encoder
 
     rows: list[dict[str, Any]] = []
-    num_classes = int(load(encoder_path)["num_classes"])
+    num_classes = int(load(encoder_path).get("num_classes") or cfg.get("num_classes")
+                      or TileDataset(train_stores, labelled_only=True).num_classes())
+    full = {**(cfg.get("full") or {}), "seed": seed, "select": cfg.get("select", "balanced_accuracy"),
+            "class_weight": cfg.get("class_weight")}
     if downstream == "end_to_end":
         model = load_native_classifier(encoder_path, device)
     elif downstream == "fusion":
-        full = {**(cfg.get("full") or {}), "seed": seed, "select": cfg.get("select", "balanced_accuracy"),
-                "class_weight": cfg.get("class_weight")}
         seed_everything(seed)
         fused = build_fusion_encoder(load_encoder(encoder_path, device), init=str(cfg.get("fusion_init", "random")),
                                      seed=seed)
         model, rows = finetune_classifier(Classifier(fused, num_classes), train_stores, val_stores, full, device)
+    elif downstream == "full":
+        seed_everything(seed)
+        model, rows = finetune_classifier(Classifier(load_encoder(encoder_path, device), num_classes), train_stores,
+                                          val_stores, full, device)
     else:
         raise ValueError(f"unknown native downstream {downstream!r} (expected one of {DOWNSTREAMS})")
     vimg, vlab = stack_tiles(val_stores) if val_stores else stack_tiles(train_stores)

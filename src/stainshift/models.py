@@ -10,13 +10,18 @@ Built-in architectures (``spec["arch"]``):
 - ``resnet18_narrow``: seed 000's ResNet18 with 32/64/128/256/256 filters (stem 32, stages
   64/128/256/256) and leaky ReLU;
 - ``vit_tiny``: ViT with 12 blocks, 3 heads, dim 192 (≈5.5 M params), CLS token, ``patch`` size
-  configurable (16 for 224–256 px tiles; smaller for the demo's small tiles).
+  configurable (16 for 224–256 px tiles; smaller for the demo's small tiles); ``vit_small`` /
+  ``vit_base`` / ``vit_large`` the usual sizes (for weights of timm's ViTs, :mod:`stainshift.external`);
+- ``external``: an encoder loaded from a local file (:mod:`stainshift.external`).
+Every built-in arch takes ``mean`` / ``std`` (the input normalisation; default the H&E statistics
+below). A spec may carry ``init`` (a state-dict file, :func:`stainshift.external.load_init`): the
+weights the encoder starts from; it is not kept in ``.spec``.
 Extra architectures can be added with ``@register_encoder("name")`` (e.g. SASSL's fused encoder).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -39,24 +44,42 @@ def register_encoder(name: str) -> Callable[[Callable[..., nn.Module]], Callable
 
 
 def build_encoder(spec: dict[str, Any] | str) -> nn.Module:
-    """Build an encoder from ``{"arch": name, **kwargs}`` (or just a name); sets ``.spec``."""
+    """Build an encoder from ``{"arch": name, **kwargs}`` (or just a name); sets ``.spec``.
+
+    ``spec["init"]`` (optional): start from the weights of a state-dict file
+    (:func:`stainshift.external.load_init`); ``.spec`` keeps everything but ``init``."""
     spec = {"arch": spec} if isinstance(spec, str) else dict(spec)
+    init = spec.pop("init", None)
     arch = spec.get("arch")
+    if arch not in _ENCODERS:
+        _register_plugins()
     if arch not in _ENCODERS:
         raise KeyError(f"unknown encoder arch '{arch}' (key 'encoder.arch'); known: {', '.join(sorted(_ENCODERS))}")
     kwargs = {k: v for k, v in spec.items() if k != "arch"}
     model = _ENCODERS[arch](**kwargs)
     model.spec = copy.deepcopy(spec)
+    if init:
+        from stainshift.external import load_init
+
+        load_init(model, init)
     return model
 
 
-class InputNorm(nn.Module):
-    """(x − mean) / std with fixed H&E statistics (buffers, so they follow .to(device))."""
+def _register_plugins() -> None:
+    """Import the modules that register encoders beyond this file's (SASSL's fused encoder, external)."""
+    import stainshift.external  # noqa: F401
+    import stainshift.methods  # noqa: F401
 
-    def __init__(self) -> None:
+
+class InputNorm(nn.Module):
+    """(x − mean) / std, by default with fixed H&E statistics (buffers, so they follow .to(device))."""
+
+    def __init__(self, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"encoder mean/std need 3 values each and std > 0, got mean={mean}, std={std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -125,10 +148,10 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: type[nn.Module], depths: list[int], widths: list[int], act: str = "relu",
-                 small_input: bool = False) -> None:
+                 small_input: bool = False, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
         super().__init__()
         stem, *stage_widths = widths
-        self.norm = InputNorm()
+        self.norm = InputNorm(mean, std)
         if small_input:
             self.stem = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), _act(act))
         else:
@@ -174,25 +197,29 @@ def _widths(default: list[int], width: float, widths: list[int] | None) -> list[
 
 
 @register_encoder("resnet18")
-def resnet18(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], _widths([64, 64, 128, 256, 512], width, widths), act, small_input)
+def resnet18(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False,
+             mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], _widths([64, 64, 128, 256, 512], width, widths), act, small_input, mean, std)
 
 
 @register_encoder("resnet34")
-def resnet34(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], _widths([64, 64, 128, 256, 512], width, widths), act, small_input)
+def resnet34(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False,
+             mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
+    return ResNet(BasicBlock, [3, 4, 6, 3], _widths([64, 64, 128, 256, 512], width, widths), act, small_input, mean, std)
 
 
 @register_encoder("resnet50")
-def resnet50(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], _widths([64, 64, 128, 256, 512], width, widths), act, small_input)
+def resnet50(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False,
+             mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], _widths([64, 64, 128, 256, 512], width, widths), act, small_input, mean, std)
 
 
 @register_encoder("resnet18_narrow")
 def resnet18_narrow(width: float = 1.0, widths: list[int] | None = None, act: str = "leaky_relu",
-                    small_input: bool = False) -> ResNet:
+                    small_input: bool = False, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
     """Seed 000: ResNet18 with 32/64/128/256/256 filters and leaky ReLU (out_dim 256)."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], _widths([32, 64, 128, 256, 256], width, widths), act, small_input)
+    return ResNet(BasicBlock, [2, 2, 2, 2], _widths([32, 64, 128, 256, 256], width, widths), act, small_input, mean,
+                  std)
 
 
 class _Block(nn.Module):
@@ -214,11 +241,11 @@ class ViT(nn.Module):
     """Pre-norm ViT with a CLS token and learned position embeddings (interpolated for other sizes)."""
 
     def __init__(self, image_size: int = 224, patch: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
-                 mlp_ratio: float = 4.0) -> None:
+                 mlp_ratio: float = 4.0, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> None:
         super().__init__()
         if image_size % patch:
             raise ValueError(f"vit: image_size {image_size} is not a multiple of patch {patch}")
-        self.norm_in = InputNorm()
+        self.norm_in = InputNorm(mean, std)
         self.patch = patch
         self.embed = nn.Conv2d(3, dim, patch, patch)
         self.grid = image_size // patch
@@ -248,9 +275,23 @@ class ViT(nn.Module):
 
 @register_encoder("vit_tiny")
 def vit_tiny(image_size: int = 224, patch: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
-             mlp_ratio: float = 4.0) -> ViT:
+             mlp_ratio: float = 4.0, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ViT:
     """Seed 003's ViT-tiny: 12 blocks, 3 heads, dim 192 (≈5.5 M parameters at the defaults)."""
-    return ViT(image_size, patch, dim, depth, heads, mlp_ratio)
+    return ViT(image_size, patch, dim, depth, heads, mlp_ratio, mean, std)
+
+
+def _vit_size(name: str, dim: int, depth: int, heads: int) -> None:
+    def build(image_size: int = 224, patch: int = 16, mean: Sequence[float] = MEAN,
+              std: Sequence[float] = STD) -> ViT:
+        return ViT(image_size, patch, dim, depth, heads, 4.0, mean, std)
+
+    build.__doc__ = f"ViT-{name.split('_')[1].title()}: dim {dim}, {depth} blocks, {heads} heads (timm's sizes)."
+    register_encoder(name)(build)
+
+
+_vit_size("vit_small", 384, 12, 6)
+_vit_size("vit_base", 768, 12, 12)
+_vit_size("vit_large", 1024, 24, 16)
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, bn: bool = False, last_bn: bool = False,

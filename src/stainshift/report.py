@@ -337,7 +337,18 @@ def training_text(summary: pd.DataFrame) -> str:
         bad, n, reasons = flags.get(m, (0, 0, []))
         rows.append([f"`{m}`", str(n), *(f"{mean[k]:.0f}" if k in mean else "n/a" for k in ("epochs", "images_seen", "seconds")),
                      f"{bad}: " + "; ".join(reasons) if bad else "0"])
-    return _md_table(["method", "runs", "epochs", "images seen", "seconds", "runs that did not learn"], rows)
+    table = _md_table(["method", "runs", "epochs", "images seen", "seconds", "runs that did not learn"], rows)
+    return table + weights_files_text(learning)
+
+
+def weights_files_text(learning: pd.DataFrame) -> str:
+    """The weights files behind the encoders: external encoders (evaluated, not trained) and
+    pretrainings started from a file, each with its sha256 (the ``external`` / ``init`` rows)."""
+    lines = []
+    for metric, what in (("external", "external encoder, not trained here"), ("init", "training started from")):
+        for (m, note), _ in learning[learning["metric"] == metric].groupby(["method", "note"], sort=False):
+            lines.append(f"- `{m}` ({what}): `{note}`")
+    return ("\n\nWeights read from files:\n\n" + "\n".join(lines)) if lines else ""
 
 
 def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, reference: str = "baseline",

@@ -393,8 +393,11 @@ def _train_step(model: nn.Module, method: Method, batch: dict[str, torch.Tensor]
 # pretraining entry point and the encoder file
 # ---------------------------------------------------------------------------------------------
 def save_encoder(encoder: nn.Module, path: str | os.PathLike, **meta: Any) -> None:
-    """Write ``encoder.pt``: {spec, state_dict, out_dim, software_version, **meta} atomically."""
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    """Write ``encoder.pt``: {spec, state_dict, out_dim, software_version, **meta} atomically.
+    An encoder whose weights live in a file of its own (``weights_in_file``: external encoders)
+    is stored by its spec alone (``state_dict`` empty)."""
+    state = ({} if getattr(encoder, "weights_in_file", False)
+             else {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()})
     atomic_save({"spec": encoder.spec, "state_dict": state, "out_dim": int(encoder.out_dim),
                  "software_version": stainshift.__version__, **meta}, path)
 
@@ -405,7 +408,8 @@ def load_encoder(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     if "spec" not in state or "state_dict" not in state:
         raise ValueError(f"{path}: not an encoder file (keys 'spec' and 'state_dict' expected)")
     enc = build_encoder(state["spec"])
-    enc.load_state_dict(state["state_dict"])
+    if state["state_dict"] or not getattr(enc, "weights_in_file", False):
+        enc.load_state_dict(state["state_dict"])
     return enc.to(device).eval()
 
 
@@ -413,7 +417,8 @@ class DidNotLearnError(RuntimeError):
     """Pretraining finished but the method's :meth:`learning_check` found it did not learn."""
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """JSON (indented, sorted keys) written atomically: temp file beside ``path``, then os.replace."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
@@ -450,6 +455,14 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
     enc = dict(cfg["encoder"]) if isinstance(cfg["encoder"], dict) else {"arch": cfg["encoder"]}
     if str(enc.get("arch", "")).startswith("vit") and "image_size" not in enc:
         enc["image_size"] = int(cfg["image_size"])  # position-embedding grid of the tiles
+    init = cfg.get("init")
+    if init:  # pretrain.<method>.init: start from a state-dict file; its sha256 joins the run fingerprint
+        from stainshift.external import file_sha256
+
+        init = {"file": init} if isinstance(init, str) else dict(init)
+        init["sha256"] = file_sha256(init["file"])
+        enc["init"] = cfg["init"] = init
+        meta["init"] = {"file": init["file"], "sha256": init["sha256"]}
     cfg["encoder"] = enc
     if cfg["image_size"] != dataset.tile_size:
         log.info("image_size %s ≠ tile size %d: views resize crops to image_size", cfg["image_size"], dataset.tile_size)
@@ -490,7 +503,7 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
         save_encoder(method.export_encoder(), path, method=method_name, epochs=epochs, num_classes=num_classes,
                      tile_size=dataset.tile_size, train_stores=list(stores), learning=learning, meta=meta,
                      final_loss=float(history[-1]["loss"]) if history else float("nan"), **extra)
-        _write_json(out_dir / "train_summary.json", summary)
+        write_json(out_dir / "train_summary.json", summary)
         (out_dir / "checkpoints" / "last.pt").unlink(missing_ok=True)  # done: a forced re-run starts afresh
         log.info("wrote %s (%s)", path, learning["status"])
     if world > 1:

@@ -208,7 +208,27 @@ def tile_targets():
 # the source's centers' train/val stores (stainshift.protocol; DESIGN.md "Evaluation protocol").
 from stainshift.protocol import join_centers, parse_sources
 
-METHODS = list(config["pretrain"]["methods"])
+from stainshift.external import check_entries
+from stainshift.methods import available_methods
+
+TRAINED_METHODS = list(config["pretrain"]["methods"])
+# external encoders (stainshift.external): loaded from a file by rule import_encoder, then evaluated as methods
+EXTERNAL = check_entries(config.get("external") or [], reserved=available_methods())
+METHODS = TRAINED_METHODS + list(EXTERNAL)
+if not METHODS:
+    raise ValueError("nothing to evaluate: pretrain.methods is empty and the config lists no external encoders")
+
+
+def _init_file(method):
+    """The state-dict file pretrain.<method>.init starts the encoder from (None without init)."""
+    init = (config["pretrain"].get(method) or {}).get("init")
+    return init["file"] if init else None
+
+
+_missing_init = [f"  - pretrain.{m}.init.file: {_init_file(m)!r} does not exist"
+                 for m in TRAINED_METHODS if _init_file(m) and not Path(_init_file(m)).is_file()]
+if _missing_init:
+    raise ValueError("invalid config:\n" + "\n".join(_missing_init))
 TRAIN_SPLIT = config["pretrain"]["train_split"]
 VAL_SPLIT = config["finetune"]["val_split"]
 SOURCES = parse_sources(config["pretrain"]["sources"],
@@ -222,11 +242,11 @@ def _fusion_methods():
     pretrain.methods keeps the base config's fusion list (Snakemake merges dicts, replaces lists),
     so a fusion method that is not run is skipped with a note on stderr, not an error."""
     listed = list(config["finetune"].get("fusion") or [])
-    skipped = [m for m in listed if m not in METHODS]
+    skipped = [m for m in listed if m not in TRAINED_METHODS]
     if skipped:
-        print(f"note: finetune.fusion {skipped} not in pretrain.methods {METHODS}; no fusion run for them",
+        print(f"note: finetune.fusion {skipped} not in pretrain.methods {TRAINED_METHODS}; no fusion run for them",
               file=sys.stderr)
-    return [m for m in listed if m in METHODS]
+    return [m for m in listed if m in TRAINED_METHODS]
 
 
 FUSION_METHODS = _fusion_methods()
@@ -236,9 +256,13 @@ def native_downstream(method):
     """The method's own seed downstream, evaluated beside the common linear probe:
     ``end_to_end`` (its pretraining classifier: baseline, stain_embed, stain_embed_c — seed 000),
     ``fusion`` (full fine-tuning with seed 002's fusion encoder, for methods in finetune.fusion),
-    or None (the seed's downstream is the frozen-feature probe itself: simclr 001, lmc 003)."""
+    ``full`` (an external encoder with ``finetune: full``: encoder + head fine-tuned),
+    or None (the seed's downstream is the frozen-feature probe itself: simclr 001, lmc 003; a
+    frozen external encoder)."""
     from stainshift.methods import get_method_class
 
+    if method in EXTERNAL:
+        return "full" if EXTERNAL[method]["finetune"] == "full" else None
     if method in FUSION_METHODS:
         return "fusion"
     if get_method_class(method).supervised:
@@ -313,3 +337,5 @@ def train_targets():
 
 
 RUN_CONSTRAINTS = {"method": _alternatives(METHODS), "source": _alternatives(list(SOURCES)), "seed": r"\d+"}
+TRAINED_RUN_CONSTRAINTS = {**RUN_CONSTRAINTS, "method": _alternatives(TRAINED_METHODS)}
+EXTERNAL_RUN_CONSTRAINTS = {**RUN_CONSTRAINTS, "method": _alternatives(list(EXTERNAL))}

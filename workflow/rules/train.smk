@@ -1,6 +1,8 @@
 # Training stages (stainshift.train / stainshift.methods / stainshift.embeddings), one job per run
 # (method, source, seed) — a source's models learn only from its centers' train/val stores:
 #   pretrain         -> {R}/models/{m}/{src}/seed{k}/encoder.pt, metrics.csv, train_summary.json
+#   import_encoder   -> the same encoder.pt and train_summary.json for an `external` encoder (its file's
+#                       spec and sha256, no weights, nothing trained; stainshift.external)
 #   embed            -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 per store and test variant), manifest.csv
 #   finetune         -> {R}/models/{m}/{src}/seed{k}/heads.pt, finetune.csv: the linear probe on frozen
 #                       features (every method) and the method's own seed downstream (end-to-end
@@ -13,6 +15,7 @@ RUN = "{method}/{source}/seed{seed}"
 rule pretrain:
     input:
         stores=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
+        init=lambda wc: [f for f in [_init_file(wc.method)] if f],
     output:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         metrics=f"{RESULTS}/models/{RUN}/metrics.csv",
@@ -25,7 +28,7 @@ rule pretrain:
         script=lambda wc: str(Path(workflow.basedir) / "scripts" / "pretrain.py"),
         out_dir=lambda wc, output: str(Path(output.encoder).parent),
     wildcard_constraints:
-        **RUN_CONSTRAINTS,
+        **TRAINED_RUN_CONSTRAINTS,
     log:
         log_path("pretrain", RUN),
     benchmark:
@@ -39,6 +42,30 @@ rule pretrain:
         "OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} --method {wildcards.method:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --config-json {params.cfg:q} --meta-json {params.meta:q} "
         "--on-no-learning {params.on_no_learning:q} --stores {input.stores:q} > {log:q} 2>&1"
+
+
+rule import_encoder:
+    input:
+        weights=lambda wc: EXTERNAL[wc.method]["file"],
+    output:
+        encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
+        summary=f"{RESULTS}/models/{RUN}/train_summary.json",
+    params:
+        entry=lambda wc: EXTERNAL[wc.method],
+        meta=run_meta,
+    wildcard_constraints:
+        **EXTERNAL_RUN_CONSTRAINTS,
+    log:
+        log_path("import_encoder", RUN),
+    benchmark:
+        bench_path("import_encoder", RUN)
+    threads: 1
+    resources:
+        **stage_resources("embed"),
+    conda:
+        ENV_GPU
+    script:
+        "../scripts/import_encoder.py"
 
 
 rule embed:
