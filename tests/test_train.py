@@ -175,3 +175,34 @@ def test_did_not_learn_fails_or_is_flagged(stores: list[str], tmp_path: Path) ->
     assert load(tmp_path / "flag" / "encoder.pt")["learning"]["status"] == "did_not_learn"
     summary = json.loads((tmp_path / "flag" / "train_summary.json").read_text())
     assert summary["learning"] == {"status": "did_not_learn", "reasons": ["loss stayed at 1.0 (its chance level)"]}
+
+
+def test_pretraining_from_an_init_file_records_it_through_to_the_report(stores: list[str], tmp_path: Path) -> None:
+    from stainshift.external import file_sha256
+    from stainshift.metrics import pipeline as pl
+    from stainshift.report import weights_files_text
+
+    torch.manual_seed(3)
+    start = build_encoder(TINY_RESNET)
+    torch.save({"state_dict": start.state_dict()}, tmp_path / "start.pt")  # stainshift layout, nested like encoder.pt
+    cfg = method_config({"defaults": tiny_cfg(epochs=1), "simclr": {"init": {"file": str(tmp_path / "start.pt")}}},
+                        "simclr")
+    seen: list[torch.Tensor] = []
+    original = torch.nn.Module.load_state_dict
+
+    def spy(self, state, *args, **kwargs):  # the weights the method's encoder is initialised with
+        seen.append(state["stem.0.weight"].clone())
+        return original(self, state, *args, **kwargs)
+
+    torch.nn.Module.load_state_dict = spy
+    try:
+        pretrain("simclr", stores, cfg, tmp_path / "run", meta={"source": "c1", "seed": 0}, progress=False)
+    finally:
+        torch.nn.Module.load_state_dict = original
+    assert seen and torch.equal(seen[0], start.state_dict()["stem.0.weight"])
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    sha = file_sha256(tmp_path / "start.pt")
+    assert summary["init"] == {"file": str(tmp_path / "start.pt"), "sha256": sha}
+    assert "init" not in load(tmp_path / "run" / "encoder.pt")["spec"]  # reloads without the file
+    table = pl.learning_table([summary], "simclr")
+    assert f"`simclr` (training started from): `state_dict {tmp_path / 'start.pt'} sha256 {sha}`" in weights_files_text(table)

@@ -342,7 +342,9 @@ def predict_run(heads: Mapping[str, Mapping[str, Any]], manifest: pd.DataFrame, 
 
     Probes read the embeddings; full classifiers re-run on the tiles. Each row carries the run's
     provenance (``meta``: method, source, source_kind, seed, centers) and the head's
-    ``head_centers``, and per-tile slide / patient ids (crop sets: the crop's source slide)."""
+    ``head_centers`` and ``encoder_centers`` (default: the run's centers; empty for a frozen
+    external encoder, which saw none of the study's centers as far as stainshift knows), and
+    per-tile slide / patient ids (crop sets: the crop's source slide)."""
     tests = manifest[manifest["split"] == test_split]
     if tests.empty:
         log.warning("no stores of split '%s' in the run's manifest: no predictions", test_split)
@@ -366,7 +368,7 @@ def predict_run(heads: Mapping[str, Mapping[str, Any]], manifest: pd.DataFrame, 
                 probs = probabilities(module, PatchStore.open(row.source).read(idx), device, from_features=False)
             frame = prediction_frame(
                 probs, index=idx, label=emb["label"], threshold=float(payload.get("threshold", np.nan)),
-                meta={**meta, "protocol": protocol, "encoder_centers": meta["centers"],
+                meta={**meta, "protocol": protocol, "encoder_centers": payload.get("encoder_centers", meta["centers"]),
                       "head_centers": payload.get("head_centers", meta["centers"]), "store": row.store,
                       "test": row.center, "split": row.split, "variant_method": row.variant_method,
                       "variant_target": row.variant_target})

@@ -348,7 +348,12 @@ def weights_files_text(learning: pd.DataFrame) -> str:
     for metric, what in (("external", "external encoder, not trained here"), ("init", "training started from")):
         for (m, note), _ in learning[learning["metric"] == metric].groupby(["method", "note"], sort=False):
             lines.append(f"- `{m}` ({what}): `{note}`")
-    return ("\n\nWeights read from files:\n\n" + "\n".join(lines)) if lines else ""
+    if not lines:
+        return ""
+    caveat = ("\n\nWhat an external encoder was pretrained on is not known to stainshift: its test centers count "
+              "as unseen here, which they are not if its pretraining data included them (check the model card)."
+              if (learning["metric"] == "external").any() else "")
+    return "\n\nWeights read from files:\n\n" + "\n".join(lines) + caveat
 
 
 def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, reference: str = "baseline",

@@ -11,7 +11,7 @@ import torch
 
 from stainshift.embeddings import write_predictions
 from stainshift.finetune import fit_native, fit_probe, predict_run, save_heads
-from stainshift.train import select_device
+from stainshift.train import load, select_device
 
 smk = snakemake  # type: ignore[name-defined]  # noqa: F821
 logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO,
@@ -26,8 +26,9 @@ train_ids, val_ids = list(smk.params.train_stores), list(smk.params.val_stores)
 head_meta = {**meta, "head_centers": meta["centers"], "train_stores": list(smk.input.train),
              "val_stores": list(smk.input.val)}
 
+external = "external" in load(smk.input.encoder)  # a frozen external encoder learnt from none of our centers
 probe, rows = fit_probe(manifest, train_ids, val_ids, cfg)
-heads = {"probe": {**probe, **head_meta, "protocol": "probe"}}
+heads = {"probe": {**probe, **head_meta, "protocol": "probe", "encoder_centers": "" if external else meta["centers"]}}
 log.info("%s / %s / seed %s: probe, best epoch %d, val %s = %.4f, threshold %.3f", meta["method"], meta["source"],
          meta["seed"], probe["best_epoch"], probe["select"], probe["val_metric"], probe["threshold"])
 table = [{"protocol": "probe", **r} for r in rows]
