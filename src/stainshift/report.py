@@ -103,6 +103,7 @@ def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
     """One row per method: in-center / unseen balanced accuracy, unseen AUC and accuracy, the drop,
     Δ vs the reference (unseen balanced accuracy, drop), learning flag."""
     flags = learning_flags(summary)
+    external = set(summary.loc[(summary["kind"] == "learning") & (summary["metric"] == "external"), "method"])
     rows = []
     for m in _methods(summary):
         sub, same = protocol_rows(summary, m, protocol)
@@ -115,7 +116,8 @@ def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
             d = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric=metric)
             cells.append("reference" if m == reference else _fmt(d))
         bad, n, _ = flags.get(m, (0, 0, []))
-        cells.append(f"**did not learn** ({bad}/{n} runs)" if bad else ("ok" if n else "n/a"))
+        cells.append(f"**did not learn** ({bad}/{n} runs)" if bad else
+                     ("external (not trained)" if m in external else "ok" if n else "n/a"))
         rows.append(cells)
     if not rows:
         return "_No single-center sources in this run: no headline (see the leave-one-center-out table)._"
