@@ -125,8 +125,13 @@ def test_missing_required_column_value(tmp_path: Path) -> None:
         (lambda cfg, sheet: sheet.loc.__setitem__((2, "slide_id"), "a_train1"), "duplicate slide_id 'a_train1'"),
         (lambda cfg, sheet: cfg["pretrain"].update(sources=["each", "center_x"]), "center_x"),
         (lambda cfg, sheet: cfg["finetune"].update(mode="full"), "finetune"),
+        (lambda cfg, sheet: cfg["pretrain"]["defaults"].update(epoch=3),
+         "key 'pretrain.defaults.epoch': not a setting of any method (did you mean 'epochs'?)"),
+        (lambda cfg, sheet: cfg["external"].append({"name": "uni", "file": "missing.pt2"}),
+         "external[0] ('uni'): file 'missing.pt2' does not exist"),
     ],
-    ids=["bad-key", "unknown-split", "duplicate-id", "unknown-source-center", "unknown-finetune-key"],
+    ids=["bad-key", "unknown-split", "duplicate-id", "unknown-source-center", "unknown-finetune-key",
+         "method-setting-typo", "external-file-missing"],
 )
 def test_snakemake_fails_at_parse_time(tmp_path: Path, mutate, expected: str) -> None:
     work = make_workdir(tmp_path)
@@ -146,3 +151,23 @@ def test_fusion_method_not_pretrained_is_skipped_with_a_note(tmp_path: Path) -> 
     proc = run_snakemake(work, "--dry-run", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finetune.fusion ['sassl'] not in pretrain.methods ['baseline']" in proc.stderr
+
+
+def test_method_settings_are_checked_by_name_and_type() -> None:
+    from stainshift.train import check_pretrain_config
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["pretrain"]
+    check_pretrain_config(cfg)  # the shipped config and its examples pass
+    for example in ("tiny.yaml", "mitosis.yaml"):
+        check_pretrain_config(yaml.safe_load((REPO / "config" / "examples" / example).read_text())["pretrain"])
+    cfg["simclr"]["temprature"] = 0.2       # a typo: would train with the default temperature
+    cfg["defaults"]["batch_size"] = "64"    # a string where an integer belongs
+    cfg["sassl"]["adv_weight"] = "high"
+    cfg["lmc"]["proj_dim"] = 64             # lmc's own setting: accepted
+    with pytest.raises(ConfigError) as err:
+        check_pretrain_config(cfg)
+    text = str(err.value)
+    assert "key 'pretrain.simclr.temprature': not a setting of method 'simclr' (did you mean 'temperature'?)" in text
+    assert "key 'pretrain.defaults.batch_size': '64' should be an integer" in text
+    assert "key 'pretrain.sassl.adv_weight': 'high' should be a number" in text
+    assert "lmc" not in text

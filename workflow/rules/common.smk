@@ -14,6 +14,9 @@ SCHEMAS = Path(workflow.basedir) / "schemas"
 # (which also fills schema defaults).
 validate_config(config, SCHEMAS / "config.schema.yaml")
 validate(config, SCHEMAS / "config.schema.yaml")
+from stainshift.train import check_pretrain_config
+
+check_pretrain_config(config["pretrain"])  # unknown / mistyped method settings, by key
 
 RESULTS = config["results"].rstrip("/")
 SYNTH_DIR = f"{RESULTS}/synth"
