@@ -206,3 +206,39 @@ def test_pretraining_from_an_init_file_records_it_through_to_the_report(stores: 
     assert "init" not in load(tmp_path / "run" / "encoder.pt")["spec"]  # reloads without the file
     table = pl.learning_table([summary], "simclr")
     assert f"`simclr` (training started from): `state_dict {tmp_path / 'start.pt'} sha256 {sha}`" in weights_files_text(table)
+
+
+def test_resume_across_a_thread_count_change_starts_afresh_and_says_why(stores: list[str], tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # CPU float reductions depend on the thread count: a resumed run must not mix two of them
+    cfg = method_config({"defaults": tiny_cfg(epochs=2)}, "simclr")
+
+    def kill(epoch: int, row: dict) -> None:
+        raise KeyboardInterrupt("simulated kill after the first epoch's checkpoint")
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain("simclr", stores, cfg, tmp_path, callbacks=[kill], progress=False)
+        assert load(tmp_path / "checkpoints" / "last.pt")["run_info"]["threads"] == 1
+        torch.set_num_threads(2)
+        caplog.set_level(logging.INFO, logger="stainshift.train")
+        pretrain("simclr", stores, cfg, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert "threads 1 → 2: starting from scratch" in caplog.text and "resumed from" not in caplog.text
+
+
+def test_checkpoint_write_error_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stainshift.train import atomic_save
+
+    (tmp_path / "last.pt").write_bytes(b"previous")
+
+    def full_disk(obj, f, *a, **k):  # what torch raises on a full disk: no path in the message
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write .*last\.pt: basic_ios::clear: iostream error\. Check free space"):
+        atomic_save({"x": 1}, tmp_path / "last.pt")
+    assert (tmp_path / "last.pt").read_bytes() == b"previous" and list(tmp_path.iterdir()) == [tmp_path / "last.pt"]

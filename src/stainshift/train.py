@@ -199,6 +199,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a full disk as "iostream error" without a path
+        raise OSError(f"could not write {path}: {err}. Check free space and write permission in {path.parent}; "
+                      f"the previous {path.name} (if any) is unchanged.") from err
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -314,11 +317,17 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = ckpt_dir / "last.pt"
-    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world, code=package_digest())
+    threads = torch.get_num_threads() if not cuda else 0  # CPU reductions depend on the thread count
+    code = package_digest()
+    fingerprint = run_fingerprint(cfg, dataset.paths, type(method).name, world, code=code, threads=threads)
+    run_info = {"threads": threads, "world_size": world, "code": code}
     state = load(last, map_location=device) if cfg.get("resume", True) and last.exists() else None
     if state is not None and state.get("fingerprint") != fingerprint:
         if rank == 0:
-            log.warning("%s was written by another config / store set / world size: starting from scratch", last)
+            old = state.get("run_info") or {}
+            changed = [f"{k} {old[k]} → {v}" for k, v in run_info.items() if k in old and old[k] != v]
+            log.warning("%s was written by another %s: starting from scratch (resuming would mix two runs)", last,
+                        ", ".join(changed) if changed else "config / store set / world size / code version")
         state = None
     if state is not None:
         method.load_state_dict(state["method"])
@@ -379,7 +388,8 @@ def fit(method: Method, dataset: TileDataset, cfg: dict[str, Any], out_dir: str 
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                 "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_states,
-                "history": history, "fingerprint": fingerprint, "software_version": stainshift.__version__,
+                "history": history, "fingerprint": fingerprint, "run_info": run_info,
+                "software_version": stainshift.__version__,
             }, last)
             _write_csv(out_dir / "metrics.csv", history)
             log.info("epoch %d/%d %s", epoch + 1, epochs,
@@ -405,13 +415,15 @@ def package_digest(root: str | os.PathLike | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int, code: str = "") -> str:
+def run_fingerprint(cfg: dict[str, Any], stores: Sequence[str], method: str, world_size: int, code: str = "",
+                    threads: int = 0) -> str:
     """Hash of what determines a run (config minus I/O-only keys, store paths and mtimes, method,
-    world size, training code): a checkpoint is resumed only when it matches."""
+    world size, training code, CPU thread count — float reductions differ with it): a checkpoint
+    is resumed only when it matches."""
     ignore = {"resume", "num_workers", "device", "cache_mb"}
     mtimes = [Path(p).stat().st_mtime_ns if Path(p).exists() else None for p in stores]  # re-made stores → fresh run
     payload = {"cfg": {k: v for k, v in cfg.items() if k not in ignore}, "stores": list(stores), "mtimes": mtimes,
-               "method": method, "world_size": world_size, "code": code}
+               "method": method, "world_size": world_size, "code": code, "threads": threads}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
