@@ -159,13 +159,15 @@ def test_write_json_atomic_leaves_no_temp(tmp_path) -> None:
 def test_normalize_rules_on_premade_stores(tmp_path) -> None:
     """select_targets -> normalize -> normalize_montage in Snakemake, tile stores made here
     (the tile rule is not run: --allowed-rules keeps the job set to this stage)."""
+    from stainshift.store import write_manifest
     from workflow_helpers import make_workdir, run_snakemake
 
     work = make_workdir(tmp_path / "wf")
     for i, (sid, center) in enumerate([("a_test", "center_a"), ("b_test", "center_b"), ("c_test", "center_c")]):
         make_store(work / "results" / "tiles" / f"{sid}.zarr", tissue_tiles(center, 4, seed=i), sid,
                    f"{sid[0]}_p3", center)
-    wanted = ["results/variants/b_test/reinhard/t00.zarr", "results/normalize/montage/t02.png"]
+        write_manifest(work / "results" / "tiles" / f"{sid}.zarr")
+    wanted = ["results/variants/b_test/reinhard/t00.json", "results/normalize/montage/t02.png"]
     run_snakemake(work, "--allowed-rules", "select_targets", "normalize", "normalize_montage", "--", *wanted)
     targets = json.loads((work / "results/normalize/targets.json").read_text())["targets"]
     assert [t["method"] for t in targets] == ["reinhard", "macenko", "vahadane"]

@@ -16,6 +16,7 @@ import pytest
 
 from cluster_helpers import (base_run, copy_workdir, descendants, kill_tree, planned_rules, rule_graph,
                              set_config, snakemake_cmd)
+from stainshift.store import PatchStore
 from workflow_helpers import run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def test_tiling_param_reruns_tiling_and_downstream_only(work, graph):
     # --list-changes params names every tile store (in Snakemake 9.27 it also lists files whose
     # params did not change, so only the plan below is compared exactly)
     changed = set(_list_changes_params(work))
-    stores = {f"results/tiles/{p.name}" for p in (work / "results" / "tiles").glob("*.zarr")}
+    stores = {f"results/tiles/{p.name}" for p in (work / "results" / "tiles").glob("*.json")}  # store manifests
     assert stores and stores <= changed, sorted(stores - changed)
     planned = planned_rules(work)
     assert set(planned) == descendants(graph, "tile"), (
@@ -113,7 +114,8 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     slide = "a_train1"
     tiles = work / "results" / "tiles"
     store = tiles / f"{slide}.zarr"
-    target = f"results/tiles/{slide}.zarr"
+    target = f"results/tiles/{slide}.json"
+    n_before = len(PatchStore.open(store))
     cmd, env = snakemake_cmd(work, target)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     writing = lambda: any(p.name.startswith(f".{slide}.zarr.tmp") for p in tiles.iterdir())  # noqa: E731
@@ -123,11 +125,16 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     assert caught, f"the tile job ended before it was seen writing (rc {proc.returncode}):\n{out[-3000:]}"
     assert len(killed) >= 2, f"expected Snakemake and its job, killed {killed}"
     run_snakemake(work, "--unlock")  # a killed Snakemake leaves its lock behind, as for any user
-    # the final store path must not look complete: absent (atomic rename never happened) ...
-    assert not store.exists(), f"{store} exists after a kill mid-write: {sorted(p.name for p in store.iterdir())}"
-    # ... and Snakemake plans the job again (missing output; .snakemake marks it incomplete)
+    # the store is not complete: the previous one (the base run's) is untouched — Snakemake deletes
+    # only the manifest before a job — and the new one never replaced it (atomic rename) ...
+    assert len(PatchStore.open(store)) == n_before, "the previous store was lost"
+    assert not (tiles / f"{slide}.json").exists()
+    leftovers = [p for p in tiles.iterdir() if p.name.startswith(f".{slide}.zarr.tmp")]
+    assert leftovers, "the killed writer's temp store should still be there before the re-run"
+    # ... and Snakemake plans the job again (missing manifest)
     assert planned_rules(work, target).get("tile") == 1
     run_snakemake(work, target)
+    assert not any(p.exists() for p in leftovers), "the re-run did not remove the killed writer's temp store"
     import zarr
 
     import stainshift.store  # noqa: F401  (registers the stores' codecs)
@@ -136,8 +143,25 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     n = group["images"].shape[0]
     assert n > 48 and group["coords"].shape == (n, 2), (n, group["coords"].shape)
     assert planned_rules(work, target) == {}
-    # leftovers of the killed writer are hidden temp dirs only, never anything named like an output
-    assert all(p.name.startswith(".") or p.suffix == ".zarr" for p in tiles.iterdir()), sorted(tiles.iterdir())
+    # nothing else is left: stores, their manifests, hidden temp files of other writers only
+    assert all(p.name.startswith(".") or p.suffix in (".zarr", ".json") for p in tiles.iterdir()), sorted(tiles.iterdir())
+
+
+def test_failed_retiling_keeps_the_previous_store_and_is_planned_again(work):
+    # the slide becomes unreadable; its tile job re-runs (newer input) and fails: the store made by the
+    # previous run must survive (Snakemake only deletes the manifest) and must not count as done
+    slide = "a_test"
+    store = work / "results" / "tiles" / f"{slide}.zarr"
+    before = PatchStore.open(store)
+    n, first = len(before), before.read([0])
+    path = work / "results" / "synth" / f"{slide}.tiff"
+    path.write_bytes(b"not a slide")
+    target = f"results/tiles/{slide}.json"
+    proc = run_snakemake(work, target, check=False)
+    assert proc.returncode != 0
+    after = PatchStore.open(store)
+    assert len(after) == n and (after.read([0]) == first).all(), "the previous store was lost"
+    assert planned_rules(work, target).get("tile") == 1, "a store without its manifest counted as done"
 
 
 def test_killed_pretraining_resumes_from_its_checkpoint(work):

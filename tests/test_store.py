@@ -19,6 +19,10 @@ from stainshift.store import (
     StoreError,
     StoreWriter,
     encode_tile,
+    manifest_path,
+    remove_stale_temps,
+    store_path,
+    write_manifest,
     write_store,
 )
 
@@ -125,6 +129,31 @@ def test_atomic_on_error_and_replace(tmp_path: Path) -> None:
     store = PatchStore.open(target)
     assert len(store) == 3 and store.attrs["slide_id"] == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]
+
+
+def test_manifest_is_written_last_and_maps_back_to_the_store(tmp_path: Path) -> None:
+    target = write_store(tmp_path / "s.zarr", np.zeros((3, 8, 8, 3), np.uint8), **fields(3),
+                         attrs={"slide_id": "s", "center": "c", "split": "test"})
+    path = write_manifest(target)
+    assert path == manifest_path(target) == tmp_path / "s.json" and store_path(path) == tmp_path / "s.zarr"
+    assert '"n_tiles": 3' in path.read_text() and '"slide_id": "s"' in path.read_text()
+    with pytest.raises(StoreError, match="does not exist"):  # no manifest for a store that is not there
+        write_manifest(tmp_path / "missing.zarr")
+    assert not (tmp_path / "missing.json").exists()
+
+
+def test_temp_stores_of_dead_writers_are_removed_by_the_next_writer(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    stale = tmp_path / f".a.zarr.tmp-{dead_pid}-0123abcd"
+    alive = tmp_path / f".a.zarr.tmp-{os.getpid()}-0123abcd"  # a writer that still runs: kept
+    swapped = tmp_path / ".a.zarr.old-89abcdef"
+    other = tmp_path / f".b.zarr.tmp-{dead_pid}-0123abcd"  # another store's: not ours to touch
+    for p in (stale, alive, swapped, other):
+        (p / "images").mkdir(parents=True)
+    assert sorted(remove_stale_temps(tmp_path / "a.zarr")) == sorted([stale, swapped])
+    write_store(tmp_path / "a.zarr", np.zeros((1, 8, 8, 3), np.uint8), **fields(1), attrs={})
+    assert alive.exists() and other.exists() and not stale.exists()
 
 
 def test_bad_inputs_name_the_store(tmp_path: Path) -> None:

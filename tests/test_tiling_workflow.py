@@ -1,6 +1,7 @@
 """The tile / import_crops rules in a throw-away working directory (tiny overlay)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_tile_and_import_crops_rules(tmp_path: Path) -> None:
     crops = _crop_folder(tmp_path / "crops")
     work = make_workdir(tmp_path / "w", {"crops": [{"name": "toy", "folder": str(crops), "group_column": "slide"}],
                                          "tiling": {"workers": 2}})  # the process pool inside a Snakemake script
-    targets = ["results/tiles/a_test.zarr", "results/qc/a_test.png", "results/tiles/toy-dom1-test.zarr"]
+    targets = ["results/tiles/a_test.json", "results/qc/a_test.png", "results/tiles/toy-dom1-test.json"]
     run_snakemake(work, *targets)
     store = PatchStore.open(work / "results/tiles/a_test.zarr")
     cfg = yaml.safe_load((work / "config/config.yaml").read_text())
@@ -42,6 +43,8 @@ def test_tile_and_import_crops_rules(tmp_path: Path) -> None:
     assert (work / "results/benchmarks/tile/a_test.tsv").is_file()
     crop_store = PatchStore.open(work / "results/tiles/toy-dom1-test.zarr")
     assert len(crop_store) == 2 and (crop_store.coords == -1).all()
+    manifest = json.loads((work / "results/tiles/a_test.json").read_text())  # written last: the store is complete
+    assert manifest["n_tiles"] == len(store) and manifest["slide_id"] == "a_test"
     # nothing to do now; a tiling change re-runs tile (params trigger), not synth
     dry = run_snakemake(work, "-n", *targets)
     assert "Nothing to be done" in dry.stdout + dry.stderr

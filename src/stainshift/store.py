@@ -21,13 +21,17 @@ codec is registered for every process through the package entry point
 costs ~5 dB on small downsampled tiles (32 px at 1 µm/px: 38 vs 43 dB mean PSNR at q90).
 
 Writes are atomic: everything goes to a hidden temp directory beside the target, which is renamed
-into place on success and removed on error.
+into place on success and removed on error (temp dirs of killed writers are removed by the next
+writer of the same store). ``{store}.json`` beside it (:func:`write_manifest`, written last) marks
+a complete store; the workflow's rules declare it as their output.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -48,6 +52,8 @@ from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
+log = logging.getLogger("stainshift.store")
+
 from stainshift import __version__
 
 __all__ = [
@@ -61,6 +67,9 @@ __all__ = [
     "write_store",
     "encode_tile",
     "atomic_dir",
+    "manifest_path",
+    "store_path",
+    "write_manifest",
 ]
 
 CODECS = ("jpeg", "zstd", "lz4")
@@ -249,7 +258,9 @@ def _shard_bytes(chunks: Sequence[bytes], shard_tiles: int) -> bytes:
 # --------------------------------------------------------------------------------------------------
 class atomic_dir:
     """Context manager: yields a temp dir beside ``path``; renames it to ``path`` on success,
-    removes it on error (an existing ``path`` is replaced only after success)."""
+    removes it on error (an existing ``path`` is replaced only after success). Entering also
+    removes what killed writers of the same ``path`` left behind (temp dirs of processes that no
+    longer run on this host, half-swapped ``.old`` dirs)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -257,6 +268,7 @@ class atomic_dir:
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path)
         self.tmp.mkdir()
         return self.tmp
 
@@ -271,6 +283,66 @@ class atomic_dir:
         os.replace(self.tmp, self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.{name}.tmp-{pid}-*`` siblings of ``path`` whose writer process is gone and
+    ``.{name}.old-*`` leftovers of an interrupted swap; return what was removed. (A killed tile job
+    leaves its temp store behind: gigabytes at WSI size.)"""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{path.name}.*"):
+        m = re.fullmatch(rf"\.{re.escape(path.name)}\.(?:tmp-(\d+)-[0-9a-f]+|old-[0-9a-f]+)", p.name)
+        if m is None or (m.group(1) is not None and _pid_alive(int(m.group(1)))):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+        log.info("removed %s, left by a writer of %s that did not finish", p, path)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# Completion manifests
+# --------------------------------------------------------------------------------------------------
+def manifest_path(store: str | os.PathLike) -> Path:
+    """The completion manifest of a store: ``x.zarr`` → ``x.json`` beside it. The workflow's rules
+    declare the manifest, not the store, as their output: Snakemake never deletes a store before
+    re-making it (the writer replaces it atomically on success), and a store without its manifest
+    — a killed or failed job — is never taken for done."""
+    store = Path(store)
+    if store.suffix != ".zarr":
+        raise StoreError(f"{store}: a patch store's path ends in .zarr")
+    return store.with_suffix(".json")
+
+
+def store_path(manifest: str | os.PathLike) -> Path:
+    """Inverse of :func:`manifest_path`: ``x.json`` → ``x.zarr``."""
+    return Path(manifest).with_suffix(".zarr")
+
+
+def write_manifest(store: str | os.PathLike) -> Path:
+    """Open ``store`` (checks it is a complete patch store) and write its manifest last, atomically:
+    ``{store, n_tiles, patch_size, slide_id, center, split}``. Returns the manifest's path."""
+    st = PatchStore.open(store)
+    payload = {"store": Path(store).name, "n_tiles": len(st), "patch_size": st.patch_size,
+               **{k: st.attrs.get(k) for k in ("slide_id", "center", "split")}}
+    path = manifest_path(store)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
 
 
 def _jsonable(value: Any) -> Any:

@@ -203,7 +203,7 @@ def crop_store_entry(wildcards):
 
 
 def tile_targets():
-    return [f"{RESULTS}/tiles/{s}.zarr" for s in STORES.index] + [f"{RESULTS}/qc/{s}.png" for s in SLIDES]
+    return [tile_manifest(s) for s in STORES.index] + [f"{RESULTS}/qc/{s}.png" for s in SLIDES]
 
 
 # --- Training stages (rules/train.smk): sources, replicate seeds, runs -----------------------------
@@ -294,7 +294,15 @@ def train_summary_path(method, source, seed):
 
 
 def tile_store(store):
+    """The patch store of a store id (what scripts open; pass it as a param)."""
     return f"{RESULTS}/tiles/{store}.zarr"
+
+
+def tile_manifest(store):
+    """The store's completion manifest (stainshift.store.manifest_path): what rules declare as the
+    tile stage's output and take as input, so a store is only "done" once complete, and Snakemake
+    never deletes a store before re-making it."""
+    return f"{RESULTS}/tiles/{store}.json"
 
 
 def source_stores(source, split):
@@ -311,6 +319,10 @@ def variant_store_list():
 
 def variant_store_paths(wildcards=None):
     return [f"{RESULTS}/variants/{s}/{m}/{t}.zarr" for s, m, t in variant_store_list()]
+
+
+def variant_manifest_paths(wildcards=None):
+    return [f"{RESULTS}/variants/{s}/{m}/{t}.json" for s, m, t in variant_store_list()]
 
 
 def embed_store_ids(source):

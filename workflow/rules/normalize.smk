@@ -1,6 +1,7 @@
 # Stain-normalized variants of the test stores (stainshift.stain, issue 4; seed 000's BRACS70):
 #   select_targets     -> {R}/normalize/targets.json           k targets, split evenly over the methods
 #   normalize          -> {R}/variants/{store}/{method}/{target}.zarr   one job per store, all its variants
+#                         (declared output: each variant's manifest {target}.json, as for tile stores)
 #   normalize_montage  -> {R}/normalize/montage/{target}.png   the same tiles raw and under each method
 # Target ids and methods are fixed by the config alone (stainshift.stain.targets.NormalizePlan), so the
 # DAG is static; which tile fills each slot is decided by select_targets (random draw or list).
@@ -15,7 +16,7 @@ variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every va
 
 rule select_targets:
     input:
-        stores=[c["path"] for c in NORM_PLAN.candidates()],
+        stores=[tile_manifest(c["slide_id"]) for c in NORM_PLAN.candidates()],
     output:
         targets=f"{NORM_DIR}/targets.json",
     params:
@@ -38,11 +39,13 @@ rule select_targets:
 
 rule normalize:
     input:
-        store=f"{RESULTS}/tiles/{{store}}.zarr",
+        store=f"{RESULTS}/tiles/{{store}}.json",
         targets=f"{NORM_DIR}/targets.json",
     output:
-        variants=directory(NORM_PLAN.variant_paths()),
+        manifests=NORM_PLAN.variant_paths(suffix=".json"),
     params:
+        store=lambda wc: tile_store(wc.store),
+        variants=lambda wc: NORM_PLAN.variant_paths(wc.store),
         plan=NORM_PLAN.plan,
         batch_size=NORM.get("batch_size", 64),
     wildcard_constraints:
@@ -62,12 +65,13 @@ rule normalize:
 
 rule normalize_montage:
     input:
-        stores=[f"{RESULTS}/tiles/{s}.zarr" for s in NORM_PLAN.store_ids()],
+        stores=[tile_manifest(s) for s in NORM_PLAN.store_ids()],
         targets=f"{NORM_DIR}/targets.json",
     output:
         montage=report(f"{NORM_DIR}/montage/{{target}}.png", category="Stain variants",
                        labels={"figure": "montage", "target": "{target}"}),
     params:
+        stores=[tile_store(s) for s in NORM_PLAN.store_ids()],
         methods=NORM["methods"],
         n_tiles=NORM.get("montage_tiles", 6),
         seed=NORM["targets"].get("seed", 0),

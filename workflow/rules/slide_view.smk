@@ -22,7 +22,7 @@ SLIDE_VIEW_PREDICTIONS = {method: [prediction_path(m, s, k) for m, s, k in RUNS 
 
 rule slide_view:
     input:
-        stores=[f"{RESULTS}/tiles/{s}.zarr" for s in TEST_STORES],
+        stores=[tile_manifest(s) for s in TEST_STORES],
         predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],
     output:
         pngs=[report(f"{RESULTS}/plots/slides/{{method}}/{s}.png", caption="../report/slide_heatmap.rst",
@@ -32,6 +32,7 @@ rule slide_view:
     params:
         view=SLIDE_VIEW,
         stores=TEST_STORES,
+        store_paths=[tile_store(s) for s in TEST_STORES],
         slides=TEST_SLIDES,
     wildcard_constraints:
         method=_alternatives(METHODS),

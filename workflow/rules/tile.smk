@@ -1,17 +1,21 @@
 # Tile stage (stainshift.tiling / stainshift.store / stainshift.cropsets):
 #   tile          one job per slide of the sample sheet -> {R}/tiles/{slide}.zarr + {R}/qc/{slide}.png
 #   import_crops  one job per crop store (config `crops:`) -> {R}/tiles/{set}-{domain}-{split}.zarr
+# The declared output of a store is its manifest {R}/tiles/{store}.json (written after the store is
+# complete; stainshift.store.write_manifest): Snakemake does not delete a store before re-making it, a
+# failed re-run leaves the previous store intact, and a store without its manifest is never "done".
 # params carry the whole tiling / crop-set config, so changing it re-runs exactly these jobs and
 # what depends on their stores.
 rule tile:
     input:
         unpack(tile_inputs),
     output:
-        store=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
+        manifest=f"{RESULTS}/tiles/{{slide}}.json",
         qc=f"{RESULTS}/qc/{{slide}}.png",
     wildcard_constraints:
         slide=_alternatives(SLIDES),
     params:
+        store=lambda wc: tile_store(wc.slide),
         tiling=config["tiling"],
         row=tile_row,
     log:
@@ -29,10 +33,11 @@ rule tile:
 
 rule import_crops:
     output:
-        store=directory(f"{RESULTS}/tiles/{{store}}.zarr"),
+        manifest=f"{RESULTS}/tiles/{{store}}.json",
     wildcard_constraints:
         store=_alternatives(CROP_STORE_IDS),
     params:
+        store=lambda wc: tile_store(wc.store),
         entry=crop_store_entry,
         codec={k: config["tiling"].get(k) for k in ("codec", "jpeg_quality")},
     log:

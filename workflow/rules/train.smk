@@ -14,7 +14,7 @@ RUN = "{method}/{source}/seed{seed}"
 
 rule pretrain:
     input:
-        stores=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
+        stores=lambda wc: [tile_manifest(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
         init=lambda wc: [f for f in [_init_file(wc.method)] if f],
     output:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
@@ -22,6 +22,7 @@ rule pretrain:
         summary=f"{RESULTS}/models/{RUN}/train_summary.json",
     params:
         cfg=pretrain_config_json,
+        stores=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
         meta=lambda wc: json.dumps(run_meta(wc), sort_keys=True),
         on_no_learning=config["pretrain"]["on_no_learning"],
         launcher=lambda wc: torchrun_prefix("pretrain"),
@@ -41,7 +42,7 @@ rule pretrain:
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} --method {wildcards.method:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --config-json {params.cfg:q} --meta-json {params.meta:q} "
-        "--on-no-learning {params.on_no_learning:q} --stores {input.stores:q} > {log:q} 2>&1"
+        "--on-no-learning {params.on_no_learning:q} --stores {params.stores:q} > {log:q} 2>&1"
 
 
 rule import_encoder:
@@ -71,14 +72,16 @@ rule import_encoder:
 rule embed:
     input:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
-        stores=lambda wc: [tile_store(s) for s in embed_store_ids(wc.source)],
-        variants=variant_store_paths,
+        stores=lambda wc: [tile_manifest(s) for s in embed_store_ids(wc.source)],
+        variants=variant_manifest_paths,
     output:
         stores=directory(f"{RESULTS}/embeddings/{RUN}/stores"),
         manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
     params:
         cfg=config["embed"],
         meta=run_meta,
+        stores=lambda wc: [tile_store(s) for s in embed_store_ids(wc.source)],
+        variants=variant_store_paths,
         variant_list=lambda wc: [list(v) for v in variant_store_list()],
     wildcard_constraints:
         **RUN_CONSTRAINTS,
@@ -99,8 +102,8 @@ rule finetune:
     input:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
-        train=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
-        val=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
+        train=lambda wc: [tile_manifest(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
+        val=lambda wc: [tile_manifest(s) for s in source_stores(wc.source, VAL_SPLIT)],
     output:
         heads=f"{RESULTS}/models/{RUN}/heads.pt",
         metrics=f"{RESULTS}/models/{RUN}/finetune.csv",
@@ -111,6 +114,8 @@ rule finetune:
         downstream=lambda wc: native_downstream(wc.method),
         train_stores=lambda wc: source_stores(wc.source, TRAIN_SPLIT),
         val_stores=lambda wc: source_stores(wc.source, VAL_SPLIT),
+        train_paths=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
+        val_paths=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
         test_split="test",
     wildcard_constraints:
         **RUN_CONSTRAINTS,

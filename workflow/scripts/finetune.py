@@ -23,8 +23,8 @@ cfg = {**smk.params.cfg, "seed": meta["seed"]}
 device = select_device(cfg.get("device", "auto"))
 manifest = pd.read_csv(smk.input.manifest, dtype={"store": str, "center": str, "split": str, "variant_target": str})
 train_ids, val_ids = list(smk.params.train_stores), list(smk.params.val_stores)
-head_meta = {**meta, "head_centers": meta["centers"], "train_stores": list(smk.input.train),
-             "val_stores": list(smk.input.val)}
+train_paths, val_paths = list(smk.params.train_paths), list(smk.params.val_paths)
+head_meta = {**meta, "head_centers": meta["centers"], "train_stores": train_paths, "val_stores": val_paths}
 
 external = "external" in load(smk.input.encoder)  # a frozen external encoder learnt from none of our centers
 probe, rows = fit_probe(manifest, train_ids, val_ids, cfg)
@@ -33,7 +33,7 @@ log.info("%s / %s / seed %s: probe, best epoch %d, val %s = %.4f, threshold %.3f
          meta["seed"], probe["best_epoch"], probe["select"], probe["val_metric"], probe["threshold"])
 table = [{"protocol": "probe", **r} for r in rows]
 if smk.params.downstream:
-    native, rows = fit_native(smk.params.downstream, smk.input.encoder, list(smk.input.train), list(smk.input.val),
+    native, rows = fit_native(smk.params.downstream, smk.input.encoder, train_paths, val_paths,
                               cfg, device, seed=int(meta["seed"]))
     heads["native"] = {**native, **head_meta, "protocol": "native"}
     log.info("native (%s): val balanced accuracy %.4f, threshold %.3f", smk.params.downstream, native["val_metric"],

@@ -3,6 +3,7 @@ import logging
 
 from stainshift.stain.targets import load_target, read_targets
 from stainshift.stain.variants import montage, normalize_store, sample_tiles, write_png_atomic
+from stainshift.store import write_manifest
 
 logging.basicConfig(
     filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
@@ -17,7 +18,7 @@ try:
     targets = {t["id"]: t for t in read_targets(sm.input.targets)}
     if sm.rule == "normalize_montage":
         entry = targets[sm.wildcards.target]
-        tiles = sample_tiles(list(sm.input.stores), int(sm.params.n_tiles), seed=int(sm.params.seed))
+        tiles = sample_tiles(list(sm.params.stores), int(sm.params.n_tiles), seed=int(sm.params.seed))
         img, flags = montage(tiles, load_target(entry), list(sm.params.methods))
         write_png_atomic(sm.output.montage, img)
         log.info("montage %s: %d tiles, fallback flags %s", entry["id"], len(tiles),
@@ -29,8 +30,10 @@ try:
             if tid not in targets or targets[tid]["method"] != method:
                 raise ValueError(f"{sm.input.targets}: target {tid!r} ({method}) missing or changed; rerun select_targets")
             entries.append(targets[tid])
-        out_paths = {tid: path for (tid, _), path in zip(plan, sm.output.variants)}
-        fallbacks = normalize_store(sm.input.store, entries, out_paths, batch_size=int(sm.params.batch_size))
+        out_paths = {tid: path for (tid, _), path in zip(plan, sm.params.variants)}
+        fallbacks = normalize_store(sm.params.store, entries, out_paths, batch_size=int(sm.params.batch_size))
+        for path in out_paths.values():
+            write_manifest(path)  # last: the variant store is complete
         log.info("fallback tiles per target: %s", fallbacks)
 except Exception:
     log.exception("%s failed", sm.rule)

@@ -13,12 +13,12 @@ log = logging.getLogger("slide_view")
 sys.stderr = open(str(sm.log[0]), "a")
 
 view = sm.params.view
-for store, path, png in zip(sm.params.stores, sm.input.stores, sm.output.pngs):
+for store, path, png in zip(sm.params.stores, sm.params.store_paths, sm.output.pngs):
     scores = tile_scores(read_predictions(sm.input.predictions, store), store, protocol=view["protocol"], seed=view["seed"])
     log.info("%s: %d tiles scored by %s", store, len(scores.table), scores.describe())
     store_figure(path, scores, png, names=view.get("class_names"))
     log.info("wrote %s", png)
-paths = dict(zip(sm.params.stores, sm.input.stores))
+paths = dict(zip(sm.params.stores, sm.params.store_paths))
 for slide, out in zip(sm.params.slides, sm.output.geojson):
     written, n, scores = export_store(paths[slide], out, predictions=sm.input.predictions, protocol=view["protocol"],
                                       seed=view["seed"], names=view.get("class_names"))

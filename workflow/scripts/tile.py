@@ -3,6 +3,7 @@ import json
 import logging
 import sys
 
+from stainshift.store import write_manifest
 from stainshift.tiling import tile_slide
 
 logging.basicConfig(
@@ -23,7 +24,7 @@ def main() -> None:
     try:
         result = tile_slide(
             snakemake.input.slide,  # noqa: F821
-            snakemake.output.store,  # noqa: F821
+            snakemake.params.store,  # noqa: F821
             cfg,
             slide_id=row["slide_id"],
             center=row.get("center") or "",
@@ -38,6 +39,7 @@ def main() -> None:
     except Exception:
         log.exception("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
         raise
+    write_manifest(snakemake.params.store)  # noqa: F821  (last: the store is complete)
     log.info("result %s", json.dumps(result.__dict__, default=str))
 
 

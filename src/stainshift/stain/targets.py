@@ -268,11 +268,12 @@ class NormalizePlan:
             for r in rows.itertuples()
         ]
 
-    def variant_paths(self, store: str = "{store}") -> list[str]:
-        return [f"{self.results}/variants/{store}/{m}/{t}.zarr" for t, m in self.plan]
+    def variant_paths(self, store: str = "{store}", suffix: str = ".zarr") -> list[str]:
+        """The variant stores of ``store`` (``suffix=".json"``: their completion manifests)."""
+        return [f"{self.results}/variants/{store}/{m}/{t}{suffix}" for t, m in self.plan]
 
     def final_files(self) -> list[str]:
-        out = [f"{self.results}/variants/{s}/{m}/{t}.zarr" for s, m, t in self.variant_stores()]
+        out = [f"{self.results}/variants/{s}/{m}/{t}.json" for s, m, t in self.variant_stores()]
         if self.store_ids():
             out += [f"{self.results}/normalize/montage/{t}.png" for t, _ in self.plan]
         return out
