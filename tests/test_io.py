@@ -216,3 +216,36 @@ def test_cmu1_direct_tiles_equal_openslide(shared_data: Path) -> None:
         px, order = r.read_region_raw(x, y, 0, w, h)
         assert order == "RGB"
         np.testing.assert_array_equal(px, np.asarray(o.read_region((x, y), 0, (w, h)).convert("RGB")))
+
+
+@pytest.mark.parametrize("kind", ["png", "tiff-strips", "tiff-tiled"])
+def test_16bit_grey_and_rgb_are_scaled_not_clipped(tmp_path: Path, kind: str) -> None:
+    # one rule for every reader: 16-bit v -> round(v * 255 / 65535); grey is flagged, colour is not
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    expected = ((ramp.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    images = {"grey": ramp, "rgb": np.stack([ramp, ramp[::-1], ramp.T], -1)}
+    for name, arr in images.items():
+        if kind == "png" and name == "rgb":
+            continue  # Pillow has no 16-bit RGB mode
+        path = tmp_path / f"{name}.{'png' if kind == 'png' else 'tif'}"
+        if kind == "png":
+            Image.fromarray(arr).save(path)
+        else:
+            tifffile.imwrite(path, arr, tile=(16, 16) if kind == "tiff-tiled" else None,
+                             photometric="rgb" if arr.ndim == 3 else "minisblack")
+        with open_slide(path, mpp=0.5) as reader:
+            got = reader.read_region(0, 0, 0, 64, 64)
+            assert reader.grayscale == (name == "grey"), (kind, name)
+        want = np.stack([expected] * 3, -1) if name == "grey" else np.stack(
+            [expected, expected[::-1], expected.T], -1)
+        np.testing.assert_array_equal(got, want, err_msg=f"{kind} {name}")
+        assert got.max() == 255 and got.min() == 0
+
+
+def test_float_and_32bit_images_are_refused_naming_the_file(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "f.tif", np.zeros((32, 32, 3), np.float32), photometric="rgb")
+    with pytest.raises(SlideReadError, match=r"f\.tif: float32 samples are not supported"):
+        open_slide(tmp_path / "f.tif", mpp=0.5)
+    Image.fromarray(np.zeros((32, 32), np.int32), mode="I").save(tmp_path / "i.tiff")  # Pillow: mode I as TIFF
+    with pytest.raises(SlideReadError, match=r"i\.tiff: int32 samples are not supported"):
+        open_slide(tmp_path / "i.tiff", mpp=0.5)

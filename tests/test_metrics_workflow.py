@@ -19,7 +19,7 @@ def demo(tmp_path_factory) -> Path:
     # demo users run; one tiny epoch on 32-px tiles learns too little for a drop to show
     work = make_workdir(tmp_path_factory.mktemp("demo_eval"), {
         "pretrain": {"methods": METHODS, "sources": ["each"]},
-        "normalize": {"methods": ["reinhard", "macenko"], "targets": {"k": 2}},
+        "normalize": {"methods": ["reinhard"], "targets": {"k": 1}},  # one variant per test store: CI time
         "evaluate": {"embedding_map": "pca"},
     }, tiny=False)
     run_snakemake(work, timeout=2400)

@@ -327,6 +327,14 @@ def test_no_tissue_gives_empty_store_and_warning(tmp_path: Path) -> None:
     assert res.n_kept == 0 and len(PatchStore.open(tmp_path / "g.zarr")) == 0 and (tmp_path / "g.png").exists()
 
 
+def test_grey_image_is_tiled_with_a_warning_not_silently(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(60, 200, (128, 128), dtype=np.uint8), mode="L").save(tmp_path / "grey.png")
+    res = tile_slide(tmp_path / "grey.png", tmp_path / "g.zarr", dict(target_mpp=0.5, patch_size=32, filter="otsu"),
+                     slide_id="grey", mpp=0.5, progress=False)
+    assert any("grey: " in w and "single-channel (grey) image, not an H&E colour image" in w for w in res.warnings)
+
+
 def test_bad_inputs_leave_nothing(tmp_path: Path, synth_slide: SynthSlide) -> None:
     cfg = dict(target_mpp=1.0, patch_size=32, max_tiles=5)
     with pytest.raises(SlideReadError, match="missing.svs: file not found"):

@@ -74,6 +74,7 @@ class SlideReader:
         self.level_downsamples: tuple[float, ...] = ()
         self.vendor: str | None = None
         self._native_mpp: float | None = None
+        self.grayscale = False  # one channel: not an H&E colour image (the tile stage warns)
 
     # ---- common -----------------------------------------------------------------------------
     @property
@@ -216,6 +217,17 @@ def rgb_array(pixels: np.ndarray, order: str) -> np.ndarray:
     if order == "RGB":
         return np.ascontiguousarray(pixels)
     return np.asarray(pil_rgb(pixels, order))
+
+
+def to_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    """8-bit pixels, by one rule for every reader: uint8 as is; uint16 scaled (v · 255 / 65535,
+    rounded — not clipped to white); any other sample type refused naming the file."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise SlideReadError(f"{path}: {arr.dtype} samples are not supported (8- or 16-bit unsigned integers only); "
+                         "convert the image to 8-bit RGB")
 
 
 def _rgba_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -451,6 +463,12 @@ class TiffReader(SlideReader):
             raise SlideReadError(f"{path}: tifffile could not open it: {exc}") from exc
         if self._axes not in ("YXS", "YX", "SYX", "CYX"):
             raise SlideReadError(f"{path}: unsupported TIFF axes {self._axes!r} (need YXS, YX or CYX)")
+        if self._arrays[0].dtype not in (np.uint8, np.uint16):
+            raise SlideReadError(f"{path}: {self._arrays[0].dtype} samples are not supported (8- or 16-bit unsigned "
+                                 "integers only); convert the image to 8-bit RGB")
+        channels = 1 if self._axes == "YX" else int(self._arrays[0].shape[self._axes.index("S" if "S" in self._axes else "C")])
+        self.grayscale = channels == 1
+        self.dtype = np.dtype(self._arrays[0].dtype)
         yi, xi = self._axes.index("Y"), self._axes.index("X")
         dims = [(int(a.shape[xi]), int(a.shape[yi])) for a in self._arrays]
         self.level_dimensions = tuple(dims)
@@ -488,9 +506,7 @@ class TiffReader(SlideReader):
                 block = np.moveaxis(np.asarray(arr[:, ya:yb, xa:xb]), 0, -1)
             else:
                 block = np.asarray(arr[ya:yb, xa:xb])
-            if block.dtype != np.uint8:
-                raise SlideReadError(f"{self.path}: only uint8 images are supported, got {block.dtype}")
-            return _rgba_to_rgb(block)
+            return _rgba_to_rgb(to_uint8(block, self.path))
 
         return _paste(h, w, lx, ly, lw, lh, get)
 
@@ -511,7 +527,15 @@ class PlainImageReader(SlideReader):
                     if img.width * img.height > MAX_PLAIN_PIXELS:
                         raise SlideReadError(f"{path}: {img.width}x{img.height} is too large for a plain image; use a tiled TIFF")
                     img.load()
-                    self._rgb = _rgba_to_rgb(np.asarray(img.convert("RGBA") if img.mode in ("P", "LA", "RGBA", "PA") else img.convert("RGB")))
+                    self.grayscale = img.mode in ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
+                    if img.mode.startswith("I;16"):  # 16-bit grey: scaled, not clipped by convert()
+                        self._rgb = _rgba_to_rgb(to_uint8(np.asarray(img), path))
+                    elif img.mode in ("I", "F"):
+                        raise SlideReadError(f"{path}: {img.mode!r} ({'32-bit integer' if img.mode == 'I' else 'float'}) "
+                                             "pixels are not supported; convert the image to 8-bit RGB")
+                    else:
+                        self._rgb = _rgba_to_rgb(np.asarray(img.convert("RGBA") if img.mode in ("P", "LA", "RGBA", "PA")
+                                                            else img.convert("RGB")))
         except SlideReadError:
             raise
         except Exception as exc:
@@ -556,7 +580,8 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> SlideReader
                     alt = TiffReader(path, mpp)
                 except SlideReadError:
                     return reader
-                if alt.level_count > reader.level_count:
+                if alt.level_count > reader.level_count or alt.dtype != np.uint8 or alt.grayscale:
+                    # tifffile also reads 16-bit and grey TIFFs right (OpenSlide fails or expands them)
                     reader.close()
                     return alt
                 alt.close()

@@ -799,6 +799,11 @@ def tile_slide(
         plan = plan_read(reader, cfg.target_mpp, cfg.patch_size, cfg.stride, cfg.allow_upsample)
         log.info("%s: %s, levels %s, mpp %.4f -> read plan %s", slide_id, reader.backend,
                  reader.level_dimensions, plan.mpp_level0, asdict(plan))
+        if reader.grayscale:
+            msg = (f"{slide_id}: {slide_path} is a single-channel (grey) image, not an H&E colour image; tiled "
+                   "as grey RGB, but the tissue filter, stain normalization and H&E augmentation assume H&E")
+            log.warning(msg)
+            notes.append(msg)
         dims0 = reader.dimensions
         grid = tile_grid(dims0, plan)
         executor = _executor(cfg, str(slide_path), mpp)

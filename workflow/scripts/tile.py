@@ -41,6 +41,8 @@ def main() -> None:
         raise
     write_manifest(snakemake.params.store)  # noqa: F821  (last: the store is complete)
     log.info("result %s", json.dumps(result.__dict__, default=str))
+    for note in result.warnings:  # on the console too, not only in the job's log file
+        print(f"WARNING (tile {row['slide_id']}): {note}", file=sys.stderr)
 
 
 # Guarded: worker processes (forkserver/spawn) re-import this file and must not tile again.
