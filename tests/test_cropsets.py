@@ -121,3 +121,11 @@ def test_dataset_gives_each_crop_its_slide(tmp_path: Path) -> None:
     groups = cs.table[cs.table["split"].eq("train")].sort_values(["domain"], kind="stable")["group"]
     assert len(ds.slide_ids) == groups.nunique() > len(train)
     assert sorted(np.asarray(ds.slide_ids)[ds.slides]) == sorted(groups.astype(str))
+
+
+def test_one_class_training_crops_are_refused_at_planning(tmp_path: Path) -> None:
+    root = make_set(tmp_path / "set")
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "labels.csv").write_text("\n".join([lines[0]] + [ln.replace(",atypical,", ",normal,") for ln in lines[1:]]) + "\n")
+    with pytest.raises(CropSetError, match=r"crop set 'toy' .*every training crop has label 'normal'"):
+        plan_crop_stores([{"name": "toy", "folder": str(root), "group_column": "slide"}])

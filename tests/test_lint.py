@@ -183,3 +183,28 @@ def test_profiles_parse_as_intended():
         assert args.jobs == 50
         assert args.rerun_incomplete
     assert as_workflow_profile.latency_wait == 60 and as_workflow_profile.keep_going
+
+
+def test_shell_commands_quote_paths_with_spaces_and_command_substitution(tmp_path: Path) -> None:
+    # `results:` is config; the one shell rule (pretrain) must pass it through as literal words
+    import shlex
+
+    import pandas as pd
+
+    results = "res ults/$(touch PWNED)"
+    work = make_workdir(tmp_path, {"results": results, "pretrain": {"methods": ["baseline"], "sources": ["center_a"]}})
+    sheet = work / "config" / "slides.tsv"
+    df = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    for col in ("path", "annotation"):
+        df[col] = df[col].str.replace("results/", f"{results}/", regex=False)
+    df.to_csv(sheet, sep="\t", index=False)
+    proc = run_snakemake(work, "--dry-run", "--printshellcmds", "--forceall")
+    lines = [ln for ln in proc.stdout.splitlines() if "scripts/pretrain.py" in ln]
+    assert lines, proc.stdout[-3000:]
+    words = shlex.split(lines[0].split("Shell command:", 1)[-1])
+    run_dir = f"{results}/models/baseline/center_a/seed0"
+    assert words[words.index("--out-dir") + 1] == run_dir
+    stores = words[words.index("--stores") + 1:words.index(">")]
+    assert stores == [f"{results}/tiles/a_train1.zarr", f"{results}/tiles/a_train2.zarr"]
+    assert words[words.index(">") + 1] == f"{results}/logs/pretrain/baseline/center_a/seed0.log"
+    assert not list(work.rglob("PWNED"))

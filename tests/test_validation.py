@@ -171,3 +171,19 @@ def test_method_settings_are_checked_by_name_and_type() -> None:
     assert "key 'pretrain.defaults.batch_size': '64' should be an integer" in text
     assert "key 'pretrain.sassl.adv_weight': 'high' should be a number" in text
     assert "lmc" not in text
+
+
+def test_one_class_slide_labels_are_refused(tmp_path: Path) -> None:
+    from stainshift.validation import check_slide_label_classes
+
+    for name in ("a.tiff", "b.tiff", "c.tiff"):
+        (tmp_path / name).write_bytes(b"x")
+    rows = [_row("s1", "a.tiff", label="tumour", patient="p1"), _row("s2", "b.tiff", label="tumour", patient="p2"),
+            _row("s3", "c.tiff", label="normal", patient="p3", split="test")]
+    sheet = _write_sheet(tmp_path, rows)
+    samples = load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"every 'train' slide has label 'tumour'"):
+        check_slide_label_classes(samples, sheet)
+    rows[1]["label"] = "normal"
+    check_slide_label_classes(load_sample_sheet(_write_sheet(tmp_path, rows), SCHEMAS / "samples.schema.yaml",
+                                                base_dir=tmp_path), sheet)

@@ -167,10 +167,17 @@ def load_crop_set(entry: Mapping[str, Any], base_dir: str | os.PathLike = ".") -
 
 
 def plan_crop_stores(entries: Sequence[Mapping[str, Any]], base_dir: str | os.PathLike = ".") -> list[dict[str, str]]:
-    """One row per crop store: store_id, set, domain (center), split, patient, kind='crops'."""
+    """One row per crop store: store_id, set, domain (center), split, patient, kind='crops'. A set whose
+    training crops are all of one class is refused (CropSetError naming the set and its classes)."""
     rows = []
     for entry in entries:
         cs = load_crop_set(entry, base_dir)
+        train = cs.table[cs.table["split"] == "train"]
+        if len(train) and train["label"].nunique() < 2:
+            raise CropSetError(
+                f"crop set '{cs.name}' ({cs.folder}): every training crop has label "
+                f"{train['label_name'].iloc[0]!r}; a classifier needs at least two classes to learn from "
+                f"(classes in the labels file: {cs.classes})")
         for (domain, split), part in cs.table.groupby(["domain", "split"], sort=True):
             patients = sorted(set(part["patient"]) - {""})
             rows.append({"store_id": f"{cs.name}-{domain}-{split}", "set": cs.name, "center": domain, "split": split,

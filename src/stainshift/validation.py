@@ -144,6 +144,21 @@ def _patients_in_several_splits(records: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def check_slide_label_classes(samples: pd.DataFrame, sheet: str | Path, train_split: str = "train") -> None:
+    """A sheet whose training slides are labelled only by the ``label`` column (no annotations) and
+    carry a single class is refused at parse time: every probe and metric would be degenerate (AUC
+    undefined, balanced accuracy = accuracy of a constant) — the error names the sheet and the value."""
+    train = samples[samples["split"] == train_split]
+    if train.empty or "label" not in train:
+        return
+    annotated = train["annotation"].notna() & (train["annotation"].astype(str) != "") if "annotation" in train else False
+    labels = train.loc[~annotated, "label"].dropna().astype(str)
+    labels = labels[labels != ""]
+    if len(labels) == len(train) and labels.nunique() < 2:
+        raise ConfigError(f"sample sheet '{sheet}': every '{train_split}' slide has label {labels.iloc[0]!r} (column "
+                          "'label', no annotations); a classifier needs at least two classes to learn from")
+
+
 def load_sample_sheet(
     path: str | Path,
     schema: str | Path | dict,

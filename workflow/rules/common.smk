@@ -30,6 +30,9 @@ SAMPLES = load_sample_sheet(
     generated_prefixes=[SYNTH_DIR] if config["synth"]["enabled"] else [],
 )
 SLIDES = list(SAMPLES["slide_id"])
+from stainshift.validation import check_slide_label_classes
+
+check_slide_label_classes(SAMPLES, config["samples"], config["pretrain"]["train_split"])
 
 # --- Patch stores (issue 3) -----------------------------------------------------------------------
 # STORES: one row per patch store {RESULTS}/tiles/{store_id}.zarr, indexed by store_id, columns
