@@ -249,3 +249,21 @@ def test_float_and_32bit_images_are_refused_naming_the_file(tmp_path: Path) -> N
     Image.fromarray(np.zeros((32, 32), np.int32), mode="I").save(tmp_path / "i.tiff")  # Pillow: mode I as TIFF
     with pytest.raises(SlideReadError, match=r"i\.tiff: int32 samples are not supported"):
         open_slide(tmp_path / "i.tiff", mpp=0.5)
+
+
+@pytest.mark.realdata
+def test_truncated_svs_is_reported_as_truncated(shared_data: Path, tmp_path: Path) -> None:
+    data = (shared_data / "cmu1_small_region" / "CMU-1-Small-Region.svs").read_bytes()
+    for frac in (0.3, 0.95):
+        cut = tmp_path / f"cut{int(frac * 100)}.svs"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        with pytest.raises(SlideReadError, match=rf"cut{int(frac * 100)}\.svs: .*truncated or corrupt"):
+            open_slide(cut).read_region(0, 0, 0, 256, 256)
+
+
+def test_sheet_without_a_required_column_names_it(tmp_path: Path) -> None:
+    from stainshift.validation import ConfigError, read_sample_sheet
+
+    (tmp_path / "s.tsv").write_text("slide_id\tpath\tpatient\tsplit\ns1\ta.tiff\tp1\ttrain\n")
+    with pytest.raises(ConfigError, match=r"s\.tsv': missing required column\(s\) \['center'\]"):
+        read_sample_sheet(tmp_path / "s.tsv")

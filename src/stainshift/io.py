@@ -50,6 +50,8 @@ DIRECT_CACHE_BYTES = 32 << 20  # decoded partially-read TIFF tiles kept per read
 STRIP_PIXELS = 1 << 22  # whole-level reads go in row strips of at most this many level pixels (16 MB RGBA)
 
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+#: vendor formats OpenSlide reads (a file with one of these it does not detect is damaged)
+WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".tif", ".tiff"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf"}
 MAX_PLAIN_PIXELS = 30_000 * 30_000  # plain images are decoded whole; larger ones must be pyramidal TIFF
 
@@ -601,6 +603,13 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> SlideReader
             raise
     if openslide_error is not None:
         raise openslide_error
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+") or suffix in WSI_SUFFIXES:
+        raise SlideReadError(
+            f"{path}: {'a TIFF-based' if magic[:2] in (b'II', b'MM') else 'a ' + suffix} slide that OpenSlide cannot "
+            f"read: truncated or corrupt ({path.stat().st_size:,} bytes)? Copy it again or check it with the "
+            "scanner's software")
     raise SlideReadError(
         f"{path}: unsupported format (not detected by OpenSlide; plain images need one of "
         f"{', '.join(sorted(PLAIN_IMAGE_SUFFIXES))}, other TIFF needs .tif/.tiff)"

@@ -60,6 +60,10 @@ def read_sample_sheet(path: str | Path) -> pd.DataFrame:
         raise ConfigError(
             f"sample sheet '{path}': unknown column(s) {unknown}; allowed columns are {SAMPLE_COLUMNS}"
         )
+    missing = [c for c in SAMPLE_COLUMNS if c not in OPTIONAL_COLUMNS and c not in df.columns]
+    if missing:
+        raise ConfigError(f"sample sheet '{path}': missing required column(s) {missing}; the header has "
+                          f"{list(df.columns)} (columns are tab-separated)")
     for col in OPTIONAL_COLUMNS:
         if col not in df.columns:
             df[col] = None
@@ -164,8 +168,13 @@ def load_sample_sheet(
     schema: str | Path | dict,
     base_dir: str | Path = ".",
     generated_prefixes: Iterable[str] = (),
+    results: str | None = None,
 ) -> pd.DataFrame:
-    """Read and validate a sample sheet (see :func:`validate_sample_sheet`)."""
-    return validate_sample_sheet(
-        read_sample_sheet(path), schema, sheet=path, base_dir=base_dir, generated_prefixes=generated_prefixes
-    )
+    """Read and validate a sample sheet (see :func:`validate_sample_sheet`). ``{results}`` in a
+    ``path`` / ``annotation`` cell stands for the config's results folder (``results``), so a sheet of
+    generated slides (the demo's) follows a changed ``results:``."""
+    df = read_sample_sheet(path)
+    if results is not None:
+        for col in ("path", "annotation"):
+            df[col] = [v.replace("{results}", results) if isinstance(v, str) else v for v in df[col]]
+    return validate_sample_sheet(df, schema, sheet=path, base_dir=base_dir, generated_prefixes=generated_prefixes)

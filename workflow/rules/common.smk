@@ -28,6 +28,7 @@ SAMPLES = load_sample_sheet(
     SCHEMAS / "samples.schema.yaml",
     base_dir=".",
     generated_prefixes=[SYNTH_DIR] if config["synth"]["enabled"] else [],
+    results=RESULTS,
 )
 SLIDES = list(SAMPLES["slide_id"])
 from stainshift.validation import check_slide_label_classes
