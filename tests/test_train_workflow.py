@@ -20,7 +20,8 @@ from workflow_helpers import make_workdir, run_snakemake
 pytestmark = pytest.mark.slow
 
 CENTERS = ["center_a", "center_b", "center_c"]
-SOURCES = {"center_a": {"center_a"}, "center_b": {"center_b"}, "center_c": {"center_c"},
+# one single-center source and every leave-one-center-out source (4 runs: CI time)
+SOURCES = {"center_a": {"center_a"},
            "loco-center_a": {"center_b", "center_c"}, "loco-center_b": {"center_a", "center_c"},
            "loco-center_c": {"center_a", "center_b"}}
 
@@ -32,7 +33,7 @@ def _centers_of(stores: list[str], work: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     work = make_workdir(tmp_path_factory.mktemp("train_wf"), {
-        "pretrain": {"methods": ["baseline"], "sources": ["each", "loco"]},
+        "pretrain": {"methods": ["baseline"], "sources": ["center_a", "loco"]},
         "normalize": {"methods": ["reinhard"], "targets": {"k": 1}},
     })
     targets = [f"results/predictions/baseline/{s}/seed0.csv" for s in SOURCES]
