@@ -426,10 +426,5 @@ def import_encoder(entry: Mapping[str, Any], out_dir: str | os.PathLike, meta: M
     return out_dir / "encoder.pt"
 
 
-def describe(provenance: Mapping[str, Any]) -> str:
-    """One line for the report: format, file, sha256."""
-    return f"{provenance.get('format')} {provenance.get('file')} sha256 {provenance.get('sha256')}"
-
-
-__all__ = ["ExternalEncoder", "ExternalWeightsError", "check_entries", "describe", "file_sha256", "import_encoder",
+__all__ = ["ExternalEncoder", "ExternalWeightsError", "check_entries", "file_sha256", "import_encoder",
            "load_init", "load_mapped", "map_keys", "read_state_dict", "resolve_format", "select_output"]
