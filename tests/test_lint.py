@@ -17,8 +17,9 @@ from workflow_helpers import REPO, SNAKEFILE, make_workdir, run_snakemake
 
 PROFILES = REPO / "workflow" / "profiles"
 GPU_STAGES = ("pretrain", "finetune", "embed")
-# Rules that share another stage's resource entry (predict runs on the embed entry, see train.smk).
-RESOURCE_STAGE = {"predict": "embed"}
+# The resource entry (config resources.<stage>) each rule runs on.
+RESOURCE_STAGE = {"tile_slide": "tile", "import_crops": "tile", "normalize_store": "normalize", "pretrain_run": "pretrain",
+                  "import_encoder": "embed", "embed_run": "embed", "finetune_run": "finetune", "evaluate_method": "evaluate"}
 
 
 def _rules_of_workflow(workdir: Path) -> list[dict]:
@@ -93,7 +94,7 @@ def test_every_rule_has_log_benchmark_and_conda(rules):
 
 def test_gpu_stages_use_the_gpu_env(rules):
     for r in rules:
-        if r["name"] in GPU_STAGES:
+        if not r["norun"] and RESOURCE_STAGE.get(r["name"], r["name"]) in GPU_STAGES:
             assert r["conda"] == "../envs/gpu.yaml", r
 
 
@@ -123,9 +124,50 @@ def test_dry_run_plans_the_demo(workdir, rules):
     planned = {ln.split()[0] for ln in proc.stdout.splitlines()
                if re.match(r"^\w+\s+\d+$", ln.strip()) and ln.split()[0] not in ("total", "all")}
     # on an empty working directory every stage of the demo is planned
-    expected = defined & {"synth", "tile", "select_targets", "normalize", "pretrain", "embed", "finetune",
-                          "predict", "evaluate", "report"}
+    expected = defined & {"synth", "tile_slide", "select_targets", "normalize_store", "pretrain_run", "embed_run",
+                          "finetune_run", "evaluate_method", "summarize", "report"}
     assert expected <= planned, f"not planned: {sorted(expected - planned)}\n{proc.stdout}"
+
+
+# `snakemake <stage>`: the per-item rules of that stage and what they need, nothing downstream
+STAGE_TARGET_PLANS = {
+    "tile": {"synth", "tile_slide"},
+    "normalize": {"synth", "tile_slide", "select_targets", "normalize_store", "normalize_montage"},
+    "pretrain": {"synth", "tile_slide", "pretrain_run"},
+    "embed": {"synth", "tile_slide", "select_targets", "normalize_store", "pretrain_run", "embed_run"},
+    "finetune": {"synth", "tile_slide", "select_targets", "normalize_store", "pretrain_run", "embed_run",
+                 "finetune_run"},
+    "evaluate": {"synth", "tile_slide", "select_targets", "normalize_store", "pretrain_run", "embed_run",
+                 "finetune_run", "evaluate_method", "summarize"},
+    "slide_view": {"synth", "tile_slide", "select_targets", "normalize_store", "pretrain_run", "embed_run",
+                   "finetune_run", "slide_view_method"},
+}
+
+
+STAGE_OWN_RULES = {"tile": {"tile_slide"}, "normalize": {"select_targets", "normalize_store", "normalize_montage"},
+                   "pretrain": {"pretrain_run"}, "embed": {"embed_run"}, "finetune": {"finetune_run"},
+                   "evaluate": {"evaluate_method", "summarize"}, "slide_view": {"slide_view_method"}}
+
+
+def _planned_counts(workdir: Path, *args: str) -> dict[str, int]:
+    proc = run_snakemake(workdir, *args, "--dry-run", "--quiet", "rules")
+    return {ln.split()[0]: int(ln.split()[1]) for ln in proc.stdout.splitlines()
+            if re.match(r"^\w+\s+\d+$", ln.strip()) and ln.split()[0] != "total"}
+
+
+@pytest.fixture(scope="module")
+def all_jobs(workdir) -> dict[str, int]:
+    return _planned_counts(workdir, "--forceall")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_TARGET_PLANS))
+def test_stage_target_plans_that_stage_for_every_item(workdir, all_jobs, stage):
+    counts = _planned_counts(workdir, stage)
+    jobs = {rule for rule in counts if rule != stage}
+    assert jobs == STAGE_TARGET_PLANS[stage], f"snakemake {stage} plans {counts}"
+    # the stage's own rules run for every item (slide, run, method) the full workflow has
+    assert {rule: counts[rule] for rule in STAGE_OWN_RULES[stage]} == \
+        {rule: all_jobs[rule] for rule in STAGE_OWN_RULES[stage]}, (counts, all_jobs)
 
 
 def test_gpu_rules_request_gpus_and_partitions(tmp_path, rules):
@@ -145,9 +187,9 @@ def test_gpu_rules_request_gpus_and_partitions(tmp_path, rules):
         by_rule.setdefault(j["rule"], j["resources"])
         shell.setdefault(j["rule"], j.get("shell", ""))
     # 2 GPUs: one job, one node, torchrun starting one process per GPU
-    assert by_rule["pretrain"].get("gpu") == "2", by_rule["pretrain"]
-    assert "torchrun --standalone --nnodes=1 --nproc_per_node=2 " in shell["pretrain"], shell["pretrain"]
-    assert "pretrain" in by_rule or "pretrain" not in defined, "pretrain not planned"
+    assert by_rule["pretrain_run"].get("gpu") == "2", by_rule["pretrain_run"]
+    assert "torchrun --standalone --nnodes=1 --nproc_per_node=2 " in shell["pretrain_run"], shell["pretrain_run"]
+    assert "pretrain_run" in by_rule or "pretrain_run" not in defined, "pretrain_run not planned"
     for rule, resources in by_rule.items():
         if rule == "all":
             continue

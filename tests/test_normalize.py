@@ -139,12 +139,53 @@ def test_normalize_store_writes_variants(tmp_path, stores) -> None:
 
 
 def test_montage(stores) -> None:
-    tiles = sample_tiles([c.path for c in stores], 4, seed=0)
+    """Rows raw + one per method, labelled; column 0 the framed target; every tile captioned with
+    its store and index; background tiles (method fallback) framed grey and explained in a note."""
+    from stainshift.stain.variants import FALLBACK_FRAME, TARGET_FRAME, montage_labels, montage_layout
+
+    paths = [c.path for c in stores]
+    tiles = sample_tiles(paths, 4, seed=0)
     assert tiles.shape == (4, 32, 32, 3)
+    tiles, sources = sample_tiles(paths, 12, seed=0, with_sources=True)  # all, the 3 background tiles too
+    for tile, (path, index) in zip(tiles, sources):
+        np.testing.assert_array_equal(tile, PatchStore.open(path).read(index)[0])
     target = tissue_tiles("center_d", 1, size=48)[0]
-    img, flags = montage(tiles, target, ["reinhard", "macenko"], tile_px=40)
-    assert img.shape == (3 * 44 + 4, 5 * 44 + 4, 3) and img.dtype == np.uint8
-    assert set(flags) == {"reinhard", "macenko"}
+    entry = {"id": "t07", "kind": "store", "path": paths[2], "index": 3, "method": "macenko", "center": "center_c",
+             "patient": "p2"}
+    img, flags = montage(tiles, target, ["reinhard", "macenko"], tile_px=40, sources=sources, target_entry=entry)
+    assert img.dtype == np.uint8 and set(flags) == {"reinhard", "macenko"}
+    labels = montage_labels(["reinhard", "macenko"], sources, entry)
+    assert labels["rows"] == ["raw", "reinhard", "macenko"]
+    assert labels["columns"][0] == f"s0\n#{sources[0][1]}" and labels["target"] == "target\ns2 #3"
+    assert labels["title"][0].startswith(f"Target t07 from {paths[2]}:3") and "macenko" in labels["title"][1]
+    labels["notes"] = ["note"]  # montage adds one: background tiles fall back
+    lay = montage_layout(labels, 40)
+    assert img.shape == (lay["size"][1], lay["size"][0], 3)
+
+    def cell(r: int, c: int) -> np.ndarray:
+        x, y = lay["cells"][r][c]
+        return img[y : y + 40, x : x + 40].astype(int)
+
+    def fit(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a).resize((40, 40), Image.Resampling.BILINEAR)).astype(int)
+
+    np.testing.assert_array_equal(cell(0, 0), fit(target))  # column 0: the target, in the raw row ...
+    x, y = lay["cells"][0][0]
+    assert (img[y - 2, x + 20] == TARGET_FRAME).all() and (img[y + 20, x - 2] == TARGET_FRAME).all()  # ... framed
+    assert (cell(1, 0) == 255).all() and (cell(2, 0) == 255).all()  # nothing under it
+    for c in range(len(tiles)):
+        np.testing.assert_array_equal(cell(0, c + 1), fit(tiles[c]))  # raw row: the tiles as sampled
+    background = [c for c in range(len(tiles)) if (tiles[c] == 245).all()]
+    assert len(background) == 3 and all(flags["macenko"][background]) and not flags["macenko"].all()
+    for r, method in enumerate(["reinhard", "macenko"], start=1):
+        for c in range(len(tiles)):
+            x, y = lay["cells"][r][c + 1]
+            framed = (img[y - 2, x + 20] == FALLBACK_FRAME).all()
+            assert framed == bool(flags[method][c]), (method, c)
+    for x0, y0, x1, y1 in lay["row_label_boxes"] + lay["column_boxes"]:  # every row and column has its text
+        assert (img[y0:y1, x0:x1] < 100).all(-1).sum() > 10
+    x, y = lay["notes_xy"]
+    assert (img[y : y + lay["line_h"], x:] < 100).all(-1).sum() > 20  # the fallback note
 
 
 def test_write_json_atomic_leaves_no_temp(tmp_path) -> None:
@@ -168,7 +209,7 @@ def test_normalize_rules_on_premade_stores(tmp_path) -> None:
                    f"{sid[0]}_p3", center)
         write_manifest(work / "results" / "tiles" / f"{sid}.zarr")
     wanted = ["results/variants/b_test/reinhard/t00.json", "results/normalize/montage/t02.png"]
-    run_snakemake(work, "--allowed-rules", "select_targets", "normalize", "normalize_montage", "--", *wanted)
+    run_snakemake(work, "--allowed-rules", "select_targets", "normalize_store", "normalize_montage", "--", *wanted)
     targets = json.loads((work / "results/normalize/targets.json").read_text())["targets"]
     assert [t["method"] for t in targets] == ["reinhard", "macenko", "vahadane"]
     assert len({t["patient"] for t in targets}) == 3

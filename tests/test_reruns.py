@@ -47,7 +47,7 @@ def _list_changes_params(work: Path) -> list[str]:
 def test_completed_run_is_up_to_date(base, graph):
     assert planned_rules(base) == {}, "a finished run plans more jobs"
     # the stages this suite is about exist in the workflow
-    assert {"tile", "evaluate"} <= set(graph), sorted(graph)
+    assert {"tile_slide", "evaluate_method"} <= set(graph), sorted(graph)
 
 
 def test_tiling_param_reruns_tiling_and_downstream_only(work, graph):
@@ -58,10 +58,10 @@ def test_tiling_param_reruns_tiling_and_downstream_only(work, graph):
     stores = {f"results/tiles/{p.name}" for p in (work / "results" / "tiles").glob("*.json")}  # store manifests
     assert stores and stores <= changed, sorted(stores - changed)
     planned = planned_rules(work)
-    assert set(planned) == descendants(graph, "tile"), (
-        f"planned {dict(planned)}; expected tile and downstream: {sorted(descendants(graph, 'tile'))}")
+    assert set(planned) == descendants(graph, "tile_slide"), (
+        f"planned {dict(planned)}; expected tile_slide and downstream: {sorted(descendants(graph, 'tile_slide'))}")
     assert "synth" not in planned
-    assert planned["tile"] == _count(work, "tile"), "every slide's store is re-tiled"
+    assert planned["tile_slide"] == _count(work, "tile_slide"), "every slide's store is re-tiled"
 
 
 def _count(work: Path, rule: str) -> int:
@@ -71,9 +71,9 @@ def _count(work: Path, rule: str) -> int:
 def test_evaluation_param_reruns_only_evaluation_and_report(work, graph):
     set_config(work, {"evaluate": {"bootstrap": 20}})
     planned = planned_rules(work)
-    expected = descendants(graph, "evaluate")
+    expected = descendants(graph, "evaluate_method")
     assert set(planned) == expected, f"planned {dict(planned)}; expected {sorted(expected)}"
-    assert {"tile", "normalize", "pretrain", "embed", "finetune", "synth"}.isdisjoint(planned)
+    assert {"tile_slide", "normalize_store", "pretrain_run", "embed_run", "finetune_run", "synth"}.isdisjoint(planned)
     # run it for real: upstream artifacts are untouched, evaluation outputs are rewritten
     results = work / "results"
     upstream_dirs = ("synth", "tiles", "qc", "normalize", "variants", "models", "embeddings", "predictions")
@@ -90,11 +90,11 @@ def test_evaluation_param_reruns_only_evaluation_and_report(work, graph):
 
 
 def test_forcerun_normalize_reruns_normalize_and_downstream(work, graph):
-    planned = planned_rules(work, "--forcerun", "normalize")
-    expected = descendants(graph, "normalize")
+    planned = planned_rules(work, "--forcerun", "normalize_store")
+    expected = descendants(graph, "normalize_store")
     assert set(planned) == expected, f"planned {dict(planned)}; expected {sorted(expected)}"
-    assert planned["normalize"] == _count(work, "normalize")
-    assert {"synth", "tile"}.isdisjoint(planned)
+    assert planned["normalize_store"] == _count(work, "normalize_store")
+    assert {"synth", "tile_slide"}.isdisjoint(planned)
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float, poll: float) -> bool:
@@ -133,7 +133,7 @@ def test_job_killed_mid_write_leaves_no_complete_output_and_rerun_finishes(work)
     # test_store.py; here it must be gone after the re-run)
     leftovers = [p for p in tiles.iterdir() if p.name.startswith(f".{slide}.zarr.tmp")]
     # ... and Snakemake plans the job again (missing manifest)
-    assert planned_rules(work, target).get("tile") == 1
+    assert planned_rules(work, target).get("tile_slide") == 1
     run_snakemake(work, target)
     assert not any(p.exists() for p in leftovers), "the re-run did not remove the killed writer's temp store"
     import zarr
@@ -162,7 +162,7 @@ def test_failed_retiling_keeps_the_previous_store_and_is_planned_again(work):
     assert proc.returncode != 0
     after = PatchStore.open(store)
     assert len(after) == n and (after.read([0]) == first).all(), "the previous store was lost"
-    assert planned_rules(work, target).get("tile") == 1, "a store without its manifest counted as done"
+    assert planned_rules(work, target).get("tile_slide") == 1, "a store without its manifest counted as done"
 
 
 def test_killed_pretraining_resumes_from_its_checkpoint(work):
@@ -173,7 +173,7 @@ def test_killed_pretraining_resumes_from_its_checkpoint(work):
     last = model_dir / "checkpoints" / "last.pt"
     before = last.stat().st_mtime_ns if last.exists() else None
     target = f"results/models/{run}/encoder.pt"
-    assert planned_rules(work, target).get("pretrain") == 1, "changed epochs must re-run pretrain"
+    assert planned_rules(work, target).get("pretrain_run") == 1, "changed epochs must re-run pretrain"
     cmd, env = snakemake_cmd(work, target)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     new_checkpoint = lambda: last.exists() and last.stat().st_mtime_ns != before  # noqa: E731

@@ -115,10 +115,10 @@ def test_demo_through_slurm_equals_local_run(slurm_cluster, tmp_path_factory):
     assert jobs, "scontrol knows no job of this run"
     assert all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobId"], j["rule"], j["JobState"]) for j in jobs]
     rules = {j["rule"] for j in jobs}
-    for stage in ("synth", "tile", "pretrain", "evaluate"):
+    for stage in ("synth", "tile_slide", "pretrain_run", "evaluate_method"):
         assert stage in rules or stage not in _defined_rules(proc), f"no SLURM job of rule {stage}: {sorted(rules)}"
     for j in jobs:
-        if j["rule"] == "pretrain":
+        if j["rule"] == "pretrain_run":
             assert j["Partition"] == "gpu", j
             assert "gres:gpu:1" in j.get("TresPerJob", ""), f"pretrain got no GPU: {j.get('TresPerJob')}"
         else:

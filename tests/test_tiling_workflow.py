@@ -52,5 +52,5 @@ def test_tile_and_import_crops_rules(tmp_path: Path) -> None:
     (work / "config/config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     dry = run_snakemake(work, "-n", *targets)
     out = dry.stdout + dry.stderr
-    assert "rule tile:" in out or "localrule tile:" in out
+    assert "rule tile_slide:" in out or "localrule tile_slide:" in out
     assert "rule synth:" not in out and "localrule synth:" not in out and "import_crops:" not in out

@@ -126,7 +126,7 @@ def test_method_config_layers() -> None:
 
 def test_finished_run_drops_its_checkpoint_so_a_rerun_trains_afresh(stores: list[str], tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    # `snakemake --forcerun pretrain` re-runs a finished job: it must train again, not load the old run
+    # `snakemake --forcerun pretrain_run` re-runs a finished job: it must train again, not load the old run
     cfg = method_config({"defaults": tiny_cfg(epochs=1)}, "simclr")
     pretrain("simclr", stores, cfg, tmp_path, meta={"source": "c1", "seed": 0}, progress=False)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()

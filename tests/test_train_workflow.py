@@ -74,7 +74,7 @@ def test_forced_rerun_of_a_finished_pretraining_trains_from_scratch(work: Path) 
     run = work / "results" / "models" / "baseline" / "center_a" / "seed0"
     assert not (run / "checkpoints" / "last.pt").exists()
     before = pd.read_csv(run / "metrics.csv")
-    run_snakemake(work, str(run.relative_to(work) / "encoder.pt"), "--forcerun", "pretrain")
+    run_snakemake(work, str(run.relative_to(work) / "encoder.pt"), "--forcerun", "pretrain_run")
     log = (work / "results" / "logs" / "pretrain" / "baseline" / "center_a" / "seed0.log").read_text()
     assert "resumed from" not in log and "epoch 1/1" in log
     assert pd.read_csv(run / "metrics.csv")["loss"].tolist() == before["loss"].tolist()  # same seed, same run

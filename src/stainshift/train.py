@@ -511,7 +511,7 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
     its chance level, collapsed embeddings): ``on_no_learning = "fail"`` raises
     :class:`DidNotLearnError` (the checkpoint is kept, so re-running with ``flag`` costs nothing),
     ``"flag"`` records the verdict for the report. A finished run deletes its resume checkpoint, so
-    a forced re-run (``snakemake --forcerun pretrain``) trains from scratch. Under torchrun only
+    a forced re-run (``snakemake --forcerun pretrain_run``) trains from scratch. Under torchrun only
     rank 0 writes files. Returns the encoder path.
     """
     if on_no_learning not in ("fail", "flag"):

@@ -37,7 +37,7 @@ check_slide_label_classes(SAMPLES, config["samples"], config["pretrain"]["train_
 
 # --- Patch stores (issue 3) -----------------------------------------------------------------------
 # STORES: one row per patch store {RESULTS}/tiles/{store_id}.zarr, indexed by store_id, columns
-# center, split, patient, kind (slide = a sample-sheet row, tiled by rule `tile`; crops = a
+# center, split, patient, kind (slide = a sample-sheet row, tiled by rule `tile_slide`; crops = a
 # {set}-{domain}-{split} store of a config `crops:` entry, written by rule `import_crops`).
 from stainshift.cropsets import plan_crop_stores
 

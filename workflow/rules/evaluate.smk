@@ -1,4 +1,4 @@
-# Cross-center evaluation over runs (stainshift.metrics): one `evaluate` job per method reads every run
+# Cross-center evaluation over runs (stainshift.metrics): one `evaluate_method` job per method reads every run
 # (source x replicate seed) of that method -- predictions, embeddings, training summary -- and writes
 # tidy long CSVs + figures; one `summarize` job puts all methods side by side and runs the seed-paired
 # comparisons against evaluate.reference. Uses from common.smk: METHODS, SOURCES, RUNS, prediction_path,
@@ -13,7 +13,7 @@ SOURCE_DICTS = {sid: src.as_dict() for sid, src in SOURCES.items()}
 METHOD_RUNS = {m: [(source, seed) for mm, source, seed in RUNS if mm == m] for m in METHODS}
 
 
-rule evaluate:
+rule evaluate_method:
     input:
         predictions=lambda wc: [prediction_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
         manifests=lambda wc: [embed_manifest_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],

@@ -1,6 +1,6 @@
 # Stain-normalized variants of the test stores (stainshift.stain, issue 4; seed 000's BRACS70):
 #   select_targets     -> {R}/normalize/targets.json           k targets, split evenly over the methods
-#   normalize          -> {R}/variants/{store}/{method}/{target}.zarr   one job per store, all its variants
+#   normalize_store    -> {R}/variants/{store}/{method}/{target}.zarr   one job per store, all its variants
 #                         (declared output: each variant's manifest {target}.json, as for tile stores)
 #   normalize_montage  -> {R}/normalize/montage/{target}.png   the same tiles raw and under each method
 # Target ids and methods are fixed by the config alone (stainshift.stain.targets.NormalizePlan), so the
@@ -37,7 +37,7 @@ rule select_targets:
         "../scripts/select_targets.py"
 
 
-rule normalize:
+rule normalize_store:
     input:
         store=f"{RESULTS}/tiles/{{store}}.json",
         targets=f"{NORM_DIR}/targets.json",

@@ -1,5 +1,5 @@
 # Predictions back on the slide (issue 19; stainshift.slide_view, stainshift.export):
-#   slide_view  one job per method, over every test store:
+#   slide_view_method  one job per method, over every test store:
 #               {R}/plots/slides/{method}/{store}.png -- slides: thumbnail + annotation + tile labels | mean
 #               P(positive) | share of sources correct | per-source maps; crop stores: crops ordered by score
 #               (marked for the HTML report);
@@ -20,7 +20,7 @@ SLIDE_VIEW_PREDICTIONS = {method: [prediction_path(m, s, k) for m, s, k in RUNS 
                           for method in METHODS}
 
 
-rule slide_view:
+rule slide_view_method:
     input:
         stores=[tile_manifest(s) for s in TEST_STORES],
         predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],

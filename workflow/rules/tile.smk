@@ -1,12 +1,12 @@
 # Tile stage (stainshift.tiling / stainshift.store / stainshift.cropsets):
-#   tile          one job per slide of the sample sheet -> {R}/tiles/{slide}.zarr + {R}/qc/{slide}.png
+#   tile_slide    one job per slide of the sample sheet -> {R}/tiles/{slide}.zarr + {R}/qc/{slide}.png
 #   import_crops  one job per crop store (config `crops:`) -> {R}/tiles/{set}-{domain}-{split}.zarr
 # The declared output of a store is its manifest {R}/tiles/{store}.json (written after the store is
 # complete; stainshift.store.write_manifest): Snakemake does not delete a store before re-making it, a
 # failed re-run leaves the previous store intact, and a store without its manifest is never "done".
 # params carry the whole tiling / crop-set config, so changing it re-runs exactly these jobs and
 # what depends on their stores.
-rule tile:
+rule tile_slide:
     input:
         unpack(tile_inputs),
     output:

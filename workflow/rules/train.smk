@@ -1,10 +1,10 @@
 # Training stages (stainshift.train / stainshift.methods / stainshift.embeddings), one job per run
 # (method, source, seed) — a source's models learn only from its centers' train/val stores:
-#   pretrain         -> {R}/models/{m}/{src}/seed{k}/encoder.pt, metrics.csv, train_summary.json
+#   pretrain_run     -> {R}/models/{m}/{src}/seed{k}/encoder.pt, metrics.csv, train_summary.json
 #   import_encoder   -> the same encoder.pt and train_summary.json for an `external` encoder (its file's
 #                       spec and sha256, no weights, nothing trained; stainshift.external)
-#   embed            -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 per store and test variant), manifest.csv
-#   finetune         -> {R}/models/{m}/{src}/seed{k}/heads.pt, finetune.csv: the linear probe on frozen
+#   embed_run        -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 per store and test variant), manifest.csv
+#   finetune_run     -> {R}/models/{m}/{src}/seed{k}/heads.pt, finetune.csv: the linear probe on frozen
 #                       features (every method) and the method's own seed downstream (end-to-end
 #                       classifier of seed 000 / fusion fine-tuning of seed 002), chosen on the
 #                       source's val stores; and their predictions on every test store and variant:
@@ -12,7 +12,7 @@
 RUN = "{method}/{source}/seed{seed}"
 
 
-rule pretrain:
+rule pretrain_run:
     input:
         stores=lambda wc: [tile_manifest(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
         init=lambda wc: [f for f in [_init_file(wc.method)] if f],
@@ -69,7 +69,7 @@ rule import_encoder:
         "../scripts/import_encoder.py"
 
 
-rule embed:
+rule embed_run:
     input:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         stores=lambda wc: [tile_manifest(s) for s in embed_store_ids(wc.source)],
@@ -98,7 +98,7 @@ rule embed:
         "../scripts/embed.py"
 
 
-rule finetune:
+rule finetune_run:
     input:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",

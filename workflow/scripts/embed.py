@@ -1,4 +1,4 @@
-"""Rule `embed`: one run's encoder features of its stores → HDF5 (stainshift.embeddings).
+"""Rule `embed_run`: one run's encoder features of its stores → HDF5 (stainshift.embeddings).
 
 Embeds the source's train/val stores (for the probe and its model selection), every test store and
 every normalized variant of a test store into {R}/embeddings/{method}/{source}/seed{seed}/stores/,

@@ -1,4 +1,4 @@
-"""evaluate rule: every run of one method (predictions, embeddings, training summary) ->
+"""evaluate_method rule: every run of one method (predictions, embeddings, training summary) ->
 cross_center.csv, variants.csv, batch_effect.csv, learning.csv and the method's figures
 (thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
 import logging

@@ -1,4 +1,4 @@
-"""Rule `finetune`: one run's heads — the common linear probe and, where the method has one, its
+"""Rule `finetune_run`: one run's heads — the common linear probe and, where the method has one, its
 own seed downstream — and their predictions on every test store and test variant
 (stainshift.finetune). Writes heads.pt, finetune.csv and {R}/predictions/{method}/{source}/seed{k}.csv."""
 

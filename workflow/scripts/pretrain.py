@@ -1,4 +1,4 @@
-"""Rule `pretrain`: pretrain one run (method, source, seed) on the source's training stores
+"""Rule `pretrain_run`: pretrain one run (method, source, seed) on the source's training stores
 (launched by python, or by torchrun for several GPUs).
 
 Usage (the rule's shell command):

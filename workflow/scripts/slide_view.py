@@ -1,4 +1,4 @@
-"""slide_view rule: one method's predictions -> a heatmap (slides) or score-ordered montage (crop sets)
+"""slide_view_method rule: one method's predictions -> a heatmap (slides) or score-ordered montage (crop sets)
 per test store and a QuPath GeoJSON per test slide (thin adapter over stainshift.slide_view /
 stainshift.export)."""
 import logging

@@ -1,4 +1,4 @@
-"""Snakemake adapter for the `tile` rule: one sample-sheet row + tiling config -> stainshift.tiling.tile_slide."""
+"""Snakemake adapter for the `tile_slide` rule: one sample-sheet row + tiling config -> stainshift.tiling.tile_slide."""
 import json
 import logging
 import sys
