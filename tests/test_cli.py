@@ -68,3 +68,32 @@ def test_export_geojson_command(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "protocol 'x'" in res.output
     res = runner.invoke(app, ["export-geojson", str(crop_store(tmp_path))])
     assert res.exit_code == 2 and "no slide coordinates" in res.output
+
+
+def test_export_command_and_inspect_shows_mpp_source(tmp_path: Path) -> None:
+    import numpy as np
+
+    from stainshift.store import PatchStore, write_store
+
+    tiles = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    src = write_store(tmp_path / "s.zarr", tiles, coords=np.zeros((5, 2)), tissue_fraction=np.ones(5),
+                      label=np.zeros(5), label_fraction=np.zeros(5), codec="jpeg",
+                      attrs={"slide_id": "s", "mpp_level0": 0.5, "mpp_source": "sheet"})
+    runner = CliRunner()
+    res = runner.invoke(app, ["inspect", str(src), "--n", "0"])
+    assert res.exit_code == 0, res.output
+    assert any(line.split() == ["mpp_source", "sheet"] for line in res.output.splitlines()), res.output
+    out = tmp_path / "plain.zarr"
+    res = runner.invoke(app, ["export", str(src), str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote 5 tiles to {out} (zstd level 3" in res.output and "source jpeg" in res.output
+    np.testing.assert_array_equal(PatchStore.open(out).read(slice(None)), PatchStore.open(src).read(slice(None)))
+    res = runner.invoke(app, ["export", str(src), str(out)])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = runner.invoke(app, ["export", str(src), str(out), "--overwrite", "--codec", "gzip", "--level", "1"])
+    assert res.exit_code == 0 and "gzip level 1" in res.output, res.output
+    res = runner.invoke(app, ["export", str(src), str(tmp_path / "x.zarr"), "--codec", "lz4"])
+    assert res.exit_code == 2 and "zstd, gzip" in res.output
+    res = runner.invoke(app, ["inspect", str(out), "--n", "0", "--json"])
+    summary = json.loads(res.output)
+    assert summary["mpp_source"] == "sheet" and summary["exported_from"]["store"] == str(src.resolve())

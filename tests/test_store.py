@@ -228,3 +228,123 @@ def test_read_leaves_the_callers_index_array_alone(tmp_path):
     tiles = store.read(idx)
     assert idx.tolist() == [5, -1, 0] and tiles.shape[0] == 3
     np.testing.assert_array_equal(tiles[0], tiles[1])
+
+
+# ---- mpp_source and export ----------------------------------------------------------------------
+def test_mpp_source_recorded_validated_and_unknown_for_old_stores(tmp_path: Path) -> None:
+    from stainshift.store import mpp_source
+
+    path = write_store(tmp_path / "m.zarr", smooth_tiles(2, 16), **fields(2), codec="zstd",
+                       attrs={"mpp_level0": 0.25, "mpp_source": "sheet"})
+    store = PatchStore.open(path)
+    assert store.attrs["mpp_source"] == "sheet" and store.summary()["mpp_source"] == "sheet"
+    # a store written before mpp_source existed: no key -> "unknown"
+    old = zarr.open_group(path, mode="r+")
+    attrs = dict(old.attrs)
+    del attrs["mpp_source"]
+    old.attrs.clear()
+    old.update_attributes(attrs)
+    store = PatchStore.open(path)
+    assert "mpp_source" not in store.attrs and store.summary()["mpp_source"] == "unknown"
+    assert mpp_source({"mpp_source": None}) == "unknown" and mpp_source({"mpp_source": "file"}) == "file"
+    with pytest.raises(StoreError, match="mpp_source"):
+        StoreWriter(tmp_path / "bad.zarr", patch_size=8, attrs={"mpp_source": "guess"})
+
+
+def test_crop_stores_record_mpp_source_config(tmp_path: Path) -> None:
+    from test_cropsets import make_set
+
+    from stainshift.cropsets import import_crop_set
+
+    root = make_set(tmp_path / "set")
+    entry = {"name": "mit", "folder": str(root), "group_column": "slide", "classes": ["normal", "atypical"]}
+    with_mpp = PatchStore.open(import_crop_set({**entry, "mpp": 0.25}, tmp_path / "a", codec="zstd")[0])
+    assert with_mpp.attrs["mpp_source"] == "config" and with_mpp.attrs["mpp_level0"] == 0.25
+    without = PatchStore.open(import_crop_set(entry, tmp_path / "b", codec="zstd")[0])
+    assert without.attrs["mpp_source"] is None and without.summary()["mpp_source"] == "unknown"
+
+
+_PLAIN_READ = textwrap.dedent("""
+    import json, sys
+    sys.modules["stainshift"] = None  # as if stainshift were not installed: any import of it fails
+    import numpy as np, zarr
+    out = {}
+    for path in sys.argv[1:]:
+        try:
+            g = zarr.open_group(path, mode="r")
+            np.save(path + ".npy", g["images"][...])
+            out[path] = {"ok": True, "attrs": dict(g.attrs), "coords": g["coords"][...].tolist()}
+        except Exception as exc:
+            out[path] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    assert not any(m.startswith("stainshift.") for m in sys.modules), sorted(sys.modules)
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+def test_export_is_lossless_and_opens_without_stainshift(tmp_path: Path, codec: str) -> None:
+    import json
+
+    from stainshift.store import export_store
+
+    tiles = smooth_tiles(70, 32)  # 2 shards of 64
+    src = write_store(tmp_path / "src.zarr", tiles, **fields(70), codec="jpeg", shard_tiles=64,
+                      attrs={"slide_id": "s1", "mpp_level0": 0.5, "mpp_source": "file", "classes": ["a", "b"]})
+    expected = PatchStore.open(src).read(slice(None))  # the decoded JPEG pixels
+    dst = export_store(src, tmp_path / "out" / "dst.zarr", codec=codec)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["dst.zarr"]  # no temp dir left
+    out = PatchStore.open(dst)
+    np.testing.assert_array_equal(out.read(slice(None)), expected)
+    src_store = PatchStore.open(src)
+    for name in ("coords", "tissue_fraction", "label", "label_fraction"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(src_store, name))
+    assert out.images.shards == (64, 32, 32, 3)
+    level = {"zstd": 3, "gzip": 6}[codec]
+    assert out.attrs["codec"] == {"name": codec, "level": level}
+    assert out.attrs["exported_from"]["store"] == str(src.resolve())
+    assert out.attrs["exported_from"]["codec"]["name"] == "jpeg"
+    for key in ("slide_id", "mpp_level0", "mpp_source", "classes", "n_tiles", "store_format"):
+        assert out.attrs[key] == src_store.attrs[key], key
+    assert out.summary()["mpp_source"] == "file" and out.summary()["exported_from"]["codec"]["name"] == "jpeg"
+
+    # a process that cannot import stainshift opens the export with plain zarr, but not the JPEG store
+    proc = subprocess.run([sys.executable, "-c", _PLAIN_READ, str(dst), str(src)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res[str(dst)]["ok"], res[str(dst)]
+    np.testing.assert_array_equal(np.load(str(dst) + ".npy"), expected)
+    assert res[str(dst)]["attrs"]["codec"]["name"] == codec
+    assert res[str(dst)]["coords"] == fields(70)["coords"].tolist()
+    assert not res[str(src)]["ok"] and "stainshift" in res[str(src)]["error"], res[str(src)]
+
+
+def test_export_refuses_existing_output_and_bad_requests(tmp_path: Path) -> None:
+    from stainshift.store import export_store
+
+    src = write_store(tmp_path / "src.zarr", smooth_tiles(3, 16), **fields(3), attrs={}, codec="jpeg")
+    dst = export_store(src, tmp_path / "dst.zarr")
+    with pytest.raises(StoreError, match="exists.*overwrite"):
+        export_store(src, dst, level=9)
+    assert PatchStore.open(dst).attrs["codec"] == {"name": "zstd", "level": 3}
+    export_store(src, dst, overwrite=True, level=9)
+    assert PatchStore.open(dst).attrs["codec"] == {"name": "zstd", "level": 9}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a zarr store"):  # --overwrite replaces stores, not any folder
+        export_store(src, mine, overwrite=True)
+    assert (mine / "keep.txt").read_text() == "mine"
+    for bad in (src, src / "inner.zarr", tmp_path):  # the source itself, inside it, a folder holding it
+        with pytest.raises(StoreError, match="source store"):
+            export_store(src, bad, overwrite=True)
+    with pytest.raises(StoreError, match="choose one of zstd, gzip"):
+        export_store(src, tmp_path / "x.zarr", codec="jpeg")
+    with pytest.raises(StoreError, match="bad level"):
+        export_store(src, tmp_path / "x.zarr", codec="gzip", level=42)
+    with pytest.raises(StoreError, match="does not exist"):
+        export_store(tmp_path / "missing.zarr", tmp_path / "y.zarr")
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+    assert PatchStore.open(src).attrs["codec"]["name"] == "jpeg"  # the source is untouched
+    empty = write_store(tmp_path / "e.zarr", np.empty((0, 8, 8, 3), np.uint8), **fields(0), attrs={}, codec="jpeg")
+    assert len(PatchStore.open(export_store(empty, tmp_path / "e2.zarr"))) == 0

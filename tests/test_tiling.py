@@ -493,3 +493,21 @@ def test_decision_iou_real_references_within_001_of_per_tile_rule(shared_data: P
     for name in ("pen_green", "coverslip"):
         before_kept, kept, before_ink, ink_iou = got[name]
         assert kept <= before_kept + 0.01 and ink_iou >= before_ink - 0.01, (name, got[name])
+
+
+def test_mpp_source_file_or_sheet(synth_slide: SynthSlide, tmp_path: Path) -> None:
+    """attrs mpp_source: 'file' when the slide's own µm/px is used, 'sheet' when the sample sheet's mpp
+    (tile_slide's ``mpp``) overrides it; a plain image has no µm/px of its own, so only the sheet's works."""
+    cfg = dict(target_mpp=1.0, patch_size=32, max_tiles=3)
+    tile_slide(synth_slide.tiff, tmp_path / "f.zarr", cfg, slide_id="f", progress=False)
+    tile_slide(synth_slide.tiff, tmp_path / "s.zarr", cfg, slide_id="s", mpp=0.25, progress=False)
+    from_file, from_sheet = PatchStore.open(tmp_path / "f.zarr"), PatchStore.open(tmp_path / "s.zarr")
+    assert (from_file.attrs["mpp_source"], from_file.attrs["mpp_level0"]) == ("file", 0.5)
+    assert (from_sheet.attrs["mpp_source"], from_sheet.attrs["mpp_level0"]) == ("sheet", 0.25)
+    assert from_file.summary()["mpp_source"] == "file" and from_sheet.summary()["mpp_source"] == "sheet"
+    Image.fromarray(np.full((64, 64, 3), (200, 120, 190), np.uint8)).save(tmp_path / "roi.png")
+    with pytest.raises(SlideReadError, match="sample sheet's 'mpp' column"):
+        tile_slide(tmp_path / "roi.png", tmp_path / "r.zarr", cfg, slide_id="r", progress=False)
+    tile_slide(tmp_path / "roi.png", tmp_path / "r.zarr", dict(cfg, target_mpp=0.5), slide_id="r", mpp=0.5,
+               progress=False)
+    assert PatchStore.open(tmp_path / "r.zarr").attrs["mpp_source"] == "sheet"

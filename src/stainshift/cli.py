@@ -143,6 +143,34 @@ def _select(store_path: str, where: List[str], predictions: List[str], protocol:
     return out
 
 
+@app.command("export")
+def export(
+    store: str = typer.Argument(..., help="A patch store (.zarr), any codec."),
+    out: str = typer.Argument(..., help="The copy to write (a .zarr directory)."),
+    codec: str = typer.Option("zstd", help="Lossless codec built into zarr: zstd | gzip (gzip: readers without zstd)."),
+    level: Optional[int] = typer.Option(None, help="Compression level (default: zstd 3, gzip 6)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it is a zarr store (atomically, after success)."),
+) -> None:
+    """Copy a store with lossless tiles that any zarr-3 reader opens without stainshift (JPEG stores need it)."""
+    from pathlib import Path
+
+    from stainshift.store import PatchStore, StoreError, export_store
+
+    try:
+        path = export_store(store, out, codec=codec, level=level, overwrite=overwrite)
+    except StoreError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    def mb(p: Path) -> float:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) / 1e6
+
+    st = PatchStore.open(path)
+    new, old = st.attrs["codec"], st.attrs["exported_from"]["codec"]
+    old_name = old.get("name") if isinstance(old, dict) else old
+    typer.echo(f"wrote {len(st)} tiles to {path} ({new['name']} level {new['level']}, {mb(path):.1f} MB; "
+               f"source {old_name}, {mb(Path(store)):.1f} MB)")
+
+
 @app.command("export-geojson")
 def export_geojson(
     store: str = typer.Argument(..., help="A patch store (.zarr) of a tiled slide."),

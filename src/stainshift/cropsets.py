@@ -221,6 +221,7 @@ def write_crop_store(cs: CropSet, store_id: str, out: str | os.PathLike, *, code
         "slide_id": store_id, "center": domain, "patient": patients[0] if len(patients) == 1 else "mixed",
         "split": split, "source_path": str(cs.folder), "source_size": None, "source_mtime": None,
         "mpp_level0": cs.config.get("mpp"), "target_mpp": cs.config.get("mpp"), "read_level": None,
+        "mpp_source": "config" if cs.config.get("mpp") is not None else None,  # the crops entry's mpp key, if any
         "downsample": None, "patch_size": side, "stride": None, "filter": None, "filter_params": None,
         "seed": int(cs.config.get("seed", 0)), "kind": "crops", "crop_set": cs.name, "classes": cs.classes,
         "crop_files": list(part["file"]), "crop_groups": list(part["group"]),

@@ -9,6 +9,15 @@ Layout of ``{store}.zarr`` (zarr format 3, a group):
 - ``label``           (N,) int64, -1 = unknown.
 - ``label_fraction``  (N,) float32, NaN where not annotated.
 - group attrs: every key of ``REQUIRED_ATTRS`` (None where it does not apply), plus ``n_tiles``.
+  ``mpp_source`` says where ``mpp_level0`` came from: ``"file"`` (the slide's own metadata, read by
+  :mod:`stainshift.io`), ``"sheet"`` (the sample sheet's ``mpp`` column, which overrides the file),
+  ``"config"`` (a crop set's ``mpp`` key in the config) or None (no µm/px known); stores written
+  before it existed lack the key and read as ``"unknown"`` (:func:`mpp_source`).
+
+Portability: the ``jpeg`` codec needs stainshift (its entry point or an import) to decode; ``zstd``
+is built into zarr-python 3 (``gzip`` is in the zarr-3 core spec), so such a store opens with a plain
+zarr install. :func:`export_store` (``stainshift export``) writes a lossless zstd/gzip copy of any
+store for readers without stainshift.
 
 Why zarr 3 with a registered JPEG codec rather than zarr 2 + ``imagecodecs.numcodecs``: both need
 a registration before a plain ``zarr.open_group`` can decode (imagecodecs declares no entry point),
@@ -70,6 +79,10 @@ __all__ = [
     "manifest_path",
     "store_path",
     "write_manifest",
+    "export_store",
+    "mpp_source",
+    "EXPORT_CODECS",
+    "MPP_SOURCES",
 ]
 
 CODECS = ("jpeg", "zstd", "lz4")
@@ -77,10 +90,12 @@ JPEG_CODEC_NAME = "stainshift.jpeg"
 ARRAYS = ("images", "coords", "tissue_fraction", "label", "label_fraction")
 REQUIRED_ATTRS = (
     "slide_id", "center", "patient", "split", "source_path", "source_size", "source_mtime",
-    "mpp_level0", "target_mpp", "read_level", "downsample", "patch_size", "stride", "filter",
+    "mpp_level0", "mpp_source", "target_mpp", "read_level", "downsample", "patch_size", "stride", "filter",
     "filter_params", "seed", "codec", "software_version",
 )
 STORE_FORMAT_VERSION = 1
+MPP_SOURCES = ("file", "sheet", "config")  # attrs["mpp_source"]; None = no µm/px known
+EXPORT_CODECS = ("zstd", "gzip")  # lossless codecs built into zarr-python 3: no stainshift needed to read
 _MAX_U64 = 2**64 - 1
 _SUBSAMPLING = {"444": (1, 1), "422": (2, 1), "420": (2, 2)}
 
@@ -394,6 +409,9 @@ class StoreWriter:
         self.codec = CodecSpec(codec, int(jpeg_quality), jpeg_subsampling, int(zstd_level))
         self.shard_tiles = int(shard_tiles)
         self.attrs = dict(attrs or {})
+        if self.attrs.get("mpp_source") not in (None, *MPP_SOURCES):
+            raise StoreError(f"{path}: attrs['mpp_source'] must be one of {', '.join(MPP_SOURCES)} or None, "
+                             f"got {self.attrs['mpp_source']!r}")
         self._atomic = atomic_dir(self.path)
         self._root: Path | None = None
         self._images: Any = None
@@ -675,9 +693,109 @@ class PatchStore:
             "n_tiles": len(self),
             "patch_size": self.patch_size,
             "labels": {int(k): int(v) for k, v in zip(labels, counts)},
-            "tissue_fraction_mean": float(np.nanmean(self.tissue_fraction)) if len(self) else None,
+            "tissue_fraction_mean": (float(np.nanmean(self.tissue_fraction))
+                                     if np.isfinite(self.tissue_fraction).any() else None),  # crop sets: all NaN
             **{k: self.attrs.get(k) for k in REQUIRED_ATTRS},
+            "mpp_source": mpp_source(self.attrs),
+            **({"exported_from": self.attrs["exported_from"]} if self.attrs.get("exported_from") else {}),
         }
 
     def __repr__(self) -> str:
         return f"PatchStore({self.path}, n={len(self)}, S={self.patch_size}, codec={json.dumps(self.attrs.get('codec'))})"
+
+
+def mpp_source(attrs: Mapping[str, Any]) -> str:
+    """Where a store's ``mpp_level0`` came from: ``file``, ``sheet``, ``config``, or ``unknown`` (a store
+    written before ``mpp_source`` was recorded, or one with no µm/px at all)."""
+    value = attrs.get("mpp_source")
+    return "unknown" if value is None else str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Export: a copy any zarr-3 reader opens without stainshift
+# --------------------------------------------------------------------------------------------------
+_EXPORT_DEFAULT_LEVEL = {"zstd": 3, "gzip": 6}
+
+
+def _export_compressor(codec: str, level: int | None) -> tuple[Any, dict[str, Any]]:
+    from zarr.codecs import GzipCodec
+
+    if codec not in EXPORT_CODECS:
+        raise StoreError(f"export codec {codec!r}: choose one of {', '.join(EXPORT_CODECS)} (lossless, built into zarr)")
+    level = _EXPORT_DEFAULT_LEVEL[codec] if level is None else int(level)
+    try:
+        comp = ZstdCodec(level=level) if codec == "zstd" else GzipCodec(level=level)
+    except (ValueError, TypeError) as exc:
+        raise StoreError(f"export codec {codec}: bad level {level} ({exc})") from exc
+    return comp, {"name": codec, "level": level}
+
+
+def export_store(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    codec: str = "zstd",
+    level: int | None = None,
+    overwrite: bool = False,
+    shard_tiles: int | None = None,
+) -> Path:
+    """Copy the patch store ``src`` to ``dst`` with the tiles re-encoded losslessly (``zstd`` or ``gzip``,
+    codecs built into zarr), so any zarr-3 reader opens it without stainshift (a ``jpeg`` store needs
+    stainshift's codec). The decoded pixels are copied exactly: a JPEG store's export holds the same
+    pixels ``PatchStore.read`` returns (4-5x the bytes). Every other array and every attr is copied; attrs
+    ``codec`` names the new codec and ``exported_from`` records the source store, its codec and the
+    exporting stainshift version. Written to a temp directory and renamed (:class:`atomic_dir`); an
+    existing ``dst`` is refused unless ``overwrite`` (and then replaced only if it is a zarr store or an
+    empty folder). No manifest is written (that marks workflow outputs).
+    Returns ``dst``.
+    """
+    src, dst = Path(src), Path(dst)
+    comp, described = _export_compressor(codec, level)
+    source = PatchStore.open(src)
+    s_res, d_res = src.resolve(), dst.resolve()
+    if d_res == s_res or s_res in d_res.parents or d_res in s_res.parents:
+        raise StoreError(f"export {src} -> {dst}: the output must neither be, contain nor lie in the source store")
+    if dst.exists() or dst.is_symlink():
+        if not overwrite:
+            raise StoreError(f"{dst} exists; pass overwrite=True (stainshift export --overwrite) to replace it")
+        if not (dst / "zarr.json").is_file() and not (dst.is_dir() and not any(dst.iterdir())):
+            raise StoreError(f"{dst} exists and is not a zarr store (nor an empty folder); not replacing it")
+    with warnings.catch_warnings():  # stray files in the store (Snakemake's .snakemake_timestamp): not zarr nodes
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        subgroups = sorted(source.group.group_keys())
+        array_names = sorted(source.group.array_keys())
+    if subgroups:
+        raise StoreError(f"{src}: has sub-groups ({', '.join(subgroups)}), which export does not copy")
+    n, s = len(source), source.patch_size
+    shards = getattr(source.images, "shards", None)
+    per_shard = int(shard_tiles or (shards[0] if shards else 64))
+    if per_shard < 1:
+        raise StoreError(f"export {src}: shard_tiles must be >= 1, got {shard_tiles}")
+    with atomic_dir(dst) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        images = group.create_array(
+            "images", shape=(n, s, s, 3), dtype="uint8", chunks=(1, s, s, 3), shards=(per_shard, s, s, 3),
+            serializer=BytesCodec(), compressors=[comp], fill_value=255,
+            dimension_names=["tile", "y", "x", "channel"], attributes=_jsonable(dict(source.images.attrs)),
+        )
+        for lo in range(0, n, per_shard):  # whole shards: each is written once, never read back
+            hi = min(n, lo + per_shard)
+            images[lo:hi] = source.read(slice(lo, hi))
+        for name in array_names:
+            if name == "images":
+                continue
+            arr = source.group[name]
+            values = np.asarray(arr[...])
+            out = group.create_array(
+                name, shape=values.shape, dtype=values.dtype, chunks=tuple(arr.chunks), serializer=BytesCodec(),
+                compressors=[comp], fill_value=arr.fill_value, attributes=_jsonable(dict(arr.attrs)),
+                dimension_names=getattr(arr.metadata, "dimension_names", None),
+            )
+            if values.size:
+                out[...] = values
+        attrs = dict(source.attrs)
+        attrs["exported_from"] = {"store": str(s_res), "codec": attrs.get("codec"), "software_version": __version__}
+        attrs["codec"] = described
+        group.update_attributes(_jsonable(attrs))
+    log.info("exported %s (%d tiles) to %s (%s)", src, n, dst, described)
+    return dst

@@ -787,7 +787,10 @@ def tile_slide(
     qc_png: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> TilingResult:
-    """Tile one slide into a patch store (atomic) and optionally write its QC picture."""
+    """Tile one slide into a patch store (atomic) and optionally write its QC picture.
+
+    ``mpp`` (the sample sheet's ``mpp`` column in the workflow) overrides the file's level-0 µm/px;
+    attrs ``mpp_source`` records which one was used (``sheet`` or ``file``)."""
     clock = time.perf_counter
     t_start = clock()
     stages: dict[str, float] = dict.fromkeys(("open", "mask", *STAGES, "write", "wait", "qc"), 0.0)
@@ -871,7 +874,8 @@ def tile_slide(
         attrs = {
             "slide_id": slide_id, "center": center, "patient": patient, "split": split,
             "source_path": str(slide_path), "source_size": stat.st_size, "source_mtime": stat.st_mtime,
-            "mpp_level0": plan.mpp_level0, "target_mpp": cfg.target_mpp, "read_level": plan.level,
+            "mpp_level0": plan.mpp_level0, "mpp_source": "file" if mpp is None else "sheet",  # `mpp`: the sheet's column
+            "target_mpp": cfg.target_mpp, "read_level": plan.level,
             "downsample": plan.downsample, "patch_size": cfg.patch_size, "stride": cfg.step,
             "filter": cfg.filter, "filter_params": {**cfg.filter_params(), "otsu_saturation": stats.otsu,
                                                     "glass_rgb": list(stats.glass)}, "seed": cfg.seed,
