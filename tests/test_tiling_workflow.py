@@ -33,7 +33,9 @@ def test_tile_and_import_crops_rules(tmp_path: Path) -> None:
     work = make_workdir(tmp_path / "w", {"crops": [{"name": "toy", "folder": str(crops), "group_column": "slide"}],
                                          "tiling": {"workers": 2}})  # the process pool inside a Snakemake script
     targets = ["results/tiles/a_test.json", "results/qc/a_test.png", "results/tiles/toy-dom1-test.json"]
-    run_snakemake(work, *targets)
+    proc = run_snakemake(work, *targets)
+    # progress on the console as well as in the job's log (stainshift.joblog)
+    assert "[tile_slide a_test] " in proc.stderr and "tiles kept of" in proc.stderr, proc.stderr[-3000:]
     store = PatchStore.open(work / "results/tiles/a_test.zarr")
     cfg = yaml.safe_load((work / "config/config.yaml").read_text())
     assert len(store) == cfg["tiling"]["max_tiles"] and store.patch_size == cfg["tiling"]["patch_size"]

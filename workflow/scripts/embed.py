@@ -17,10 +17,10 @@ import torch
 from stainshift.embeddings import RAW, embed_store, embedding_path
 from stainshift.models import encoder_fingerprint
 from stainshift.train import load_encoder, select_device
+from stainshift.joblog import job_logging, job_name
 
 smk = snakemake  # type: ignore[name-defined]  # noqa: F821
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+job_logging(smk.log[0], job_name(smk.rule, smk.wildcards))
 log = logging.getLogger("stainshift.embed")
 torch.set_num_threads(max(1, smk.threads))
 meta = dict(smk.params.meta)

@@ -2,18 +2,17 @@
 cross_center.csv, variants.csv, batch_effect.csv, learning.csv and the method's figures
 (thin adapter over stainshift.metrics.pipeline / stainshift.plots)."""
 import logging
-import sys
 
 import pandas as pd
 
 from stainshift import plots
 from stainshift.embeddings import read_predictions
 from stainshift.metrics import pipeline as pl
+from stainshift.joblog import job_logging, job_name
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-logging.basicConfig(filename=str(sm.log[0]), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+job_logging(sm.log[0], job_name(sm.rule, sm.wildcards))
 log = logging.getLogger("evaluate")
-sys.stderr = open(str(sm.log[0]), "a")
 
 method = sm.wildcards.method
 cfg = pl.EvalConfig.from_config(sm.params.evaluate)

@@ -12,10 +12,10 @@ import torch
 from stainshift.embeddings import write_predictions
 from stainshift.finetune import fit_native, fit_probe, predict_run, save_heads
 from stainshift.train import load, select_device
+from stainshift.joblog import job_logging, job_name
 
 smk = snakemake  # type: ignore[name-defined]  # noqa: F821
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+job_logging(smk.log[0], job_name(smk.rule, smk.wildcards))
 log = logging.getLogger("stainshift.finetune")
 torch.set_num_threads(max(1, smk.threads))
 meta = dict(smk.params.meta)

@@ -4,13 +4,9 @@ from pathlib import Path
 
 from stainshift.cropsets import load_crop_set, write_crop_store
 from stainshift.store import write_manifest
+from stainshift.joblog import job_logging, job_name
 
-logging.basicConfig(
-    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    force=True,
-)
+job_logging(snakemake.log[0], job_name(snakemake.rule, snakemake.wildcards))  # noqa: F821 (injected by Snakemake)
 log = logging.getLogger("import_crops")
 
 entry = dict(snakemake.params.entry)  # noqa: F821

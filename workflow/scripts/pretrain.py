@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     rank = dist_info()[0]
+    # stderr goes to the job's log and the console (the rule pipes it through tee)
+    run = "/".join(str(json.loads(args.meta_json).get(k, "")) for k in ("source", "seed"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s [pretrain {args.method}/{run} rank {rank}] %(levelname)s %(message)s")
     torch.set_num_threads(max(1, args.threads))
     cfg = json.loads(args.config_json)
     meta = json.loads(args.meta_json)

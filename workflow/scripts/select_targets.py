@@ -3,13 +3,9 @@ import logging
 
 from stainshift import __version__
 from stainshift.stain.targets import Candidate, select_listed, select_random, write_json_atomic
+from stainshift.joblog import job_logging, job_name
 
-logging.basicConfig(
-    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    force=True,
-)
+job_logging(snakemake.log[0], job_name(snakemake.rule, snakemake.wildcards))  # noqa: F821 (injected by Snakemake)
 log = logging.getLogger("select_targets")
 
 cfg = dict(snakemake.params.targets)  # noqa: F821

@@ -2,15 +2,14 @@
 per test store and a QuPath GeoJSON per test slide (thin adapter over stainshift.slide_view /
 stainshift.export)."""
 import logging
-import sys
 
 from stainshift.export import export_store
 from stainshift.slide_view import read_predictions, store_figure, tile_scores
+from stainshift.joblog import job_logging, job_name
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
-logging.basicConfig(filename=str(sm.log[0]), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+job_logging(sm.log[0], job_name(sm.rule, sm.wildcards))
 log = logging.getLogger("slide_view")
-sys.stderr = open(str(sm.log[0]), "a")
 
 view = sm.params.view
 for store, path, png in zip(sm.params.stores, sm.params.store_paths, sm.output.pngs):

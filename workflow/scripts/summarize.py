@@ -2,17 +2,16 @@
 comparisons of every method with evaluate.reference (seed-paired hierarchical bootstrap) and the
 accuracy-across-variants figure."""
 import logging
-import sys
 
 import pandas as pd
 
 from stainshift import plots
 from stainshift.embeddings import read_predictions
 from stainshift.metrics import pipeline as pl
+from stainshift.joblog import job_logging, job_name
 
 sm = snakemake  # noqa: F821
-logging.basicConfig(filename=str(sm.log[0]), level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-sys.stderr = open(str(sm.log[0]), "a")
+job_logging(sm.log[0], job_name(sm.rule, sm.wildcards))
 cfg = pl.EvalConfig.from_config(sm.params.evaluate)
 
 tables = [pl.read_table(p) for p in

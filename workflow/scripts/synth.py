@@ -3,13 +3,9 @@ import json
 import logging
 
 from stainshift.synth import auto_mask_downsample, generate_slide
+from stainshift.joblog import job_logging, job_name
 
-logging.basicConfig(
-    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    force=True,
-)
+job_logging(snakemake.log[0], job_name(snakemake.rule, snakemake.wildcards))  # noqa: F821 (injected by Snakemake)
 log = logging.getLogger("synth")
 
 p = dict(snakemake.params.synth)  # noqa: F821

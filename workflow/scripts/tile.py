@@ -5,14 +5,9 @@ import sys
 
 from stainshift.store import write_manifest
 from stainshift.tiling import tile_slide
+from stainshift.joblog import job_logging, job_name
 
-logging.basicConfig(
-    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    force=True,
-)
-logging.captureWarnings(True)
+job_logging(snakemake.log[0], job_name(snakemake.rule, snakemake.wildcards))  # noqa: F821 (injected by Snakemake)
 log = logging.getLogger("tile")
 
 
@@ -40,9 +35,11 @@ def main() -> None:
         log.exception("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
         raise
     write_manifest(snakemake.params.store)  # noqa: F821  (last: the store is complete)
-    log.info("result %s", json.dumps(result.__dict__, default=str))
-    for note in result.warnings:  # on the console too, not only in the job's log file
-        print(f"WARNING (tile {row['slide_id']}): {note}", file=sys.stderr)
+    log.info("%d tiles kept of %d candidates (%.1f s)", result.n_kept, result.n_candidates,
+             result.stages.get("total", float("nan")))
+    log.info("result %s", json.dumps(result.__dict__, default=str), extra={"console": False})
+    for note in result.warnings:  # on the console too (job_logging), not only in the job's log file
+        log.warning(note)
 
 
 # Guarded: worker processes (forkserver/spawn) re-import this file and must not tile again.

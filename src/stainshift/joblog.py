@@ -1,0 +1,53 @@
+"""Logging of one workflow job: every record to the job's log file, and a short line to the console.
+
+A Snakemake job's log file (``{R}/logs/{stage}/{name}.log``) keeps the full records; the console
+shows ``[rule item] message`` for the same records, so a long stage (epochs of pretraining, stores
+of embedding) shows progress where the user started Snakemake, not only in the log.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Iterable, TextIO
+
+FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """``[job] message``; warnings and errors also name their level."""
+
+    def __init__(self, job: str) -> None:
+        super().__init__()
+        self.job = job
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+        return f"[{self.job}] {level}{record.getMessage()}"
+
+
+def job_name(rule: str, wildcards: Iterable[Any] = ()) -> str:
+    """``rule item`` for console lines: the rule and its wildcard values joined by ``/``."""
+    item = "/".join(str(w) for w in wildcards)
+    return f"{rule} {item}" if item else rule
+
+
+def job_logging(log_file: str | os.PathLike, job: str, *, level: int = logging.INFO,
+                console: TextIO | None = None) -> logging.Logger:
+    """Route the root logger to ``log_file`` (overwritten, full records) and to ``console``
+    (default: stderr) as ``[job] message``; Python warnings are logged too. A record logged with
+    ``extra={"console": False}`` (bulky detail) goes to the file only. Returns the root logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    to_file = logging.FileHandler(log_file, mode="w")
+    to_file.setFormatter(logging.Formatter(FILE_FORMAT))
+    to_console = logging.StreamHandler(console if console is not None else sys.stderr)
+    to_console.setFormatter(_ConsoleFormatter(job))
+    to_console.addFilter(lambda record: getattr(record, "console", True))
+    root.addHandler(to_file)
+    root.addHandler(to_console)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    return root
