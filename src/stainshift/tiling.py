@@ -889,6 +889,7 @@ def tile_slide(
         sampled: list[tuple[int, float, bytes]] = []  # max_tiles mode: held until the sample is complete
         out_coords: list[np.ndarray] = []
         out_labels: list[np.ndarray] = []
+        rejected: list[int] = []  # grid indices read and below the threshold (QC picture)
         n_read = n_checked = 0
         tw = clock()
         with StoreWriter(out_store, patch_size=cfg.patch_size, attrs=attrs, codec=cfg.codec,
@@ -913,6 +914,7 @@ def tile_slide(
                         bar.update(len(results))
                     hits = [(int(order[b_i * batch + j]), frac, data) for j, (frac, data) in enumerate(results)
                             if data is not None]
+                    rejected.extend(int(order[b_i * batch + j]) for j, (_, d) in enumerate(results) if d is None)
                     if cfg.max_tiles is not None:
                         sampled.extend(hits)
                         if len(sampled) >= cfg.max_tiles:
@@ -957,9 +959,16 @@ def tile_slide(
             from stainshift.qc import slide_qc_png
 
             tq = clock()
+            capped = None
+            if cfg.max_tiles is not None:  # candidates neither kept nor rejected: unread or over the cap
+                done = {h[0] for h in sampled} | set(rejected)
+                capped = grid[np.asarray([i for i in order.tolist() if i not in done], np.int64)]
             slide_qc_png(qc_png, tmap.image, mplan.downsample, tmap.mask, coords, plan.tile_size0, labels,
-                         title=f"{slide_id} (mask: level {mplan.level}, /{mplan.factor}, ds {mplan.downsample:g})",
-                         excluded=tmap.ink_zone_on_image())
+                         title=f"{slide_id}: tissue-decision image, level {mplan.level} (downsample "
+                               f"{mplan.downsample:g}{f', reduced /{mplan.factor}' if mplan.factor > 1 else ''})",
+                         excluded=tmap.ink_zone_on_image(), capped=capped,
+                         rejected=grid[np.asarray(rejected, np.int64)], max_tiles=cfg.max_tiles,
+                         class_names=cfg.class_names, mpp0=plan.mpp_level0)
             stages["qc"] = clock() - tq
     seconds = clock() - t_start
     stages["total"] = seconds

@@ -18,8 +18,9 @@ try:
     targets = {t["id"]: t for t in read_targets(sm.input.targets)}
     if sm.rule == "normalize_montage":
         entry = targets[sm.wildcards.target]
-        tiles = sample_tiles(list(sm.params.stores), int(sm.params.n_tiles), seed=int(sm.params.seed))
-        img, flags = montage(tiles, load_target(entry), list(sm.params.methods))
+        tiles, sources = sample_tiles(list(sm.params.stores), int(sm.params.n_tiles), seed=int(sm.params.seed),
+                                      with_sources=True)
+        img, flags = montage(tiles, load_target(entry), list(sm.params.methods), sources=sources, target_entry=entry)
         write_png_atomic(sm.output.montage, img)
         log.info("montage %s: %d tiles, fallback flags %s", entry["id"], len(tiles),
                  {m: f.tolist() for m, f in flags.items()})

@@ -100,39 +100,147 @@ def _target_source(entry: dict[str, Any]) -> str:
     return str(entry.get("path"))
 
 
+TARGET_FRAME = (255, 140, 0)  # orange frame around the target tile
+FALLBACK_FRAME = (150, 150, 150)  # grey frame: the method left this tile unchanged
+
+
+def _short_store(path: str | os.PathLike) -> str:
+    return Path(str(path).rstrip("/")).name.removesuffix(".zarr")
+
+
+def montage_labels(
+    methods: Sequence[str],
+    sources: Sequence[tuple[str | os.PathLike, int]] | None = None,
+    target_entry: dict[str, Any] | None = None,
+    n_tiles: int | None = None,
+) -> dict[str, Any]:
+    """Text of a montage: ``rows`` (raw + methods), ``columns`` (one caption per tile: store name
+    and tile index, from ``sources``), ``target`` (its caption) and ``title`` lines."""
+    n = len(sources) if sources is not None else int(n_tiles or 0)
+    columns = [f"{_short_store(p)}\n#{int(i)}" for p, i in sources] if sources is not None else [
+        f"tile {k}" for k in range(n)]
+    target, title = "target", ["Stain normalization montage"]
+    if target_entry is not None:
+        tid = target_entry.get("id", "?")
+        if target_entry.get("kind") == "store":
+            target = f"target\n{_short_store(target_entry['path'])} #{int(target_entry['index'])}"
+        elif target_entry.get("path"):
+            target = f"target\n{Path(str(target_entry['path'])).name}"
+        where = ", ".join(f"{k} {target_entry[k]}" if k == "patient" else str(target_entry[k])
+                          for k in ("center", "patient") if target_entry.get(k))
+        title = [f"Target {tid} from {_target_source(target_entry)}" + (f" ({where})" if where else "")]
+        if target_entry.get("method"):
+            title.append(f"the {tid} variant stores use {target_entry['method']}; each row below fits its "
+                         "method to this target")
+    return {"rows": ["raw", *methods], "columns": columns, "target": target, "title": title, "notes": []}
+
+
+def montage_layout(labels: dict[str, Any], tile_px: int = 96) -> dict[str, Any]:
+    """Geometry of :func:`montage` for its ``labels`` (see :func:`montage_labels`): ``size``
+    (width, height), ``cells[r][c]`` (x, y) of each tile (column 0 the target, row 0 raw),
+    ``row_label_boxes``, ``column_boxes`` (caption boxes, column 0 the target's), ``title_xy``,
+    ``font_px``."""
+    from PIL import Image, ImageDraw
+
+    from stainshift.qc import font, text_size
+
+    fs = max(11, min(16, tile_px // 6))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    f_text, f_bold = font(fs), font(fs, bold=True)
+    line_h = text_size(probe, "Ag|#", f_text)[1] + 3
+    gap, sep, margin = 4, 12, 8  # between tiles, after the target column, around the figure
+    label_w = max(text_size(probe, r, f_bold)[0] for r in labels["rows"]) + 2 * gap
+    n_cap_lines = max([1] + [len(c.split("\n")) for c in [labels["target"], *labels["columns"]]])
+    title_h = len(labels["title"]) * (line_h + 2) + gap
+    cap_h = n_cap_lines * line_h + gap
+    x0, y0 = margin + label_w, margin + title_h + cap_h
+    xs = [x0] + [x0 + tile_px + sep + c * (tile_px + gap) for c in range(len(labels["columns"]))]
+    ys = [y0 + r * (tile_px + gap) for r in range(len(labels["rows"]))]
+    title_w = max(text_size(probe, t, f_bold if i == 0 else f_text)[0] for i, t in enumerate(labels["title"]))
+    width = max(xs[-1] + tile_px + margin, margin + title_w + margin)
+    notes_y = ys[-1] + tile_px + gap
+    height = notes_y + len(labels.get("notes", [])) * line_h + margin
+    return {
+        "size": (width, height), "cells": [[(x, y) for x in xs] for y in ys], "font_px": fs, "line_h": line_h,
+        "row_label_boxes": [(margin, y, margin + label_w - gap, y + tile_px) for y in ys],
+        "column_boxes": [(x, margin + title_h, x + tile_px, y0 - 2) for x in xs], "title_xy": (margin, margin),
+        "notes_xy": (xs[min(1, len(xs) - 1)], notes_y),
+    }
+
+
 def montage(
     tiles: np.ndarray,
     target: np.ndarray,
     methods: Sequence[str],
     tile_px: int = 96,
+    *,
+    sources: Sequence[tuple[str | os.PathLike, int]] | None = None,
+    target_entry: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Grid image: first column the target, then ``tiles`` raw (row 0) and under each method.
+    """Labelled grid: row "raw" then one row per method (row labels on the left); column 0 the
+    target tile (orange frame, captioned with its store and index), then ``tiles`` captioned with
+    their ``sources`` (store, index); a title naming the target id and where it came from
+    (``target_entry``, a targets.json entry). A grey frame marks a tile the method left unchanged
+    (fallback). Geometry: :func:`montage_layout`.
 
-    Returns (uint8 RGB montage, flags per method).
+    Returns (uint8 RGB montage, fallback flags per method).
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
+
+    from stainshift.qc import fit_text, font, text_size
 
     def fit_px(img: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(img).resize((tile_px, tile_px), Image.Resampling.BILINEAR))
 
-    rows = [("raw", tiles)]
+    if sources is not None and len(sources) != len(tiles):
+        raise ValueError(f"montage: {len(sources)} sources for {len(tiles)} tiles")
+    rows = [np.asarray(tiles)]
     flags = {}
     for method in methods:
         n = get_normalizer(method).fit(target)
-        rows.append((method, n.transform(tiles)))
+        rows.append(n.transform(tiles))
         flags[method] = np.asarray(n.last_flags)
-    gap = 4
-    n_cols = len(tiles) + 1
-    height = len(rows) * (tile_px + gap) + gap
-    width = n_cols * (tile_px + gap) + gap
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    canvas[gap : gap + tile_px, gap : gap + tile_px] = fit_px(target)
-    for r, (_, imgs) in enumerate(rows):
-        y = gap + r * (tile_px + gap)
+    labels = montage_labels(methods, sources, target_entry, n_tiles=len(tiles))
+    if any(f.any() for f in flags.values()):
+        labels["notes"].append("grey frame: tile left unchanged by the method (blank, background or single stain)")
+    lay = montage_layout(labels, tile_px)
+    canvas = Image.new("RGB", lay["size"], (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    fs, line_h = lay["font_px"], lay["line_h"]
+    f_text, f_bold = font(fs), font(fs, bold=True)
+    ink = (20, 20, 20)
+    tx, ty = lay["title_xy"]
+    for i, line in enumerate(labels["title"]):
+        draw.text((tx, ty), line, fill=ink, font=f_bold if i == 0 else f_text)
+        ty += line_h + 2
+    # the target: column 0 of the raw row, framed; the cells under it stay empty
+    x, y = lay["cells"][0][0]
+    draw.rectangle([x - 3, y - 3, x + tile_px + 2, y + tile_px + 2], fill=TARGET_FRAME)
+    canvas.paste(Image.fromarray(fit_px(np.asarray(target, np.uint8))), (x, y))
+    for r, imgs in enumerate(rows):
         for c, img in enumerate(imgs):
-            x = gap + (c + 1) * (tile_px + gap)
-            canvas[y : y + tile_px, x : x + tile_px] = fit_px(img)
-    return canvas, flags
+            x, y = lay["cells"][r][c + 1]
+            if r > 0 and flags[methods[r - 1]][c]:
+                draw.rectangle([x - 2, y - 2, x + tile_px + 1, y + tile_px + 1], outline=FALLBACK_FRAME, width=2)
+            canvas.paste(Image.fromarray(fit_px(img)), (x, y))
+    for text, (bx0, by0, bx1, by1) in zip(labels["rows"], lay["row_label_boxes"]):
+        tw, th = text_size(draw, text, f_bold)
+        draw.text((bx1 - tw, (by0 + by1 - th) // 2), text, fill=ink, font=f_bold)
+    captions = [labels["target"], *labels["columns"]]
+    for k, (text, (bx0, _, bx1, by1)) in enumerate(zip(captions, lay["column_boxes"])):
+        lines = text.split("\n")
+        yy = by1 - len(lines) * line_h
+        for j, line in enumerate(lines):
+            fnt = f_bold if k == 0 and j == 0 else f_text
+            line = fit_text(draw, line, fnt, bx1 - bx0 + (6 if k == 0 else 2))
+            tw = text_size(draw, line, fnt)[0]
+            draw.text(((bx0 + bx1 - tw) // 2, yy), line, fill=TARGET_FRAME if k == 0 and j == 0 else ink, font=fnt)
+            yy += line_h
+    nx, ny = lay["notes_xy"]
+    for note in labels["notes"]:
+        draw.text((nx, ny), fit_text(draw, note, f_text, lay["size"][0] - nx - 8), fill=ink, font=f_text)
+        ny += line_h
+    return np.asarray(canvas), flags
 
 
 def write_png_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
@@ -151,8 +259,10 @@ def write_png_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
     return path
 
 
-def sample_tiles(store_paths: Sequence[str | os.PathLike], n_tiles: int, seed: int = 0) -> np.ndarray:
-    """``n_tiles`` tiles spread over the stores (seeded), for montages."""
+def sample_tiles(store_paths: Sequence[str | os.PathLike], n_tiles: int, seed: int = 0,
+                 with_sources: bool = False) -> Any:
+    """``n_tiles`` tiles spread over the stores (seeded), for montages; with ``with_sources`` also
+    (store path, tile index) per tile: ``(tiles, sources)``."""
     from stainshift.store import PatchStore
 
     stores = [PatchStore.open(p) for p in store_paths]
@@ -161,7 +271,11 @@ def sample_tiles(store_paths: Sequence[str | os.PathLike], n_tiles: int, seed: i
         raise ValueError("sample_tiles: the stores hold no tiles")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(pool), size=min(n_tiles, len(pool)), replace=False)
-    return np.stack([pool[int(j)][0].read(pool[int(j)][1])[0] for j in sorted(pick)])
+    chosen = [pool[int(j)] for j in sorted(pick)]
+    tiles = np.stack([s.read(i)[0] for s, i in chosen])
+    if with_sources:
+        return tiles, [(str(s.path), int(i)) for s, i in chosen]
+    return tiles
 
 
-__all__ = ["montage", "normalize_store", "sample_tiles", "write_png_atomic"]
+__all__ = ["montage", "montage_labels", "montage_layout", "normalize_store", "sample_tiles", "write_png_atomic"]
