@@ -129,3 +129,24 @@ def test_one_class_training_crops_are_refused_at_planning(tmp_path: Path) -> Non
     (root / "labels.csv").write_text("\n".join([lines[0]] + [ln.replace(",atypical,", ",normal,") for ln in lines[1:]]) + "\n")
     with pytest.raises(CropSetError, match=r"crop set 'toy' .*every training crop has label 'normal'"):
         plan_crop_stores([{"name": "toy", "folder": str(root), "group_column": "slide"}])
+
+
+def test_test_only_role_puts_every_crop_into_test(tmp_path: Path) -> None:
+    root = make_set(tmp_path / "set", n_groups=3)
+    entry = {"name": "ext", "folder": str(root), "group_column": "slide", "role": "test_only"}
+    cs = load_crop_set(entry)
+    assert set(cs.table["split"]) == {"test"}
+    assert [r["store_id"] for r in plan_crop_stores([entry])] == ["ext-scanA-test", "ext-scanB-test"]
+    with pytest.raises(CropSetError, match="role test_only puts every crop into test"):
+        load_crop_set({**entry, "splits": {"test": 1.0}})
+    with pytest.raises(CropSetError, match="role 'holdout' is not one of"):
+        load_crop_set({**entry, "role": "holdout"})
+
+
+def test_split_fractions_left_out_are_zero_when_the_given_sum_to_one() -> None:
+    from stainshift.cropsets import split_fractions
+
+    assert split_fractions({"test": 1.0}) == {"train": 0.0, "val": 0.0, "test": 1.0}
+    assert split_fractions({"train": 0.8, "test": 0.2}) == {"train": 0.8, "val": 0.0, "test": 0.2}
+    assert split_fractions({"test": 0.4}) == {"train": 0.6, "val": 0.2, "test": 0.4}  # refused later: sum 1.2
+    assert split_fractions(None) == {"train": 0.6, "val": 0.2, "test": 0.2}

@@ -245,3 +245,37 @@ def test_shell_commands_quote_paths_with_spaces_and_command_substitution(tmp_pat
     # the log file and the console both get the job's output
     assert words[words.index("tee") + 1] == f"{results}/logs/pretrain/baseline/center_a/seed0.log"
     assert not list(work.rglob("PWNED"))
+
+
+def test_a_test_only_crop_set_is_never_used_for_training_validation_or_targets(tmp_path: Path) -> None:
+    """`role: test_only` (issue 12): its stores are scored (embedded, normalized, shown) but no job that
+    trains, selects or draws a stain target takes them as input."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,domain,slide"]
+    for g in range(4):
+        for k in range(2):
+            (tmp_path / "crops").mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"crops/{g}_{k}.png")
+            rows.append(f"{g}_{k}.png,{'a' if k else 'b'},newscanner,s{g}")
+    (tmp_path / "crops/labels.csv").write_text("\n".join(rows) + "\n")
+    work = make_workdir(tmp_path / "w", {
+        "crops": [{"name": "ext", "folder": str(tmp_path / "crops"), "group_column": "slide", "role": "test_only"}],
+        "pretrain": {"methods": ["baseline"], "sources": ["each", "loco"]}})
+    proc = run_snakemake(work, "--dry-run", "--forceall")
+    inputs_of: dict[str, list[str]] = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            rule = m.group(1)
+        elif rule and line.strip().startswith("input:"):
+            inputs_of.setdefault(rule, []).append(line.split(":", 1)[1])
+    store = "results/tiles/ext-newscanner-test.json"
+    users = {r for r, lines in inputs_of.items() if any(store in ln for ln in lines)} - {"all"}
+    assert users == {"normalize_store", "normalize_montage", "embed_run", "slide_view_method"}, users
+    # no source is made of it: the runs are the three centers alone and leave-one-out
+    runs = {m.group(1) for m in re.finditer(r"output: results/models/baseline/([^/]+)/seed0/encoder\.pt", proc.stdout)}
+    assert runs == {"center_a", "center_b", "center_c", "loco-center_a", "loco-center_b", "loco-center_c"}, runs

@@ -203,7 +203,8 @@ def test_normalize_rules_on_premade_stores(tmp_path) -> None:
     from stainshift.store import write_manifest
     from workflow_helpers import make_workdir, run_snakemake
 
-    work = make_workdir(tmp_path / "wf")
+    # targets drawn from the test stores made here (the default draws from training stores)
+    work = make_workdir(tmp_path / "wf", {"normalize": {"targets": {"split": "test"}}})
     for i, (sid, center) in enumerate([("a_test", "center_a"), ("b_test", "center_b"), ("c_test", "center_c")]):
         make_store(work / "results" / "tiles" / f"{sid}.zarr", tissue_tiles(center, 4, seed=i), sid,
                    f"{sid[0]}_p3", center)
@@ -219,3 +220,30 @@ def test_normalize_rules_on_premade_stores(tmp_path) -> None:
     png = np.asarray(Image.open(work / "results/normalize/montage/t02.png"))
     assert png.ndim == 3 and png.shape[0] > 4 * 96
     assert (work / "results/logs/normalize/b_test.log").is_file()
+
+
+def test_random_targets_come_from_training_domains_only() -> None:
+    """A test-only domain (no training store) never provides a stain target; `from` widens or narrows."""
+    import pandas as pd
+
+    from stainshift.stain.targets import NormalizePlan
+
+    stores = pd.DataFrame([
+        {"store_id": f"{c}_{split}", "center": c, "split": split, "patient": f"{c}_p"}
+        for c in ("center_a", "center_b") for split in ("train", "test")
+    ] + [{"store_id": "ext-scanner-test", "center": "scanner", "split": "test", "patient": "mixed"}])
+    cfg = {"methods": ["reinhard"], "stores": "test",
+           "targets": {"mode": "random", "k": 1, "split": "test", "seed": 0}}
+
+    def centers(targets: dict, training=("center_a", "center_b")) -> set[str]:
+        plan = NormalizePlan({**cfg, "targets": {**cfg["targets"], **targets}}, stores, "results", training)
+        return {c["center"] for c in plan.candidates()}
+
+    assert centers({}) == {"center_a", "center_b"}  # default from: training_domains
+    assert centers({"from": "all"}) == {"center_a", "center_b", "scanner"}
+    assert centers({"from": ["scanner"]}) == {"scanner"}
+    assert centers({"split": "train"}) == {"center_a", "center_b"}
+    with pytest.raises(ValueError, match="unknown center"):
+        centers({"from": ["nowhere"]})
+    with pytest.raises(ValueError, match="no 'test' store in the centers"):
+        centers({}, training=())

@@ -6,7 +6,9 @@ columns. The import is deterministic:
 1. read the CSV, check every file exists and every label is a known class;
 2. de-duplicate exact copies (``dedup_column`` hash, or sha256 of the file bytes): keep the first
    copy; when copies disagree on the label, drop them all (``drop_label_conflicts``);
-3. split: the CSV's ``split_column`` if given, else a seeded stratified group split
+3. split: every crop to ``test`` for a set with ``role: test_only`` (a domain that only appears in
+   test: it never trains an encoder or head, selects a model or gives a stain target), else the
+   CSV's ``split_column`` if given, else a seeded stratified group split
    (sklearn ``StratifiedGroupKFold``, ``folds`` folds; ``round(test * folds)`` folds -> test,
    ``round(val * folds)`` -> val, the rest -> train), so crops of one patient (``patient_column``,
    else ``group_column``: slides nested in patients) never straddle splits; the split is made per
@@ -64,6 +66,18 @@ def _column(df: pd.DataFrame, col: str | None, what: str, csv: Path) -> pd.Serie
     if col not in df.columns:
         raise CropSetError(f"{csv}: {what} column {col!r} not found (columns: {', '.join(df.columns)})")
     return df[col].astype(str)
+
+
+ROLES = ("train_test", "test_only")
+DEFAULT_SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def split_fractions(given: Mapping[str, float] | None) -> dict[str, float]:
+    """The ``splits:`` fractions: the given ones; a split left out is 0 when the given ones already sum
+    to 1 (``{test: 1.0}``), else takes its default (0.6 / 0.2 / 0.2)."""
+    given = dict(given or {})
+    fill = 0.0 if abs(sum(given.values()) - 1) <= 1e-6 else None
+    return {k: float(given[k]) if k in given else (fill if fill is not None else v) for k, v in DEFAULT_SPLITS.items()}
 
 
 def load_crop_set(entry: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> CropSet:
@@ -128,7 +142,15 @@ def load_crop_set(entry: Mapping[str, Any], base_dir: str | os.PathLike = ".") -
 
     # split
     split_col = cfg.get("split_column")
-    if split_col:
+    role = cfg.get("role", "train_test")
+    if role not in ROLES:
+        raise CropSetError(f"crop set {name}: role {role!r} is not one of {list(ROLES)}")
+    if role == "test_only":
+        if split_col or cfg.get("splits"):
+            raise CropSetError(f"crop set {name}: role test_only puts every crop into test; "
+                               "remove split_column / splits from the entry")
+        table["split"] = "test"
+    elif split_col:
         if split_col not in df.columns:
             raise CropSetError(f"{csv}: split column {split_col!r} not found")
         table["split"] = df.loc[table["row"] - 2, split_col].astype(str).values
@@ -136,7 +158,7 @@ def load_crop_set(entry: Mapping[str, Any], base_dir: str | os.PathLike = ".") -
         if len(bad):
             raise CropSetError(f"{csv} line {bad.iloc[0].row}: split {bad.iloc[0].split!r} is not one of {SPLITS}")
     else:
-        fr = {"train": 0.6, "val": 0.2, "test": 0.2, **(cfg.get("splits") or {})}
+        fr = split_fractions(cfg.get("splits"))
         folds = int(cfg.get("folds", 5))
         n_test, n_val = round(fr["test"] * folds), round(fr["val"] * folds)
         if abs(sum(fr.values()) - 1) > 1e-6 or n_test + n_val > folds or abs(n_test / folds - fr["test"]) > 1e-6 \

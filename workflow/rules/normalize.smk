@@ -9,7 +9,7 @@ from stainshift.stain.targets import NormalizePlan
 
 NORM = config["normalize"]
 NORM_DIR = f"{RESULTS}/normalize"
-NORM_PLAN = NormalizePlan(NORM, STORES, RESULTS)
+NORM_PLAN = NormalizePlan(NORM, STORES, RESULTS, training_centers=[c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)])
 NORM_TARGET_IDS = [t for t, _ in NORM_PLAN.plan]
 variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every variant (rules/train.smk)
 

@@ -232,9 +232,11 @@ class NormalizePlan:
     variants, the random-draw candidates and the final files.
     """
 
-    def __init__(self, cfg: dict[str, Any], stores: Any, results: str) -> None:
+    def __init__(self, cfg: dict[str, Any], stores: Any, results: str,
+                 training_centers: Sequence[str] | None = None) -> None:
         self.cfg = cfg
         self.targets_cfg = cfg["targets"]
+        self.training_centers = list(training_centers) if training_centers is not None else None
         self.results = results.rstrip("/")
         self.stores = stores.rename(columns={"slide_id": "store_id"}) if "store_id" not in stores else stores
         mode = self.targets_cfg["mode"]
@@ -254,11 +256,34 @@ class NormalizePlan:
         """(store, stain_method, target id) of every variant store (read by rules/train.smk)."""
         return [(s, m, t) for s in self.store_ids() for t, m in self.plan]
 
+    def target_centers(self) -> list[str] | None:
+        """Centers a random target may come from (``normalize.targets.from``): ``training_domains``
+        (default; centers with training stores, so a test-only domain never sets the stain of the
+        variants), ``all``, or a list of centers. None = no restriction."""
+        source = self.targets_cfg.get("from", "training_domains")
+        if source == "all":
+            return None
+        if source == "training_domains":
+            return self.training_centers
+        centers = sorted(set(self.stores["center"]))
+        unknown = [c for c in source if c not in centers]
+        if unknown:
+            raise ValueError(f"config normalize.targets.from: unknown center(s) {unknown} (centers: {centers})")
+        return list(source)
+
     def candidates(self) -> list[dict[str, str]]:
-        """Candidate stores of the random draw: the slides of normalize.targets.split."""
+        """Candidate stores of the random draw: the stores of normalize.targets.split in the centers
+        of normalize.targets.from."""
         if self.targets_cfg["mode"] != "random":
             return []
         rows = self.stores[self.stores["split"] == self.targets_cfg["split"]]
+        centers = self.target_centers()
+        if centers is not None:
+            rows = rows[rows["center"].isin(centers)]
+        if rows.empty and self.plan and self.store_ids():
+            raise ValueError(
+                f"config normalize.targets: no {self.targets_cfg['split']!r} store in the centers of "
+                f"from: {self.targets_cfg.get('from', 'training_domains')!r} ({centers}) to draw stain targets from")
         # A crop store pooling several patients ("mixed", or none given) is drawn from as one unit:
         # at most one target per such store keeps "at most one target per patient" true.
         return [
