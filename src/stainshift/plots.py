@@ -151,6 +151,58 @@ def variant_accuracy_plot(variants: pd.DataFrame, path: str | os.PathLike, proto
     return save_figure(fig, path)
 
 
+RESTAIN_PANELS = (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"), ("auc", "AUC"))
+
+
+def restain_curve_plot(summary: pd.DataFrame, path: str | os.PathLike, protocol: str = "probe",
+                       title: str = "") -> Path:
+    """The stain-robustness curve: per metric panel, one line per method over re-staining strength
+    (kind ``restain`` rows of ``protocol``) with its CI band, the area under it in the legend; the
+    accuracy panel also shows each method's mean accuracy over the stain-normalized variants
+    (kind ``variant_summary``, unseen centers, mean over sources) at the right."""
+    curve = summary[(summary["kind"] == "restain") & (summary["protocol"] == protocol)]
+    area = summary[(summary["kind"] == "restain_area") & (summary["protocol"] == protocol)]
+    norm = summary[(summary["kind"] == "variant_summary") & (summary["protocol"] == protocol)
+                   & (summary["metric"] == "accuracy_mean") & ~summary["seen"].astype(bool)]
+    methods = list(dict.fromkeys(curve["method"]))
+    fig, axes = plt.subplots(1, len(RESTAIN_PANELS), figsize=(4.2 * len(RESTAIN_PANELS), 3.9), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    if curve.empty:
+        axes[0, 0].text(0.5, 0.5, "no re-stained variants (normalize.restain.strengths is empty)",
+                        ha="center", va="center", transform=axes[0, 0].transAxes)
+    x_max = 1.0
+    for ax, (metric, label) in zip(axes[0], RESTAIN_PANELS):
+        for i, method in enumerate(methods):
+            c = curve[(curve["method"] == method) & (curve["metric"] == metric)].copy()
+            if c.empty:
+                continue
+            c["x"] = c["test"].astype(float)
+            c = c.sort_values("x")
+            x_max = max(x_max, float(c["x"].max()))
+            a = area[(area["method"] == method) & (area["metric"] == metric)]
+            name = method if a.empty else f"{method} (area {100 * a['value'].iloc[0]:.1f})"
+            ax.plot(c["x"], 100 * c["value"], marker="o", ms=3.5, color=cmap(i % 10), label=name)
+            ax.fill_between(c["x"], 100 * c["ci_low"], 100 * c["ci_high"], color=cmap(i % 10), alpha=0.15, lw=0)
+            if metric == "accuracy":
+                v = norm[norm["method"] == method]["value"]
+                if len(v):
+                    ax.plot([x_max + 0.15], [100 * v.mean()], marker="D", ms=5, color=cmap(i % 10), ls="none")
+        ticks = sorted({float(t) for t in curve["test"]}) if not curve.empty else [0.0, 1.0]
+        labels = [f"{t:g}\n[{1 - t / 2:g}, {1 + t:g}]" for t in ticks]
+        if metric == "accuracy" and not norm.empty:
+            ticks, labels = ticks + [x_max + 0.15], labels + ["normalized\nvariants"]
+        ax.set_xticks(ticks, labels, fontsize=7)
+        ax.set_xlabel("re-staining strength s\n(α, β range)", fontsize=8)
+        ax.set_ylabel(f"unseen-center {label} ×100", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(title or f"stain-robustness curve ({protocol}; test tiles re-stained in H&E space; band = 95 % CI)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def embed_2d(features: np.ndarray, kind: str = "umap", seed: int = 0) -> np.ndarray:
     """2-D map of embeddings: UMAP (umap-learn, n_neighbors = min(15, N−1)), t-SNE or PCA."""
     x = np.asarray(features, dtype=np.float32)

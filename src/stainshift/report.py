@@ -112,18 +112,97 @@ def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
             continue
         cells = [f"`{m}`" + (" (native = probe)" if same else "")]
         cells += [_fmt(_get(head, test=t, metric=k)) for t, k, _ in HEADLINE_METRICS]
+        if (summary["kind"] == "restain_area").any():
+            cells.append(_fmt(_get(sub, kind="restain_area", metric=HEADLINE)))
         for metric in (f"delta_unseen_{HEADLINE}", f"delta_drop_{HEADLINE}"):
             d = _get(summary, method=m, protocol=protocol, kind="paired", source="each", metric=metric)
             cells.append("reference" if m == reference else _fmt(d))
         bad, n, _ = flags.get(m, (0, 0, []))
-        cells.append(f"**did not learn** ({bad}/{n} runs)" if bad else
-                     ("external (not trained)" if m in external else "ok" if n else "n/a"))
+        state = (f"**did not learn** ({bad}/{n} runs)" if bad else
+                 ("external (not trained)" if m in external else "ok" if n else "n/a"))
+        odd = degenerate_cells(summary[(summary["method"] == m) | (summary["kind"] == "chance")],
+                               "probe" if same else protocol)
+        if len(odd):
+            state += f"; ⚠ {len(odd.drop_duplicates(['source', 'test']))} flagged cell(s)"
+        cells.append(state)
         rows.append(cells)
     if not rows:
         return "_No single-center sources in this run: no headline (see the leave-one-center-out table)._"
     header = ["method"] + [h for _, _, h in HEADLINE_METRICS] + [f"Δ unseen bal. acc vs {reference}",
                                                                    f"Δ drop vs {reference}", "learning"]
+    if (summary["kind"] == "restain_area").any():
+        header.insert(len(HEADLINE_METRICS) + 1, "stain robustness (area, bal. acc)")
     return _md_table(header, rows)
+
+
+def degenerate_cells(summary: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Cells (method, source, test center) whose head predicts one class for ≥ 95 % of the tiles
+    (``near-constant``) or whose balanced-accuracy CI lies entirely below chance (``below chance``):
+    columns method, source, test, flag, text."""
+    from stainshift.metrics.pipeline import NEAR_CONSTANT_SHARE
+
+    out = []
+    share = summary[(summary["kind"] == "prediction_share") & (summary["protocol"] == protocol)]
+    for r in share[share["value"] >= NEAR_CONSTANT_SHARE].itertuples():
+        out.append((r.method, r.source, r.test, "near-constant", f"{r.value * 100:.0f} % of tiles predicted {r.note}"))
+    chance = summary[(summary["kind"] == "chance") & (summary["metric"] == HEADLINE)].groupby("test")["value"].first()
+    cells = summary[(summary["kind"] == "cell") & (summary["protocol"] == protocol) & (summary["metric"] == HEADLINE)]
+    for r in cells.itertuples():
+        level = chance.get(r.test, np.nan)
+        if np.isfinite(r.ci_high) and np.isfinite(level) and r.ci_high < level:
+            out.append((r.method, r.source, r.test, "below chance",
+                        f"balanced accuracy {r.value * 100:.1f} [{r.ci_low * 100:.1f}, {r.ci_high * 100:.1f}] < chance {level * 100:.1f}"))
+    return pd.DataFrame(out, columns=["method", "source", "test", "flag", "text"])
+
+
+def test_center_table(summary: pd.DataFrame, protocol: str = "probe", metric: str = HEADLINE) -> str:
+    """Rows = test centers (test-only ones marked), columns = who saw the center in training, then per
+    method the mean over the sources that never saw it (kind ``test_unseen``)."""
+    per_test = summary[(summary["kind"] == "test_unseen") & (summary["protocol"] == protocol)
+                       & (summary["metric"] == metric)]
+    if per_test.empty:
+        return ""
+    cells = summary[(summary["kind"] == "cell") & (summary["protocol"] == protocol) & (summary["metric"] == metric)]
+    methods = [m for m in _methods(summary) if (per_test["method"] == m).any()]
+    rows = []
+    for test in dict.fromkeys(cells["test"]):
+        saw = sorted(set(cells[(cells["test"] == test) & cells["seen"].map(_is_true)]["source"]))
+        only = per_test[per_test["test"] == test]["note"].astype(str).str.startswith("test-only").any()
+        label = f"**{test}** (test-only)" if only else test
+        rows.append([label, ", ".join(saw) if saw else "none (no training data)"]
+                    + [_fmt(_get(per_test, method=m, test=test)) for m in methods])
+    return _md_table(["test center", "trained on by sources"] + [f"`{m}`" for m in methods], rows)
+
+
+def test_only_centers(summary: pd.DataFrame) -> list[str]:
+    """Test centers no model trained on (every source's cell is unseen)."""
+    rows = summary[(summary["kind"] == "test_unseen")]
+    return list(dict.fromkeys(rows[rows["note"].astype(str).str.startswith("test-only")]["test"]))
+
+
+GLOSSARY = (
+    ("balanced accuracy", "mean recall over the classes; higher = better, 0–100, chance = 100/C whatever the class "
+     "balance; 95 % hierarchical-bootstrap CI (seeds, then patients / slides / tiles per test center)"),
+    ("accuracy", "share of tiles classified right; higher = better, 0–100, chance = the majority class's share (the "
+     "chance table); same CI"),
+    ("AUC", "area under the ROC curve (binary; one-vs-rest macro for more classes); higher = better, 50 = chance, "
+     "100 = perfect ranking; same CI"),
+    ("drop", "in-center − unseen-center balanced accuracy of the single-center sources; lower = better, 0 = no loss "
+     "on centers never seen (can be negative); same CI"),
+    ("Δ vs reference", "method − reference, paired by seed and resampled test units; CI and a bootstrap p-value"),
+    ("stain robustness (area)", "mean unseen-center balanced accuracy over re-staining strengths 0–1 (trapezoid); "
+     "higher = better, compare with the s = 0 value; same CI"),
+    ("RI", "PathoROB robustness index SO/(SO+OS) of the raw test embeddings (croma): higher = organised by biology "
+     "rather than by center, 50 = balanced; no CI (a point estimate per run, then mean)"),
+    ("W2", "Gaussian Wasserstein-2 distance between two centers' embeddings (seed 003), mean over pairs; lower = "
+     "smaller batch effect, 0 = identical distributions; in the units of the L2-normalized embedding; no CI"),
+    ("near-constant head", "one class predicted for ≥ 95 % of a test center's tiles: its balanced accuracy sits at "
+     "chance whatever its accuracy"),
+)
+
+
+def glossary_text() -> str:
+    return "\n".join(f"- **{term}**: {text}." for term, text in GLOSSARY)
 
 
 def chance_table(summary: pd.DataFrame) -> str:
@@ -147,6 +226,8 @@ def cross_center_table(summary: pd.DataFrame, method: str, protocol: str, metric
     cells = sub[(sub["kind"] == "cell") & (sub["metric"] == metric)]
     if cells.empty:
         return ""
+    flags = degenerate_cells(summary[summary["method"].isin([method, ""]) | (summary["kind"] == "chance")],
+                             str(cells["protocol"].iloc[0]))
     tests = list(dict.fromkeys(cells["test"]))
     body = []
     for src in dict.fromkeys(cells["source"]):
@@ -154,6 +235,8 @@ def cross_center_table(summary: pd.DataFrame, method: str, protocol: str, metric
         for t in tests:
             c = _get(cells, source=src, test=t)
             v = _fmt(c) if c is not None else ""
+            f = flags[(flags["source"] == src) & (flags["test"] == t)]["flag"]
+            v += "".join(f" ⚠ {x}" for x in dict.fromkeys(f))
             r.append(f"*seen* {v}" if c is not None and _is_true(c["seen"]) else v)
         r.append(_fmt(_get(sub, kind="unseen_mean", source=src, metric=metric)))
         body.append(r)
@@ -242,6 +325,17 @@ def closing_note(summary: pd.DataFrame, reference: str = "baseline", protocol: s
         lines.append("Unseen-center balanced accuracy above chance (CI lower bound > 50): " + "; ".join(above) + ".")
     if near:
         lines.append("Not measurably above chance on unseen centers (CI reaches 50 or below): " + "; ".join(near) + ".")
+    for test in test_only_centers(summary):
+        scores = []
+        for m in _methods(summary):
+            rows, _ = protocol_rows(summary, m, protocol)
+            r = _get(rows, kind="test_unseen", test=test, metric=HEADLINE)
+            if r is not None:
+                scores.append(f"`{m}` {_fmt(r)}")
+        if scores:
+            lines.append(f"On the test-only center `{test}` (no model trained on it; chance "
+                         f"{_fmt(_get(summary, kind='chance', test=test, metric=HEADLINE), ci=False)}), balanced accuracy: "
+                         + "; ".join(scores) + ".")
     for m, (bad, n, reasons) in learning_flags(summary).items():
         if bad:
             lines.append(f"`{m}` did not learn in {bad} of {n} runs ({'; '.join(reasons)}): those runs enter its "
@@ -273,6 +367,27 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
                   "*in-center*: a single-center source scored on its own center's test set (seen). *unseen*: the "
                   "same models on the centers they never saw, averaged per source, then over sources (seed 000 "
                   "Table IV). *learning*: whether every run trained (see Training).", ""]
+    per_test = test_center_table(summary)
+    if per_test:
+        only = test_only_centers(summary)
+        parts += ["## Per test center: scored only by models that never saw it (balanced accuracy, probe)", "",
+                  per_test, "",
+                  "Each test center's mean over the sources whose encoder and head never saw it (its *unseen* "
+                  "score); *trained on by sources* names those that did (their cells are *seen* and left out). "
+                  + (f"**Test-only** centers ({', '.join(only)}) have no training data anywhere: every model meets "
+                     "them for the first time, so their column is the plainest answer to \"does it hold on a new "
+                     "center?\" — they enter the unseen means, RI and W2 above and below like any other center, "
+                     "and have no in-center value or drop." if only else
+                     "Every test center here is also a training center of some source."), ""]
+    flagged = pd.concat([degenerate_cells(summary, p) .assign(protocol=p) for p in protocols], ignore_index=True)
+    if len(flagged):
+        parts += ["## Flagged heads", "",
+                  _md_table(["method", "protocol", "source", "test center", "flag", "why"],
+                            [[f"`{r.method}`", r.protocol, r.source, r.test, r.flag, r.text] for r in flagged.itertuples()]),
+                  "", "A near-constant head (one class for ≥ 95 % of a center's tiles) or one whose balanced accuracy CI "
+                  "lies below chance has not learnt the task on that center: its accuracy there can look fine (the "
+                  "majority class) and its predictions agree across stain variants trivially, so neither counts "
+                  "for robustness.", ""]
     parts += ["## Chance level and resampling unit per test center", "", chance_table(summary), "",
               "An image-blind model scores the chance level: accuracy of always predicting the majority class, "
               "balanced accuracy 1/C, AUC 50. *CI resampling unit*: what the bootstrap redraws in that center.", ""]
@@ -293,6 +408,15 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
         for protocol, table in zip(protocols, loco):
             if table:
                 parts += [f"### {protocol}", "", table, ""]
+    restain = restain_table(summary)
+    if restain:
+        parts += ["## Stain-robustness curve (unseen-center balanced accuracy, probe)", "", restain, "",
+                  "The test tiles of every center re-stained in H&E space at strength *s*: each tile's own H and E "
+                  "concentrations scaled by α, β drawn in [1 − s/2, 1 + s] (s = 1 is seed 003's augmentation range "
+                  "[0.5, 2]; the same draws for every method), scored by each method's linear probe on the centers "
+                  "its source never saw. *area*: the mean of the curve over s (trapezoid), higher = better; a "
+                  "method whose area is close to its s = 0 value does not depend on the stain. Figure: "
+                  "`plots/restain_curve.png` (accuracy and AUC too, with the normalized variants beside).", ""]
     latent = latent_table(summary)
     if latent:
         parts += ["## Latent batch effect of the encoders", "", latent, "",
@@ -302,12 +426,31 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
                   "by biology, 50 = balanced (or no informative neighbour at all: see *support*, the share of tiles with one). *W2*: Gaussian Wasserstein-2 distance between centers' embeddings, "
                   "mean over center pairs — lower = smaller batch effect (seed 003).", ""]
     parts += ["## Training", "", training_text(summary), ""]
+    parts += ["## What each number means", "", glossary_text(), ""]
     parts += ["## Closing note", ""]
     for protocol in protocols:
         parts += [f"**{protocol}.** " + closing_note(summary, reference, protocol), ""]
     if figures:
         parts += ["## Figures", ""] + [f"- `{f}`" for f in figures] + [""]
     return "\n".join(parts)
+
+
+def restain_table(summary: pd.DataFrame, protocol: str = "probe", metric: str = HEADLINE) -> str:
+    """Rows = methods, columns = re-staining strengths (0 = raw) and the area under the curve."""
+    curve = summary[(summary["kind"] == "restain") & (summary["protocol"] == protocol) & (summary["metric"] == metric)]
+    if curve.empty:
+        return ""
+    strengths = sorted(dict.fromkeys(curve["test"]), key=float)
+    rows = []
+    for m in _methods(summary):
+        sub = curve[curve["method"] == m]
+        if sub.empty:
+            continue
+        area = _get(summary, method=m, protocol=protocol, kind="restain_area", metric=metric)
+        rows.append([f"`{m}`"] + [_fmt(_get(sub, test=t)) for t in strengths] + [_fmt(area)])
+    header = ["method"] + [f"s = {t}" + (" (raw)" if float(t) == 0 else f" [{1 - float(t) / 2:g}, {1 + float(t):g}]")
+                           for t in strengths] + ["area"]
+    return _md_table(header, rows)
 
 
 def latent_table(summary: pd.DataFrame) -> str:

@@ -6,7 +6,7 @@
 
 METRICS_DIR = f"{RESULTS}/metrics"
 PLOTS_DIR = f"{RESULTS}/plots"
-EVAL_TABLES = ["cross_center", "variants", "batch_effect", "learning"]
+EVAL_TABLES = ["cross_center", "variants", "restain", "batch_effect", "learning"]
 SOURCE_DICTS = {sid: src.as_dict() for sid, src in SOURCES.items()}
 
 # (source, seed) of every run of a method, in RUNS order (the evaluate inputs and params.runs follow it)
@@ -56,6 +56,8 @@ rule summarize:
                        subcategory="all methods", labels={"table": "summary"}),
         variant_plot=report(f"{PLOTS_DIR}/variant_accuracy.png", caption="../report/variant_accuracy.rst",
                             category="Stain variants", labels={"figure": "accuracy across variants"}),
+        restain_plot=report(f"{PLOTS_DIR}/restain_curve.png", caption="../report/restain_curve.rst",
+                            category="Stain variants", labels={"figure": "stain-robustness curve"}),
     params:
         evaluate=config["evaluate"],
         methods=METHODS,

@@ -2,6 +2,8 @@
 #   select_targets     -> {R}/normalize/targets.json           k targets, split evenly over the methods
 #   normalize_store    -> {R}/variants/{store}/{method}/{target}.zarr   one job per store, all its variants
 #                         (declared output: each variant's manifest {target}.json, as for tile stores)
+#   restain_store      -> {R}/variants/{store}/restain/s{strength}.zarr   the store re-stained in H&E space at
+#                         each normalize.restain strength (the stain-robustness curve; stain.variants.restain_store)
 #   normalize_montage  -> {R}/normalize/montage/{target}.png   the same tiles raw and under each method
 # Target ids and methods are fixed by the config alone (stainshift.stain.targets.NormalizePlan), so the
 # DAG is static; which tile fills each slot is decided by select_targets (random draw or list).
@@ -61,6 +63,31 @@ rule normalize_store:
         ENV_CPU
     script:
         "../scripts/normalize.py"
+
+
+rule restain_store:
+    input:
+        store=f"{RESULTS}/tiles/{{store}}.json",
+    output:
+        manifests=NORM_PLAN.restain_paths(suffix=".json"),
+    params:
+        store=lambda wc: tile_store(wc.store),
+        variants=lambda wc: NORM_PLAN.restain_paths(wc.store),
+        restain=NORM.get("restain") or {},
+        batch_size=NORM.get("batch_size", 64),
+    wildcard_constraints:
+        store="|".join(NORM_PLAN.store_ids()) if NORM_PLAN.restain_levels() else "__none__",
+    log:
+        log_path("normalize", "restain_{store}"),
+    benchmark:
+        bench_path("normalize", "restain_{store}")
+    threads: stage_threads("normalize")
+    resources:
+        **stage_resources("normalize"),
+    conda:
+        ENV_CPU
+    script:
+        "../scripts/restain.py"
 
 
 rule normalize_montage:

@@ -8,7 +8,7 @@ report: "../report/workflow.rst"
 rule report:
     input:
         summary=f"{RESULTS}/metrics/summary.csv",
-        figures=[f"{RESULTS}/plots/variant_accuracy.png"]
+        figures=[f"{RESULTS}/plots/variant_accuracy.png", f"{RESULTS}/plots/restain_curve.png"]
         + expand(f"{RESULTS}/plots/{{method}}/{{fig}}.png", method=METHODS,
                  fig=["cross_center_heatmap", "roc", "embedding_map"])
         + expand(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", method=METHODS, store=stores_where(split="test")),

@@ -27,6 +27,7 @@ log.info("%s: %d prediction rows from %d runs, protocols %s, test centers %s", m
 cross = pl.cross_center(preds, method, cfg, sources)
 pl.write_csv_atomic(cross, sm.output.cross_center)
 pl.write_csv_atomic(pl.variant_robustness(preds, method, cfg, sources), sm.output.variants)
+pl.write_csv_atomic(pl.restain_curve(preds, method, cfg, sources), sm.output.restain)
 pl.write_csv_atomic(pl.learning_table(map(pl.read_train_summary, sm.input.summaries), method, sources),
                     sm.output.learning)
 

@@ -14,8 +14,8 @@ sm = snakemake  # noqa: F821
 job_logging(sm.log[0], job_name(sm.rule, sm.wildcards))
 cfg = pl.EvalConfig.from_config(sm.params.evaluate)
 
-tables = [pl.read_table(p) for p in
-          list(sm.input.cross_center) + list(sm.input.variants) + list(sm.input.batch_effect) + list(sm.input.learning)]
+tables = [pl.read_table(p) for p in list(sm.input.cross_center) + list(sm.input.variants) + list(sm.input.restain)
+          + list(sm.input.batch_effect) + list(sm.input.learning)]
 raw = []
 for path in sm.input.predictions:
     p = read_predictions(path)
@@ -26,4 +26,5 @@ paired = pl.compare_methods(preds, cfg, sm.params.sources)
 summary = pd.concat(tables + [paired], ignore_index=True)[pl.COLUMNS]
 pl.write_csv_atomic(summary, sm.output.summary)
 plots.variant_accuracy_plot(summary[summary["kind"] == "variant"], sm.output.variant_plot)
+plots.restain_curve_plot(summary, sm.output.restain_plot)
 logging.info("summary: %d rows, %d methods, %d paired rows", len(summary), len(preds), len(paired))

@@ -28,4 +28,4 @@ try:
 except Exception:
     log.exception("synth failed for slide %s (params %s)", p.get("slide_id"), p)
     raise
-log.info("wrote %s", json.dumps(info.to_dict(), default=str))
+log.info("wrote %s", json.dumps(info.to_dict(), default=str), extra={"console": False})

@@ -18,9 +18,16 @@ headline        in_center | unseen | drop  mean over the ``center``-kind sources
                                            Table IV: train on one center, test on the others)
 loco            held-out center            a ``loco`` source on the one center it left out
 loco_mean       ``mean``                   mean of the ``loco`` rows (WILDS / seed 003)
+test_unseen     test center                mean over the sources that never saw that center (a
+                                           test-only center: every source; ``note`` says so)
+prediction_share test center               per source: share of tiles given the most frequent
+                                           predicted class (near-constant head check; no CI)
 chance          test center                what an image-blind model scores (majority class)
 variant         variant name               accuracy on one normalized variant (unseen centers)
 variant_summary ``over_variants``          mean ± std over variants, cross-stain consistency
+restain         strength ``0`` … ``1``     unseen-center metric on the test tiles re-stained in H&E
+                                           space at that strength (0 = raw; stain.variants)
+restain_area    ``area``                   mean of the restain curve over [0, 1] (trapezoid)
 w2, ri,         center pair, ``all``,      latent batch effect of the encoders (raw test
 tightness       center                     embeddings), mean over seeds
 learning        ``train``                  per run: did it learn, budget, first/final losses
@@ -51,6 +58,7 @@ from . import bootstrap as bs
 from . import cross_center as cc
 from . import robustness as rob
 from . import variants as va
+from ..stain.variants import RESTAIN, restain_strength
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,11 @@ def _nanmean(a: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 def is_raw(df: pd.DataFrame) -> pd.Series:
     return df["variant_method"].astype(str).isin([va.RAW, "", "nan", "none"])
+
+
+def is_restain(df: pd.DataFrame) -> pd.Series:
+    """Rows of re-stained variants (the robustness curve), not of stain-normalized ones."""
+    return df["variant_method"].astype(str) == RESTAIN
 
 
 # --------------------------------------------------------------------------- inputs
@@ -335,7 +348,8 @@ def _protocol_rows(scores: RunScores, method: str, cfg: EvalConfig, infos: Mappi
         agg = source_aggregates(cells, unseen)
         head = _nanmean(agg[:, centers_k], axis=1) if centers_k else np.full((3, M), np.nan)
         loco = _nanmean(np.stack([cells[k, t] for k, t in loco_kt]), axis=0) if loco_kt else np.full(M, np.nan)
-        return np.concatenate([cells.ravel(), agg.ravel(), head[[1, 0, 2]].ravel(), loco])
+        per_test = _nanmean(np.where(unseen[:, :, None], cells, np.nan), axis=0)  # (T, M) over sources that never saw t
+        return np.concatenate([cells.ravel(), agg.ravel(), head[[1, 0, 2]].ravel(), loco, per_test.ravel()])
 
     design = scores.design(cfg.min_units)
     r = bs.hierarchical_bootstrap(statistic, S, design, cfg.bootstrap, cfg.ci, cfg.seed, n_streams=K)
@@ -387,6 +401,38 @@ def _protocol_rows(scores: RunScores, method: str, cfg: EvalConfig, infos: Mappi
             rows.append(row(**common, **cell_stats[(k, t, m)], source=src, source_kind="loco", test=test, metric=m,
                             n=n_valid[k, t], kind="loco", unit=design.unit_of[test], seen=not unseen[k, t],
                             encoder_centers=scores.encoder_centers[k], head_centers=scores.head_centers[k]))
+    for t, test in enumerate(scores.tests):
+        blind = [scores.sources[k] for k in range(K) if unseen[k, t]]
+        for m in metrics:
+            j = next(at)
+            if blind:
+                rows.append(row(**common, **stats(j), source="unseen_by", test=test, metric=m, kind="test_unseen",
+                                n=int(sum(n_valid[k, t] for k in range(K) if unseen[k, t])), unit=design.unit_of[test],
+                                seen=False, note=("test-only: no model saw this center; " if len(blind) == K else "")
+                                + f"mean over the {len(blind)} source(s) that never saw it: {', '.join(blind)}"))
+    return rows + _prediction_share_rows(scores, method)
+
+
+#: a head predicting one class for at least this share of a test center's tiles is flagged near-constant
+NEAR_CONSTANT_SHARE = 0.95
+
+
+def _prediction_share_rows(scores: RunScores, method: str) -> list[dict]:
+    """Per (source, test center): the share of tiles given the most frequent predicted class
+    (argmax, pooled over seeds; no CI) — a near-constant head scores chance-level balanced
+    accuracy whatever its accuracy; ``note`` names that class."""
+    rows = []
+    for k, src in enumerate(scores.sources):
+        for t, test in enumerate(scores.tests):
+            idx = np.flatnonzero((scores.test_code == t) & scores.valid[k])
+            if not idx.size:
+                continue
+            pred = scores.proba[k][:, idx].argmax(axis=-1).ravel()
+            counts = np.bincount(pred, minlength=scores.n_classes)
+            rows.append(row(method=method, protocol=scores.protocol, source=src, test=test, metric="majority_prediction_share",
+                            value=float(counts.max() / counts.sum()), n=int(idx.size), n_seeds=len(scores.seeds),
+                            kind="prediction_share", encoder_centers=scores.encoder_centers[k],
+                            head_centers=scores.head_centers[k], note=f"class {int(counts.argmax())}"))
     return rows
 
 
@@ -413,7 +459,8 @@ def variant_robustness(preds: pd.DataFrame, method: str, cfg: EvalConfig,
     cross-stain consistency in all variants and in ≥ k = ⌈share·V⌉ of them (000 supplement) and
     the share of those consistent tiles that are right. Mean over seeds, hierarchical CIs."""
     preds = normalize_predictions(preds)
-    preds = preds[preds["label"] >= 0].assign(seen=mark_seen(preds[preds["label"] >= 0]))
+    preds = preds[(preds["label"] >= 0) & ~is_restain(preds)]
+    preds = preds.assign(seen=mark_seen(preds))
     infos = source_infos(preds, sources)
     rows: list[dict[str, Any]] = []
     for protocol in PROTOCOLS:
@@ -465,6 +512,84 @@ def _variant_rows(sub: pd.DataFrame, method: str, protocol: str, src: str, info:
     return rows
 
 
+# --------------------------------------------------------------------------- stain-robustness curve
+RESTAIN_METRICS = ("accuracy", "balanced_accuracy", "auc")
+
+
+def restain_curve(preds: pd.DataFrame, method: str, cfg: EvalConfig,
+                  sources: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """The stain-robustness curve of one method, per protocol: the headline unseen-center metric
+    (mean over the single-center sources' unseen centers; over every source's when there is none)
+    on the raw test tiles (strength 0) and on the same tiles re-stained at each strength, and the
+    area under it (trapezoid over [0, max strength], divided by that width: a mean metric).
+    One joint hierarchical bootstrap per protocol (seeds × test units, the same draw for every
+    strength), so the curve's CIs and the area's CI come from the same resamples."""
+    preds = normalize_predictions(preds)
+    restained = preds[is_restain(preds)]
+    if restained.empty:
+        return frame([])
+    infos = source_infos(preds, sources)
+    levels = sorted(restained["variant_target"].astype(str).unique(), key=restain_strength)
+    strengths = [0.0] + [restain_strength(x) for x in levels]
+    base = preds[is_raw(preds)]
+    rows: list[dict[str, Any]] = []
+    for protocol in PROTOCOLS:
+        raw_scores = run_scores(base, protocol, list(infos))
+        if raw_scores is None:
+            continue
+        curve = [raw_scores]
+        for level in levels:
+            one = restained[restained["variant_target"].astype(str) == level].assign(variant_method=va.RAW,
+                                                                                    variant_target=va.RAW)
+            scores = run_scores(one, protocol, raw_scores.sources)
+            if scores is None or not scores.tiles[["store", "index"]].equals(raw_scores.tiles[["store", "index"]]):
+                raise ValueError(f"{method}/{protocol}: the re-stained tiles ({level}) are not the raw test tiles")
+            curve.append(scores)
+        rows += _restain_rows(curve, strengths, method, cfg, infos)
+    return frame(rows)
+
+
+def _restain_rows(curve: Sequence[RunScores], strengths: Sequence[float], method: str, cfg: EvalConfig,
+                  infos: Mapping[str, SourceInfo]) -> list[dict]:
+    first = curve[0]
+    metrics = [m for m in RESTAIN_METRICS if m in active_metrics(cfg, first.n_classes)]
+    K, T, M, S, L = len(first.sources), len(first.tests), len(metrics), len(first.seeds), len(curve)
+    unseen = first.unseen()
+    centers_k = [k for k, src in enumerate(first.sources) if infos[src].kind == "center"] or list(range(K))
+    x = np.asarray(strengths, float)
+    width = float(x[-1] - x[0]) or 1.0
+
+    def statistic(seeds: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        parts = first.split(idx)
+        values = np.empty((L, M))
+        for level, scores in enumerate(curve):
+            cells = np.stack([bs.mean_over_seeds(seeds[k], lambda s, k=k: scores.cells(k, s, parts, metrics).ravel())
+                              .reshape(T, M) for k in range(K)])
+            values[level] = _nanmean(source_aggregates(cells, unseen)[0][centers_k], axis=0)
+        area = np.trapezoid(values, x, axis=0) / width if L > 1 else values[0]
+        return np.concatenate([values.ravel(), area])
+
+    design = first.design(cfg.min_units)
+    r = bs.hierarchical_bootstrap(statistic, S, design, cfg.bootstrap, cfg.ci, cfg.seed, n_streams=K)
+    used = [k for k in centers_k if unseen[k].any()]
+    common = dict(method=method, protocol=first.protocol, source=HEADLINE_SOURCE if len(used) and all(
+        infos[first.sources[k]].kind == "center" for k in centers_k) else "all", n_seeds=S, unit=design.label,
+        seen=False, n=int(sum(first.valid[k, np.isin(first.test_code, np.flatnonzero(unseen[k]))].sum() for k in used)))
+    rows = []
+    for j in range(L * M):
+        level, m = divmod(j, M)
+        lo, hi = (1.0 - 0.5 * strengths[level], 1.0 + strengths[level])
+        rows.append(row(**common, test=f"{strengths[level]:g}", metric=metrics[m], kind="restain",
+                        value=r.value[j], ci_low=r.ci_low[j], ci_high=r.ci_high[j], seed_sd=r.seed_sd[j],
+                        note="raw test tiles" if level == 0 else f"alpha, beta in [{lo:g}, {hi:g}]"))
+    for m in range(M):
+        j = L * M + m
+        rows.append(row(**common, test="area", metric=metrics[m], kind="restain_area", value=r.value[j],
+                        ci_low=r.ci_low[j], ci_high=r.ci_high[j], seed_sd=r.seed_sd[j],
+                        note=f"mean over strengths 0-{strengths[-1]:g} (trapezoid)"))
+    return rows
+
+
 # --------------------------------------------------------------------------- embeddings / batch effect
 @dataclass
 class EmbeddingSet:
@@ -501,7 +626,8 @@ def evaluation_embedding_paths(manifest: pd.DataFrame, split: str = "test") -> l
     variant of them (the run's own train/val stores are left out)."""
     raw = manifest["variant_method"].fillna(va.RAW).isin([va.RAW, ""])
     test_stores = set(manifest.loc[raw & (manifest["split"] == split), "store"])
-    return sorted(manifest.loc[manifest["store"].isin(test_stores), "path"].astype(str))
+    keep = manifest["store"].isin(test_stores) & (manifest["variant_method"].astype(str) != RESTAIN)
+    return sorted(manifest.loc[keep, "path"].astype(str))
 
 
 def attach_tile_groups(emb: EmbeddingSet, preds: pd.DataFrame | None) -> EmbeddingSet:
@@ -565,7 +691,7 @@ def _tightness_rows(emb: EmbeddingSet, cfg: EvalConfig) -> list[dict[str, Any]]:
     if meta.empty:
         return []
     raw = is_raw(meta).to_numpy()
-    var = ~raw
+    var = ~raw & ~is_restain(meta).to_numpy()
     if not var.any():
         return []
     per_center: dict[str, list[dict[str, float]]] = {}

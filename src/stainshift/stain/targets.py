@@ -252,9 +252,19 @@ class NormalizePlan:
         """Stores that get normalized variants: the tile stores of split normalize.stores."""
         return self._stores(self.cfg["stores"])
 
+    def restain_levels(self) -> list[str]:
+        """Target ids of the re-stained variants (``normalize.restain.strengths``; stain.variants)."""
+        from .variants import restain_level
+
+        return [restain_level(x) for x in (self.cfg.get("restain") or {}).get("strengths", [])]
+
     def variant_stores(self) -> list[tuple[str, str, str]]:
-        """(store, stain_method, target id) of every variant store (read by rules/train.smk)."""
-        return [(s, m, t) for s in self.store_ids() for t, m in self.plan]
+        """(store, stain_method, target id) of every variant store, normalized then re-stained (read
+        by rules/train.smk)."""
+        from .variants import RESTAIN
+
+        return ([(s, m, t) for s in self.store_ids() for t, m in self.plan]
+                + [(s, RESTAIN, t) for s in self.store_ids() for t in self.restain_levels()])
 
     def target_centers(self) -> list[str] | None:
         """Centers a random target may come from (``normalize.targets.from``): ``training_domains``
@@ -296,6 +306,12 @@ class NormalizePlan:
     def variant_paths(self, store: str = "{store}", suffix: str = ".zarr") -> list[str]:
         """The variant stores of ``store`` (``suffix=".json"``: their completion manifests)."""
         return [f"{self.results}/variants/{store}/{m}/{t}{suffix}" for t, m in self.plan]
+
+    def restain_paths(self, store: str = "{store}", suffix: str = ".zarr") -> list[str]:
+        """The re-stained variant stores of ``store``, one per strength."""
+        from .variants import RESTAIN
+
+        return [f"{self.results}/variants/{store}/{RESTAIN}/{t}{suffix}" for t in self.restain_levels()]
 
     def final_files(self) -> list[str]:
         out = [f"{self.results}/variants/{s}/{m}/{t}.json" for s, m, t in self.variant_stores()]

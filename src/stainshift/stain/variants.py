@@ -5,6 +5,11 @@ labels, tissue and label fractions; its attrs are the source's plus ``stain_meth
 ``stain_target`` (target id), ``stain_target_source`` (where the target tile came from),
 ``stain_fallback_tiles`` (tiles left unchanged: blank / background / single stain) and the
 software version. Tiles stream through in batches, so memory stays at one batch.
+
+Re-stained variants (``stain_method = "restain"``, :func:`restain_store`) feed the stain-robustness
+curve: the same tiles with their own H and E concentrations scaled by α, β drawn per tile from
+[1 − s/2, 1 + s] at strength s (s = 1: seed 003's range [0.5, 2]; s = 0: the raw tiles), seeded by
+(seed, store, strength) alone, so every method and run scores the same pixels.
 """
 from __future__ import annotations
 
@@ -77,6 +82,65 @@ def normalize_store(
         log.info("%s -> %s (%s, target %s): %d tiles, %d fallback", store_path, out_paths[tid], method, tid,
                  n, counter["fallback"])
     return fallbacks
+
+
+RESTAIN = "restain"  # stain_method of a re-stained variant store
+
+
+def restain_level(strength: float) -> str:
+    """The target id of a re-staining strength: ``s0.5``."""
+    return f"s{float(strength):g}"
+
+
+def restain_strength(level: str) -> float:
+    """Inverse of :func:`restain_level`."""
+    return float(str(level).removeprefix("s"))
+
+
+def restain_range(strength: float) -> tuple[float, float]:
+    """The α (= β) range at strength s ∈ [0, 1]: [1 − s/2, 1 + s]; s = 1 is seed 003's [0.5, 2]."""
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"re-staining strength {strength!r} must lie in [0, 1]")
+    return 1.0 - 0.5 * float(strength), 1.0 + float(strength)
+
+
+def restain_store(store_path: str | os.PathLike, out_path: str | os.PathLike, strength: float, *,
+                  seed: int = 0, batch_size: int = 64) -> int:
+    """Write the store's tiles re-stained in H&E space at ``strength`` (module docstring) to
+    ``out_path``; returns the number of tiles left unchanged (no two-stain estimate: background)."""
+    import zlib
+
+    from stainshift.store import PatchStore, write_store
+
+    from .augment import he_augment
+
+    src = PatchStore.open(store_path)
+    n = len(src)
+    lo_hi = restain_range(strength)
+    name = Path(store_path).name.removesuffix(".zarr")
+    rng = np.random.default_rng([int(seed), zlib.crc32(name.encode()), int(round(float(strength) * 1000))])
+    counter = {"fallback": 0}
+
+    def tiles() -> Iterator[np.ndarray]:
+        for start in range(0, n, batch_size):
+            out, info = he_augment(src.read(slice(start, min(n, start + batch_size))), lo_hi, lo_hi, rng,
+                                   return_info=True)
+            counter["fallback"] += int(np.count_nonzero(info["fallback"]))
+            yield from out
+
+    attrs = {k: v for k, v in src.attrs.items() if k not in ("n_tiles", "store_format")}
+    attrs.update(stain_method=RESTAIN, stain_target=restain_level(strength), stain_target_source="",
+                 stain_params={"strength": float(strength), "alpha_range": list(lo_hi), "beta_range": list(lo_hi),
+                               "seed": int(seed)},
+                 software_version=_software_version(), patch_size=src.patch_size)
+    codec, jpeg_quality = _source_codec(src.attrs)
+    images: Any = tiles() if n else np.empty((0, src.patch_size, src.patch_size, 3), np.uint8)
+    write_store(out_path, images, coords=src.coords, tissue_fraction=src.tissue_fraction, label=src.label,
+                label_fraction=src.label_fraction, attrs=attrs, codec=codec, jpeg_quality=jpeg_quality)
+    _set_attr(out_path, "stain_fallback_tiles", counter["fallback"])
+    log.info("%s -> %s (re-stained, strength %g: alpha, beta in [%.2f, %.2f]): %d tiles, %d unchanged",
+             store_path, out_path, strength, *lo_hi, n, counter["fallback"])
+    return counter["fallback"]
 
 
 def _source_codec(attrs: dict[str, Any]) -> tuple[str, int]:
