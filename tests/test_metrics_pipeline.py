@@ -266,3 +266,62 @@ def test_one_slide_per_center_excludes_only_the_tile_itself(run_dir):
     rows = pl.run_batch_effect(pl.EmbeddingSet(emb.features, meta), pl.EvalConfig(w2_max_samples=30))
     ri = {r["metric"]: r for r in rows if r["kind"] == "ri"}
     assert ri["ri"]["unit"] == "self-excluded" and ri["ri"]["value"] < 1.0  # same-center neighbours count
+
+
+def _restained(preds: pd.DataFrame, strength: float, right_share: float, seed: int) -> pd.DataFrame:
+    """The raw rows of ``preds`` as a re-stained variant at ``strength`` with ``right_share`` of tiles right."""
+    rng = np.random.default_rng(seed)
+    raw = preds[pl.is_raw(preds)].copy()
+    right = rng.random(len(raw)) < right_share
+    pred = np.where(right, raw["label"], 1 - raw["label"])
+    p1 = np.where(pred == 1, 0.8, 0.2)
+    return raw.assign(variant_method="restain", variant_target=f"s{strength:g}", pred=pred, p0=1 - p1, p1=p1)
+
+
+def test_restain_curve_starts_at_the_headline_and_falls_with_strength(run_dir):
+    preds = read_method(run_dir, "robust")
+    # re-staining costs accuracy step by step: 85 % right (raw), 75 % at s = 0.5, 55 % at s = 1
+    preds = pd.concat([preds, _restained(preds, 0.5, 0.75, 1), _restained(preds, 1.0, 0.55, 2)], ignore_index=True)
+    cfg = pl.EvalConfig(bootstrap=30)
+    curve = pl.restain_curve(preds, "robust", cfg)
+    probe = curve[(curve["protocol"] == "probe") & (curve["metric"] == "balanced_accuracy")]
+    values = probe[probe["kind"] == "restain"].set_index("test")["value"]
+    assert list(values.index) == ["0", "0.5", "1"] and values.is_monotonic_decreasing
+    assert 0.5 < values["1"] < 0.62 and values["0"] > 0.8
+    headline = pl.cross_center(preds, "robust", cfg)
+    head = headline[(headline["kind"] == "headline") & (headline["test"] == "unseen")
+                    & (headline["metric"] == "balanced_accuracy") & (headline["protocol"] == "probe")]
+    assert values["0"] == pytest.approx(head["value"].iloc[0])  # s = 0 is the raw headline
+    area = probe[probe["kind"] == "restain_area"].iloc[0]
+    expected = np.trapezoid(values.to_numpy(), [0.0, 0.5, 1.0])
+    assert area["value"] == pytest.approx(expected) and area["ci_low"] <= area["value"] <= area["ci_high"]
+    assert (probe["ci_low"] <= probe["value"]).all() and (probe["value"] <= probe["ci_high"]).all()
+    # re-stained rows never count as normalized variants
+    variants = pl.variant_robustness(preds, "robust", cfg)
+    assert not variants["test"].astype(str).str.startswith("restain").any()
+
+
+def test_constant_head_gets_a_near_constant_share_and_is_flagged(run_dir):
+    from stainshift.report import degenerate_cells
+
+    preds = read_method(run_dir, "robust")
+    const = (preds["source"] == "ca") & (preds["test"] == "cb")
+    preds.loc[const, "pred"], preds.loc[const, "p1"], preds.loc[const, "p0"] = 0, 0.1, 0.9  # always class 0
+    table = pl.cross_center(preds, "robust", pl.EvalConfig(bootstrap=20))
+    share = table[(table["kind"] == "prediction_share") & (table["protocol"] == "probe")].set_index(["source", "test"])
+    assert share.loc[("ca", "cb"), "value"] == 1.0 and share.loc[("ca", "cb"), "note"] == "class 0"
+    assert share.drop(index=("ca", "cb"))["value"].max() < 0.95
+    flags = degenerate_cells(table, "probe")
+    assert set(map(tuple, flags[["source", "test", "flag"]].to_numpy())) == {("ca", "cb", "near-constant")}
+
+
+def test_per_test_center_rows_and_a_test_only_center(run_dir):
+    preds = read_method(run_dir, "robust")
+    each = preds[preds["source_kind"] == "center"]
+    table = pl.cross_center(each[each["source"] != "cc"], "robust", pl.EvalConfig(bootstrap=20))  # nobody trains on cc
+    rows = table[(table["kind"] == "test_unseen") & (table["protocol"] == "probe")
+                 & (table["metric"] == "balanced_accuracy")].set_index("test")
+    assert rows.loc["cc", "note"].startswith("test-only") and "ca, cb" in rows.loc["cc", "note"]
+    assert not rows.loc["ca", "note"].startswith("test-only") and rows.loc["ca", "note"].endswith("cb")
+    cells = table[(table["kind"] == "cell") & (table["protocol"] == "probe") & (table["metric"] == "balanced_accuracy")]
+    assert rows.loc["ca", "value"] == pytest.approx(cells[(cells["source"] == "cb") & (cells["test"] == "ca")]["value"].iloc[0])

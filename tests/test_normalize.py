@@ -247,3 +247,30 @@ def test_random_targets_come_from_training_domains_only() -> None:
         centers({"from": ["nowhere"]})
     with pytest.raises(ValueError, match="no 'test' store in the centers"):
         centers({}, training=())
+
+
+def test_restain_store_is_seeded_scaled_and_keeps_the_layout(tmp_path, stores) -> None:
+    from stainshift.stain.variants import RESTAIN, restain_level, restain_range, restain_store, restain_strength
+
+    assert restain_range(1.0) == (0.5, 2.0) and restain_range(0.0) == (1.0, 1.0)
+    assert restain_level(0.25) == "s0.25" and restain_strength("s0.25") == 0.25
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        restain_range(1.5)
+    src = PatchStore.open(stores[1].path)
+    a = restain_store(src.path, tmp_path / "a.zarr", 1.0, seed=3, batch_size=2)
+    b = restain_store(src.path, tmp_path / "b.zarr", 1.0, seed=3, batch_size=2)
+    assert a == b == 1  # the background tile has no two-stain estimate: left unchanged
+    va, vb = PatchStore.open(tmp_path / "a.zarr"), PatchStore.open(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(va.read(slice(0, 4)), vb.read(slice(0, 4)))  # same seed, store, strength
+    assert va.attrs["stain_method"] == RESTAIN and va.attrs["stain_target"] == "s1"
+    assert va.attrs["stain_params"]["alpha_range"] == [0.5, 2.0] and va.attrs["stain_fallback_tiles"] == 1
+    np.testing.assert_array_equal(va.coords, src.coords)
+    np.testing.assert_array_equal(va.label, src.label)
+    raw, new = src.read(slice(0, 4)).astype(int), va.read(slice(0, 4)).astype(int)
+    assert np.abs(new[0] - raw[0]).max() <= 2  # background (zstd: lossless) stays
+    assert np.abs(new[1:] - raw[1:]).mean() > 3  # tissue is re-stained
+    weak = restain_store(src.path, tmp_path / "w.zarr", 0.05, seed=3)
+    assert weak == 1
+    moved_weak = np.abs(PatchStore.open(tmp_path / "w.zarr").read(slice(1, 4)).astype(int) - raw[1:]).mean()
+    assert moved_weak < np.abs(new[1:] - raw[1:]).mean()  # strength orders the change
+    assert va.attrs["stain_params"]["seed"] == 3

@@ -84,3 +84,27 @@ def test_seen_note_for_the_default_protocol():
     cells = pl.frame([pl.row(method="m", protocol="probe", source=s, test=t, metric="accuracy", value=0.5,
                              kind="cell", seen=(s == t)) for s in ("a", "b") for t in ("a", "b")])
     assert "never another one" in report.seen_note(cells)
+
+
+def test_report_names_test_only_centers_flags_heads_and_shows_the_restain_curve(tmp_path):
+    root = synthetic_runs(tmp_path / "runs")
+    cfg = pl.EvalConfig(bootstrap=20)
+    preds = read_method(root, "robust")
+    preds = preds[(preds["source_kind"] == "center") & (preds["source"] != "cc")]  # nobody trains on cc
+    const = (preds["source"] == "ca") & (preds["test"] == "cb")
+    preds.loc[const, "pred"], preds.loc[const, "p1"], preds.loc[const, "p0"] = 0, 0.1, 0.9  # a constant head
+    restained = preds[pl.is_raw(preds)].assign(variant_method="restain", variant_target="s1")
+    preds = pd.concat([preds, restained], ignore_index=True)
+    summary = pd.concat([pl.cross_center(preds, "robust", cfg), pl.restain_curve(preds, "robust", cfg)],
+                        ignore_index=True)
+    text = report.summary_markdown(summary, reference="robust")
+    per_test = text.split("## Per test center")[1].split("\n## ")[0]
+    assert "| **cc** (test-only) | none (no training data) |" in per_test and "| ca | ca |" in per_test
+    flagged = text.split("## Flagged heads")[1].split("\n## ")[0]
+    assert "| `robust` | probe | ca | cb | near-constant | 100 % of tiles predicted class 0 |" in flagged
+    assert "⚠ near-constant" in text.split("### `robust` — probe")[1].split("\n### ")[0]
+    assert "⚠ 1 flagged cell(s)" in text.split("## Headline — probe")[1].split("\n## ")[0]
+    curve = text.split("## Stain-robustness curve")[1].split("\n## ")[0]
+    assert "| method | s = 0 (raw) | s = 1 [0.5, 2] | area |" in curve
+    assert "On the test-only center `cc`" in text.split("## Closing note")[1]
+    assert "**balanced accuracy**:" in text.split("## What each number means")[1]
