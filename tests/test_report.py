@@ -71,13 +71,15 @@ def test_summary_markdown_end_to_end(summary, tmp_path):
     native = text.split("## Headline — native")[1].split("## ")[0]
     assert "`robust` (native = probe)" in native
     chance = text.split("## Chance level")[1].split("## ")[0]
-    assert "| cc | 30 | 50.0 | 50.0 | 50.0 | slide |" in chance and "| cb | 60 |" in chance
+    assert "| cc | 30 | class 0 50 % · class 1 50 % | 50.0 | 50.0 | 50.0 | slide |" in chance and "| cb | 60 |" in chance
     assert "*seen* " in text and "loco-ca→cb" in text  # loco sources see the other centers: said
     loco = text.split("## Leave-one-center-out")[1].split("## Training")[0]
     assert "| method \\ held-out center | ca | cb | cc | mean |" in loco
     note = text.split("## Closing note")[1]
     assert "measurably above zero" in note and "`robust`" in note and "did not learn in 1 of 12 runs" in note
     assert "../plots/x.png" in text
+    named = report.summary_markdown(summary, class_names=["normal", "atypical"])
+    assert "| cc | 30 | normal 50 % · atypical 50 % |" in named  # class names from the config
 
 
 def test_seen_note_for_the_default_protocol():

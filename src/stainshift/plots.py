@@ -95,10 +95,17 @@ def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return fpr, tpr
 
 
-def roc_curves(preds: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
+def class_label(k: int, class_names: Sequence[str] | None = None) -> str:
+    """``name`` of class ``k`` from the config's class names, else ``class k``."""
+    return str(class_names[k]) if class_names and 0 <= int(k) < len(class_names) else f"class {int(k)}"
+
+
+def roc_curves(preds: pd.DataFrame, path: str | os.PathLike, title: str = "",
+               class_names: Sequence[str] | None = None) -> Path:
     """ROC per test center (one panel each), one curve per (protocol, source), from the rows given
     (the evaluate stage passes raw tiles of unseen cells), pooled over replicate seeds. Binary
-    tasks use P(class 1); multi-class tasks the micro-average of the one-vs-rest curves."""
+    tasks use P(class 1) (named in the axis label); multi-class tasks the micro-average of the
+    one-vs-rest curves."""
     pcols = proba_columns(preds)
     df = preds[preds["label"] >= 0]
     tests = sorted(df["test"].unique())
@@ -122,7 +129,9 @@ def roc_curves(preds: pd.DataFrame, path: str | os.PathLike, title: str = "") ->
         ax.set_xlabel("false positive rate", fontsize=8)
         ax.set_aspect("equal")
         ax.legend(fontsize=6, loc="lower right")
-    axes[0][0].set_ylabel("true positive rate", fontsize=8)
+    positive = (f"positive class: {class_label(1, class_names)} vs {class_label(0, class_names)}" if len(pcols) == 2
+                else "micro-average over one-vs-rest classes")
+    axes[0][0].set_ylabel(f"true positive rate\n({positive})", fontsize=8)
     fig.suptitle(title or "ROC per test center (sources that never saw it)", fontsize=10)
     return save_figure(fig, path)
 
@@ -223,7 +232,8 @@ def embed_2d(features: np.ndarray, kind: str = "umap", seed: int = 0) -> np.ndar
 
 
 def embedding_map(features: np.ndarray, centers: Sequence, labels: Sequence, path: str | os.PathLike,
-                  kind: str = "umap", seed: int = 0, title: str = "") -> Path:
+                  kind: str = "umap", seed: int = 0, title: str = "",
+                  class_names: Sequence[str] | None = None) -> Path:
     """Two panels of the same 2-D map: coloured by center, and by class (marker = center)."""
     xy = embed_2d(features, kind, seed)
     centers = np.asarray(centers).astype(str)
@@ -239,7 +249,7 @@ def embedding_map(features: np.ndarray, centers: Sequence, labels: Sequence, pat
         for j, c in enumerate(ucen):
             m = (labels == lab) & (centers == c)
             axes[1].scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(i % 10), marker=markers[j % len(markers)],
-                            label=f"class {lab}" if j == 0 else None, alpha=0.8)
+                            label=class_label(int(lab), class_names) if j == 0 else None, alpha=0.8)
     axes[0].set_title("coloured by center", fontsize=9)
     axes[1].set_title("coloured by class (marker = center)", fontsize=9)
     for ax in axes:

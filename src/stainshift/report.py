@@ -205,19 +205,28 @@ def glossary_text() -> str:
     return "\n".join(f"- **{term}**: {text}." for term, text in GLOSSARY)
 
 
-def chance_table(summary: pd.DataFrame) -> str:
-    """Per test center: tiles, chance levels, and the bootstrap's resampling unit."""
+def class_name(k: int, class_names: Sequence[str] | None = None) -> str:
+    """The configured name of class ``k`` (``class k`` without names)."""
+    return str(class_names[k]) if class_names and 0 <= k < len(class_names) else f"class {k}"
+
+
+def chance_table(summary: pd.DataFrame, class_names: Sequence[str] | None = None) -> str:
+    """Per test center: tiles, class balance, chance levels, and the bootstrap's resampling unit."""
     chance = summary[summary["kind"] == "chance"]
+    shares = summary[summary["kind"] == "class_share"]
     cells = summary[summary["kind"] == "cell"]
     units = cells.groupby("test")["unit"].first().to_dict()
     rows = []
     for test in dict.fromkeys(chance["test"]):
         sub = chance[chance["test"] == test]
-        rows.append([test, str(int(sub["n"].iloc[0])), _fmt(_get(sub, metric="accuracy"), ci=False),
+        mine = shares[shares["test"] == test].drop_duplicates("metric")
+        balance = " · ".join(f"{class_name(int(str(r.metric).removeprefix('class_')), class_names)} {r.value * 100:.0f} %"
+                             for r in mine.itertuples()) or "n/a"
+        rows.append([test, str(int(sub["n"].iloc[0])), balance, _fmt(_get(sub, metric="accuracy"), ci=False),
                      _fmt(_get(sub, metric="balanced_accuracy"), ci=False), _fmt(_get(sub, metric="auc"), ci=False),
                      units.get(test, "n/a")])
-    return _md_table(["test center", "test tiles", "chance acc (majority class)", "chance bal. acc", "chance AUC",
-                      "CI resampling unit"], rows)
+    return _md_table(["test center", "test tiles", "class balance", "chance acc (majority class)", "chance bal. acc",
+                      "chance AUC", "CI resampling unit"], rows)
 
 
 def cross_center_table(summary: pd.DataFrame, method: str, protocol: str, metric: str = "balanced_accuracy") -> str:
@@ -346,7 +355,8 @@ def closing_note(summary: pd.DataFrame, reference: str = "baseline", protocol: s
     return "\n\n".join(lines)
 
 
-def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures: Sequence[str] = ()) -> str:
+def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures: Sequence[str] = (),
+                     class_names: Sequence[str] | None = None) -> str:
     """The whole summary.md text from the long summary table."""
     methods = _methods(summary)
     protocols = [p for p in ("probe", "native") if (summary["protocol"] == p).any()]
@@ -388,7 +398,7 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
                   "lies below chance has not learnt the task on that center: its accuracy there can look fine (the "
                   "majority class) and its predictions agree across stain variants trivially, so neither counts "
                   "for robustness.", ""]
-    parts += ["## Chance level and resampling unit per test center", "", chance_table(summary), "",
+    parts += ["## Chance level and resampling unit per test center", "", chance_table(summary, class_names), "",
               "An image-blind model scores the chance level: accuracy of always predicting the majority class, "
               "balanced accuracy 1/C, AUC 50. *CI resampling unit*: what the bootstrap redraws in that center.", ""]
     parts += ["## Cross-center tables (balanced accuracy)", "", seen_note(summary), ""]
@@ -502,13 +512,13 @@ def weights_files_text(learning: pd.DataFrame) -> str:
 
 
 def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, reference: str = "baseline",
-                           figures: Sequence[str] = ()) -> Path:
+                           figures: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Path:
     """Write :func:`summary_markdown` atomically to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
-        fh.write(summary_markdown(summary, reference, figures))
+        fh.write(summary_markdown(summary, reference, figures, class_names))
     os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
     return path

@@ -42,6 +42,9 @@ check_slide_label_classes(SAMPLES, config["samples"], config["pretrain"]["train_
 from stainshift.cropsets import plan_crop_stores
 
 CROP_ENTRIES = {e["name"]: e for e in config.get("crops") or []}
+# class names for tables and figures: tiling.class_names, else the crop sets' classes, else "class k"
+CLASS_NAMES = config["tiling"].get("class_names") or next(
+    (list(e["classes"]) for e in CROP_ENTRIES.values() if e.get("classes")), None)
 _crop_rows = plan_crop_stores(list(CROP_ENTRIES.values()), base_dir=".")
 CROP_STORE_IDS = [r["store_id"] for r in _crop_rows]
 STORES = pd.DataFrame(

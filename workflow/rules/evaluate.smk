@@ -32,6 +32,7 @@ rule evaluate_method:
         evaluate=config["evaluate"],
         sources=SOURCE_DICTS,
         runs=lambda wc: [[s, k] for s, k in METHOD_RUNS[wc.method]],
+        class_names=CLASS_NAMES,
     wildcard_constraints:
         method="|".join(METHODS),
     log:

@@ -16,6 +16,7 @@ rule report:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
     params:
         reference=config["evaluate"].get("reference", "baseline"),
+        class_names=CLASS_NAMES,
     log:
         log_path("report", "summary"),
     benchmark:

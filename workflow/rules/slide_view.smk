@@ -11,7 +11,7 @@
 # TARGET_FUNCS, _alternatives.
 
 SLIDE_VIEW = {"protocol": "probe", "seed": RUNS[0][2] if RUNS else 0,
-              "class_names": config["tiling"].get("class_names")}
+              "class_names": CLASS_NAMES}
 TEST_STORES = stores_where(split="test")
 TEST_SLIDES = [s for s in TEST_STORES if STORES.loc[s, "kind"] == "slide"]
 

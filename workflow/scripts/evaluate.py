@@ -48,12 +48,13 @@ pl.write_csv_atomic(pd.concat(batch, ignore_index=True), sm.output.batch_effect)
 plots.cross_center_heatmap(cross, sm.output.heatmap, title=f"{method}: cross-center table (rows: training source; "
                            f"mean over {preds['seed'].nunique()} seed(s))")
 raw = preds[pl.is_raw(preds)]
-plots.roc_curves(raw[~pl.mark_seen(raw)], sm.output.roc,
+plots.roc_curves(raw[~pl.mark_seen(raw)], sm.output.roc, class_names=sm.params.class_names,
                  title=f"{method}: ROC per test center, sources that never saw it (pooled over seeds)")
 map_source, map_seed = runs[0]
 emb = pl.load_embedding_set(pl.evaluation_embedding_paths(pd.read_csv(manifests[runs[0]], dtype=str)))
 f, m = pl.subsample_for_map(emb, cfg.map_max_points, cfg.seed)
 plots.embedding_map(f, m["center"], m["label"], sm.output.embedding_map, kind=cfg.embedding_map, seed=cfg.seed,
+                    class_names=sm.params.class_names,
                     title=f"{method}: {cfg.embedding_map.upper()} of raw test embeddings "
                           f"(encoder of source {map_source}, seed {map_seed})")
 log.info("done")

@@ -1,18 +1,14 @@
-"""Snakemake adapter for `normalize` (one store -> all its variant stores) and `normalize_montage`."""
+"""Snakemake adapter for `normalize_store` (one store -> all its variant stores) and `normalize_montage`."""
 import logging
 
+from stainshift.joblog import job_logging, job_name
 from stainshift.stain.targets import load_target, read_targets
 from stainshift.stain.variants import montage, normalize_store, sample_tiles, write_png_atomic
 from stainshift.store import write_manifest
 
-logging.basicConfig(
-    filename=snakemake.log[0],  # noqa: F821 (injected by Snakemake)
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    force=True,
-)
-log = logging.getLogger("normalize")
 sm = snakemake  # noqa: F821
+job_logging(sm.log[0], job_name(sm.rule, sm.wildcards))
+log = logging.getLogger("normalize")
 
 try:
     targets = {t["id"]: t for t in read_targets(sm.input.targets)}

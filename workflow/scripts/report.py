@@ -8,6 +8,7 @@ sm = snakemake  # noqa: F821
 summary = read_table(sm.input.summary)
 out_dir = os.path.dirname(str(sm.output.summary_md))
 figures = [os.path.relpath(str(p), out_dir) for p in sm.input.figures]
-write_summary_markdown(summary, sm.output.summary_md, reference=sm.params.reference, figures=figures)
+write_summary_markdown(summary, sm.output.summary_md, reference=sm.params.reference, figures=figures,
+                       class_names=sm.params.class_names)
 with open(str(sm.log[0]), "w") as fh:
     fh.write(f"summary.md from {len(summary)} rows, {summary['method'].nunique()} methods\n")

@@ -23,6 +23,7 @@ test_unseen     test center                mean over the sources that never saw 
 prediction_share test center               per source: share of tiles given the most frequent
                                            predicted class (near-constant head check; no CI)
 chance          test center                what an image-blind model scores (majority class)
+class_share     test center                share of its labelled test tiles in class c (``class_c``)
 variant         variant name               accuracy on one normalized variant (unseen centers)
 variant_summary ``over_variants``          mean ± std over variants, cross-stain consistency
 restain         strength ``0`` … ``1``     unseen-center metric on the test tiles re-stained in H&E
@@ -447,6 +448,10 @@ def _chance_rows(preds: pd.DataFrame, method: str, cfg: EvalConfig) -> list[dict
         for m, v in zip(metrics, levels):
             rows.append(row(method=method, test=test, metric=m, value=v, n=len(sub), kind="chance",
                             note="majority class" if m in ("accuracy", "macro_f1") else ""))
+        counts = np.bincount(sub["label"].to_numpy(np.int64), minlength=n_classes)
+        for c, k in enumerate(counts):
+            rows.append(row(method=method, test=test, metric=f"class_{c}", value=k / max(counts.sum(), 1), n=int(k),
+                            kind="class_share"))
     return rows
 
 
