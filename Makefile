@@ -30,6 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow/
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash benchmarks/run_all.sh

@@ -69,6 +69,13 @@ def test_lint_clean(workdir):
     )
 
 
+def test_rule_files_are_snakefmt_formatted():
+    # the Snakemake catalog's convention; `snakefmt workflow/` fixes what this finds
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", str(REPO / "workflow")], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, "run `snakefmt workflow/`:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_every_rule_has_log_benchmark_and_conda(rules):
     jobs = [r for r in rules if not r["norun"]]
     assert jobs, "no rules parsed"

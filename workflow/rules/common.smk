@@ -44,17 +44,22 @@ from stainshift.cropsets import plan_crop_stores
 CROP_ENTRIES = {e["name"]: e for e in config.get("crops") or []}
 # class names for tables and figures: tiling.class_names, else the crop sets' classes, else "class k"
 CLASS_NAMES = config["tiling"].get("class_names") or next(
-    (list(e["classes"]) for e in CROP_ENTRIES.values() if e.get("classes")), None)
+    (list(e["classes"]) for e in CROP_ENTRIES.values() if e.get("classes")), None
+)
 _crop_rows = plan_crop_stores(list(CROP_ENTRIES.values()), base_dir=".")
 CROP_STORE_IDS = [r["store_id"] for r in _crop_rows]
 STORES = pd.DataFrame(
-    [{"store_id": s, "center": r.center, "split": r.split, "patient": r.patient, "kind": "slide", "set": None}
-     for s, r in zip(SAMPLES["slide_id"], SAMPLES.itertuples())]
+    [
+        {"store_id": s, "center": r.center, "split": r.split, "patient": r.patient, "kind": "slide", "set": None}
+        for s, r in zip(SAMPLES["slide_id"], SAMPLES.itertuples())
+    ]
     + _crop_rows,
     columns=["store_id", "center", "split", "patient", "kind", "set"],
 ).set_index("store_id", drop=False)
 if STORES.index.duplicated().any():
-    raise ValueError(f"store ids clash between the sample sheet and crop sets: {sorted(STORES.index[STORES.index.duplicated()])}")
+    raise ValueError(
+        f"store ids clash between the sample sheet and crop sets: {sorted(STORES.index[STORES.index.duplicated()])}"
+    )
 
 STORE_IDS = list(STORES.index)  # every patch store: tiled slides, then crop stores
 CENTERS = sorted(STORES["center"].unique())
@@ -235,14 +240,18 @@ def _init_file(method):
     return init["file"] if init else None
 
 
-_missing_init = [f"  - pretrain.{m}.init.file: {_init_file(m)!r} does not exist"
-                 for m in TRAINED_METHODS if _init_file(m) and not Path(_init_file(m)).is_file()]
+_missing_init = [
+    f"  - pretrain.{m}.init.file: {_init_file(m)!r} does not exist"
+    for m in TRAINED_METHODS
+    if _init_file(m) and not Path(_init_file(m)).is_file()
+]
 if _missing_init:
     raise ValueError("invalid config:\n" + "\n".join(_missing_init))
 TRAIN_SPLIT = config["pretrain"]["train_split"]
 VAL_SPLIT = config["finetune"]["val_split"]
-SOURCES = parse_sources(config["pretrain"]["sources"],
-                        [c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)])
+SOURCES = parse_sources(
+    config["pretrain"]["sources"], [c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)]
+)
 SEEDS = [int(s) for s in config["pretrain"]["seeds"]]
 RUNS = [(m, s, k) for m in METHODS for s in SOURCES for k in SEEDS]
 
@@ -254,8 +263,10 @@ def _fusion_methods():
     listed = list(config["finetune"].get("fusion") or [])
     skipped = [m for m in listed if m not in TRAINED_METHODS]
     if skipped:
-        print(f"note: finetune.fusion {skipped} not in pretrain.methods {TRAINED_METHODS}; no fusion run for them",
-              file=sys.stderr)
+        print(
+            f"note: finetune.fusion {skipped} not in pretrain.methods {TRAINED_METHODS}; no fusion run for them",
+            file=sys.stderr,
+        )
     return [m for m in listed if m in TRAINED_METHODS]
 
 
@@ -342,8 +353,13 @@ def embed_store_ids(source):
 def run_meta(wildcards):
     """Provenance a run's files carry: method, source (id, kind, centers), seed."""
     src = SOURCES[wildcards.source]
-    return {"method": wildcards.method, "source": src.id, "source_kind": src.kind,
-            "centers": join_centers(src.centers), "seed": int(wildcards.seed)}
+    return {
+        "method": wildcards.method,
+        "source": src.id,
+        "source_kind": src.kind,
+        "centers": join_centers(src.centers),
+        "seed": int(wildcards.seed),
+    }
 
 
 def pretrain_config_json(wildcards):

@@ -19,31 +19,53 @@ rule evaluate_method:
         manifests=lambda wc: [embed_manifest_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
         summaries=lambda wc: [train_summary_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
     output:
-        **{name: report(f"{METRICS_DIR}/{{method}}/{name}.csv", caption=f"../report/{name}_csv.rst", category="Tables",
-                        subcategory="{method}", labels={"method": "{method}", "table": name.replace("_", " ")})
-           for name in EVAL_TABLES},
-        heatmap=report(f"{PLOTS_DIR}/{{method}}/cross_center_heatmap.png", caption="../report/heatmap.rst",
-                       category="Cross-center", subcategory="heatmaps", labels={"method": "{method}", "figure": "heatmap"}),
-        roc=report(f"{PLOTS_DIR}/{{method}}/roc.png", caption="../report/roc.rst",
-                   category="Cross-center", subcategory="ROC", labels={"method": "{method}", "figure": "ROC"}),
-        embedding_map=report(f"{PLOTS_DIR}/{{method}}/embedding_map.png", caption="../report/embedding_map.rst",
-                             category="Latent space", subcategory="maps", labels={"method": "{method}", "figure": "map"}),
+        **{
+            name: report(
+                f"{METRICS_DIR}/{{method}}/{name}.csv",
+                caption=f"../report/{name}_csv.rst",
+                category="Tables",
+                subcategory="{method}",
+                labels={"method": "{method}", "table": name.replace("_", " ")},
+            )
+            for name in EVAL_TABLES
+        },
+        heatmap=report(
+            f"{PLOTS_DIR}/{{method}}/cross_center_heatmap.png",
+            caption="../report/heatmap.rst",
+            category="Cross-center",
+            subcategory="heatmaps",
+            labels={"method": "{method}", "figure": "heatmap"},
+        ),
+        roc=report(
+            f"{PLOTS_DIR}/{{method}}/roc.png",
+            caption="../report/roc.rst",
+            category="Cross-center",
+            subcategory="ROC",
+            labels={"method": "{method}", "figure": "ROC"},
+        ),
+        embedding_map=report(
+            f"{PLOTS_DIR}/{{method}}/embedding_map.png",
+            caption="../report/embedding_map.rst",
+            category="Latent space",
+            subcategory="maps",
+            labels={"method": "{method}", "figure": "map"},
+        ),
+    log:
+        log_path("evaluate", "{method}"),
+    benchmark:
+        bench_path("evaluate", "{method}")
+    wildcard_constraints:
+        method="|".join(METHODS),
+    conda:
+        ENV_CPU
+    threads: 1
+    resources:
+        **stage_resources("evaluate"),
     params:
         evaluate=config["evaluate"],
         sources=SOURCE_DICTS,
         runs=lambda wc: [[s, k] for s, k in METHOD_RUNS[wc.method]],
         class_names=CLASS_NAMES,
-    wildcard_constraints:
-        method="|".join(METHODS),
-    log:
-        log_path("evaluate", "{method}"),
-    benchmark:
-        bench_path("evaluate", "{method}")
-    threads: 1
-    resources:
-        **stage_resources("evaluate"),
-    conda:
-        ENV_CPU
     script:
         "../scripts/evaluate.py"
 
@@ -53,25 +75,38 @@ rule summarize:
         **{name: expand(f"{METRICS_DIR}/{{method}}/{name}.csv", method=METHODS) for name in EVAL_TABLES},
         predictions=[prediction_path(m, s, k) for m, s, k in RUNS],
     output:
-        summary=report(f"{METRICS_DIR}/summary.csv", caption="../report/summary_csv.rst", category="Tables",
-                       subcategory="all methods", labels={"table": "summary"}),
-        variant_plot=report(f"{PLOTS_DIR}/variant_accuracy.png", caption="../report/variant_accuracy.rst",
-                            category="Stain variants", labels={"figure": "accuracy across variants"}),
-        restain_plot=report(f"{PLOTS_DIR}/restain_curve.png", caption="../report/restain_curve.rst",
-                            category="Stain variants", labels={"figure": "stain-robustness curve"}),
-    params:
-        evaluate=config["evaluate"],
-        methods=METHODS,
-        sources=SOURCE_DICTS,
+        summary=report(
+            f"{METRICS_DIR}/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="Tables",
+            subcategory="all methods",
+            labels={"table": "summary"},
+        ),
+        variant_plot=report(
+            f"{PLOTS_DIR}/variant_accuracy.png",
+            caption="../report/variant_accuracy.rst",
+            category="Stain variants",
+            labels={"figure": "accuracy across variants"},
+        ),
+        restain_plot=report(
+            f"{PLOTS_DIR}/restain_curve.png",
+            caption="../report/restain_curve.rst",
+            category="Stain variants",
+            labels={"figure": "stain-robustness curve"},
+        ),
     log:
         log_path("summarize", "summary"),
     benchmark:
         bench_path("summarize", "summary")
+    conda:
+        ENV_CPU
     threads: 1
     resources:
         **stage_resources("evaluate"),
-    conda:
-        ENV_CPU
+    params:
+        evaluate=config["evaluate"],
+        methods=METHODS,
+        sources=SOURCE_DICTS,
     script:
         "../scripts/summarize.py"
 

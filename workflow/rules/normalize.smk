@@ -11,7 +11,9 @@ from stainshift.stain.targets import NormalizePlan
 
 NORM = config["normalize"]
 NORM_DIR = f"{RESULTS}/normalize"
-NORM_PLAN = NormalizePlan(NORM, STORES, RESULTS, training_centers=[c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)])
+NORM_PLAN = NormalizePlan(
+    NORM, STORES, RESULTS, training_centers=[c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)]
+)
 NORM_TARGET_IDS = [t for t, _ in NORM_PLAN.plan]
 variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every variant (rules/train.smk)
 
@@ -21,20 +23,20 @@ rule select_targets:
         stores=[tile_manifest(c["slide_id"]) for c in NORM_PLAN.candidates()],
     output:
         targets=f"{NORM_DIR}/targets.json",
+    log:
+        log_path("normalize", "select_targets"),
+    benchmark:
+        bench_path("normalize", "select_targets")
+    conda:
+        ENV_CPU
+    threads: stage_threads("normalize")
+    resources:
+        **stage_resources("normalize"),
     params:
         targets=NORM["targets"],
         methods=NORM["methods"],
         plan=NORM_PLAN.plan,
         candidates=NORM_PLAN.candidates(),
-    log:
-        log_path("normalize", "select_targets"),
-    benchmark:
-        bench_path("normalize", "select_targets")
-    threads: stage_threads("normalize")
-    resources:
-        **stage_resources("normalize"),
-    conda:
-        ENV_CPU
     script:
         "../scripts/select_targets.py"
 
@@ -45,22 +47,22 @@ rule normalize_store:
         targets=f"{NORM_DIR}/targets.json",
     output:
         manifests=NORM_PLAN.variant_paths(suffix=".json"),
+    log:
+        log_path("normalize", "{store}"),
+    benchmark:
+        bench_path("normalize", "{store}")
+    wildcard_constraints:
+        store="|".join(NORM_PLAN.store_ids()) or "__none__",
+    conda:
+        ENV_CPU
+    threads: stage_threads("normalize")
+    resources:
+        **stage_resources("normalize"),
     params:
         store=lambda wc: tile_store(wc.store),
         variants=lambda wc: NORM_PLAN.variant_paths(wc.store),
         plan=NORM_PLAN.plan,
         batch_size=NORM.get("batch_size", 64),
-    wildcard_constraints:
-        store="|".join(NORM_PLAN.store_ids()) or "__none__",
-    log:
-        log_path("normalize", "{store}"),
-    benchmark:
-        bench_path("normalize", "{store}")
-    threads: stage_threads("normalize")
-    resources:
-        **stage_resources("normalize"),
-    conda:
-        ENV_CPU
     script:
         "../scripts/normalize.py"
 
@@ -70,22 +72,22 @@ rule restain_store:
         store=f"{RESULTS}/tiles/{{store}}.json",
     output:
         manifests=NORM_PLAN.restain_paths(suffix=".json"),
+    log:
+        log_path("normalize", "restain_{store}"),
+    benchmark:
+        bench_path("normalize", "restain_{store}")
+    wildcard_constraints:
+        store="|".join(NORM_PLAN.store_ids()) if NORM_PLAN.restain_levels() else "__none__",
+    conda:
+        ENV_CPU
+    threads: stage_threads("normalize")
+    resources:
+        **stage_resources("normalize"),
     params:
         store=lambda wc: tile_store(wc.store),
         variants=lambda wc: NORM_PLAN.restain_paths(wc.store),
         restain=NORM.get("restain") or {},
         batch_size=NORM.get("batch_size", 64),
-    wildcard_constraints:
-        store="|".join(NORM_PLAN.store_ids()) if NORM_PLAN.restain_levels() else "__none__",
-    log:
-        log_path("normalize", "restain_{store}"),
-    benchmark:
-        bench_path("normalize", "restain_{store}")
-    threads: stage_threads("normalize")
-    resources:
-        **stage_resources("normalize"),
-    conda:
-        ENV_CPU
     script:
         "../scripts/restain.py"
 
@@ -95,24 +97,27 @@ rule normalize_montage:
         stores=[tile_manifest(s) for s in NORM_PLAN.store_ids()],
         targets=f"{NORM_DIR}/targets.json",
     output:
-        montage=report(f"{NORM_DIR}/montage/{{target}}.png", category="Stain variants",
-                       labels={"figure": "montage", "target": "{target}"}),
+        montage=report(
+            f"{NORM_DIR}/montage/{{target}}.png",
+            category="Stain variants",
+            labels={"figure": "montage", "target": "{target}"},
+        ),
+    log:
+        log_path("normalize", "montage_{target}"),
+    benchmark:
+        bench_path("normalize", "montage_{target}")
+    wildcard_constraints:
+        target="|".join(NORM_TARGET_IDS),
+    conda:
+        ENV_CPU
+    threads: stage_threads("normalize")
+    resources:
+        **stage_resources("normalize"),
     params:
         stores=[tile_store(s) for s in NORM_PLAN.store_ids()],
         methods=NORM["methods"],
         n_tiles=NORM.get("montage_tiles", 6),
         seed=NORM["targets"].get("seed", 0),
-    wildcard_constraints:
-        target="|".join(NORM_TARGET_IDS),
-    log:
-        log_path("normalize", "montage_{target}"),
-    benchmark:
-        bench_path("normalize", "montage_{target}")
-    threads: stage_threads("normalize")
-    resources:
-        **stage_resources("normalize"),
-    conda:
-        ENV_CPU
     script:
         "../scripts/normalize.py"
 

@@ -2,6 +2,7 @@
 # `snakemake --report results/report.html`: it collects every output marked with report() (evaluate.smk)
 # with the captions in workflow/report/*.rst.
 
+
 report: "../report/workflow.rst"
 
 
@@ -9,23 +10,26 @@ rule report:
     input:
         summary=f"{RESULTS}/metrics/summary.csv",
         figures=[f"{RESULTS}/plots/variant_accuracy.png", f"{RESULTS}/plots/restain_curve.png"]
-        + expand(f"{RESULTS}/plots/{{method}}/{{fig}}.png", method=METHODS,
-                 fig=["cross_center_heatmap", "roc", "embedding_map"])
+        + expand(
+            f"{RESULTS}/plots/{{method}}/{{fig}}.png",
+            method=METHODS,
+            fig=["cross_center_heatmap", "roc", "embedding_map"],
+        )
         + expand(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", method=METHODS, store=stores_where(split="test")),
     output:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
-    params:
-        reference=config["evaluate"].get("reference", "baseline"),
-        class_names=CLASS_NAMES,
     log:
         log_path("report", "summary"),
     benchmark:
         bench_path("report", "summary")
+    conda:
+        ENV_CPU
     threads: 1
     resources:
         **stage_resources("default"),
-    conda:
-        ENV_CPU
+    params:
+        reference=config["evaluate"].get("reference", "baseline"),
+        class_names=CLASS_NAMES,
     script:
         "../scripts/report.py"
 

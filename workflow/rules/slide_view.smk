@@ -10,14 +10,15 @@
 # STORES, stores_where, prediction_path, log_path, bench_path, stage_resources, stage_threads, ENV_CPU,
 # TARGET_FUNCS, _alternatives.
 
-SLIDE_VIEW = {"protocol": "probe", "seed": RUNS[0][2] if RUNS else 0,
-              "class_names": CLASS_NAMES}
+SLIDE_VIEW = {"protocol": "probe", "seed": RUNS[0][2] if RUNS else 0, "class_names": CLASS_NAMES}
 TEST_STORES = stores_where(split="test")
 TEST_SLIDES = [s for s in TEST_STORES if STORES.loc[s, "kind"] == "slide"]
 
 # per method: the prediction CSVs of every source at the first replicate seed
-SLIDE_VIEW_PREDICTIONS = {method: [prediction_path(m, s, k) for m, s, k in RUNS if m == method and k == SLIDE_VIEW["seed"]]
-                          for method in METHODS}
+SLIDE_VIEW_PREDICTIONS = {
+    method: [prediction_path(m, s, k) for m, s, k in RUNS if m == method and k == SLIDE_VIEW["seed"]]
+    for method in METHODS
+}
 
 
 rule slide_view_method:
@@ -25,29 +26,38 @@ rule slide_view_method:
         stores=[tile_manifest(s) for s in TEST_STORES],
         predictions=lambda wc: SLIDE_VIEW_PREDICTIONS[wc.method],
     output:
-        pngs=[report(f"{RESULTS}/plots/slides/{{method}}/{s}.png", caption="../report/slide_heatmap.rst",
-                     category="Slides", subcategory="{method}", labels={"method": "{method}", "store": s})
-              for s in TEST_STORES],
+        pngs=[
+            report(
+                f"{RESULTS}/plots/slides/{{method}}/{s}.png",
+                caption="../report/slide_heatmap.rst",
+                category="Slides",
+                subcategory="{method}",
+                labels={"method": "{method}", "store": s},
+            )
+            for s in TEST_STORES
+        ],
         geojson=[f"{RESULTS}/export/{{method}}/{s}.geojson" for s in TEST_SLIDES],
+    log:
+        log_path("slide_view", "{method}"),
+    benchmark:
+        bench_path("slide_view", "{method}")
+    wildcard_constraints:
+        method=_alternatives(METHODS),
+    conda:
+        ENV_CPU
+    threads: stage_threads("slide_view")
+    resources:
+        **stage_resources("slide_view"),
     params:
         view=SLIDE_VIEW,
         stores=TEST_STORES,
         store_paths=[tile_store(s) for s in TEST_STORES],
         slides=TEST_SLIDES,
-    wildcard_constraints:
-        method=_alternatives(METHODS),
-    log:
-        log_path("slide_view", "{method}"),
-    benchmark:
-        bench_path("slide_view", "{method}")
-    threads: stage_threads("slide_view")
-    resources:
-        **stage_resources("slide_view"),
-    conda:
-        ENV_CPU
     script:
         "../scripts/slide_view.py"
 
 
-TARGET_FUNCS.append(lambda: [f"{RESULTS}/plots/slides/{m}/{s}.png" for m in METHODS for s in TEST_STORES]
-                    + [f"{RESULTS}/export/{m}/{s}.geojson" for m in METHODS for s in TEST_SLIDES])
+TARGET_FUNCS.append(
+    lambda: [f"{RESULTS}/plots/slides/{m}/{s}.png" for m in METHODS for s in TEST_STORES]
+    + [f"{RESULTS}/export/{m}/{s}.geojson" for m in METHODS for s in TEST_SLIDES]
+)

@@ -12,21 +12,21 @@ rule tile_slide:
     output:
         manifest=f"{RESULTS}/tiles/{{slide}}.json",
         qc=f"{RESULTS}/qc/{{slide}}.png",
-    wildcard_constraints:
-        slide=_alternatives(SLIDES),
-    params:
-        store=lambda wc: tile_store(wc.slide),
-        tiling=config["tiling"],
-        row=tile_row,
     log:
         log_path("tile"),
     benchmark:
         bench_path("tile")
+    wildcard_constraints:
+        slide=_alternatives(SLIDES),
+    conda:
+        ENV_CPU
     threads: config["tiling"].get("workers", 1)
     resources:
         **stage_resources("tile"),
-    conda:
-        ENV_CPU
+    params:
+        store=lambda wc: tile_store(wc.slide),
+        tiling=config["tiling"],
+        row=tile_row,
     script:
         "../scripts/tile.py"
 
@@ -34,21 +34,21 @@ rule tile_slide:
 rule import_crops:
     output:
         manifest=f"{RESULTS}/tiles/{{store}}.json",
-    wildcard_constraints:
-        store=_alternatives(CROP_STORE_IDS),
-    params:
-        store=lambda wc: tile_store(wc.store),
-        entry=crop_store_entry,
-        codec={k: config["tiling"].get(k) for k in ("codec", "jpeg_quality")},
     log:
         log_path("import_crops", "{store}"),
     benchmark:
         bench_path("import_crops", "{store}")
+    wildcard_constraints:
+        store=_alternatives(CROP_STORE_IDS),
+    conda:
+        ENV_CPU
     threads: 1
     resources:
         **stage_resources("tile"),
-    conda:
-        ENV_CPU
+    params:
+        store=lambda wc: tile_store(wc.store),
+        entry=crop_store_entry,
+        codec={k: config["tiling"].get(k) for k in ("codec", "jpeg_quality")},
     script:
         "../scripts/import_crops.py"
 

@@ -20,6 +20,17 @@ rule pretrain_run:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         metrics=f"{RESULTS}/models/{RUN}/metrics.csv",
         summary=f"{RESULTS}/models/{RUN}/train_summary.json",
+    log:
+        log_path("pretrain", RUN),
+    benchmark:
+        bench_path("pretrain", RUN)
+    wildcard_constraints:
+        **TRAINED_RUN_CONSTRAINTS,
+    conda:
+        ENV_GPU
+    threads: stage_threads("pretrain")
+    resources:
+        **stage_resources("pretrain"),
     params:
         cfg=pretrain_config_json,
         stores=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
@@ -28,17 +39,6 @@ rule pretrain_run:
         launcher=lambda wc: torchrun_prefix("pretrain"),
         script=lambda wc: str(Path(workflow.basedir) / "scripts" / "pretrain.py"),
         out_dir=lambda wc, output: str(Path(output.encoder).parent),
-    wildcard_constraints:
-        **TRAINED_RUN_CONSTRAINTS,
-    log:
-        log_path("pretrain", RUN),
-    benchmark:
-        bench_path("pretrain", RUN)
-    threads: stage_threads("pretrain")
-    resources:
-        **stage_resources("pretrain"),
-    conda:
-        ENV_GPU
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} --method {wildcards.method:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --config-json {params.cfg:q} --meta-json {params.meta:q} "
@@ -51,20 +51,20 @@ rule import_encoder:
     output:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         summary=f"{RESULTS}/models/{RUN}/train_summary.json",
-    params:
-        entry=lambda wc: EXTERNAL[wc.method],
-        meta=run_meta,
-    wildcard_constraints:
-        **EXTERNAL_RUN_CONSTRAINTS,
     log:
         log_path("import_encoder", RUN),
     benchmark:
         bench_path("import_encoder", RUN)
+    wildcard_constraints:
+        **EXTERNAL_RUN_CONSTRAINTS,
+    conda:
+        ENV_GPU
     threads: 1
     resources:
         **stage_resources("embed"),
-    conda:
-        ENV_GPU
+    params:
+        entry=lambda wc: EXTERNAL[wc.method],
+        meta=run_meta,
     script:
         "../scripts/import_encoder.py"
 
@@ -77,23 +77,23 @@ rule embed_run:
     output:
         stores=directory(f"{RESULTS}/embeddings/{RUN}/stores"),
         manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
+    log:
+        log_path("embed", RUN),
+    benchmark:
+        bench_path("embed", RUN)
+    wildcard_constraints:
+        **RUN_CONSTRAINTS,
+    conda:
+        ENV_GPU
+    threads: stage_threads("embed")
+    resources:
+        **stage_resources("embed"),
     params:
         cfg=config["embed"],
         meta=run_meta,
         stores=lambda wc: [tile_store(s) for s in embed_store_ids(wc.source)],
         variants=variant_store_paths,
         variant_list=lambda wc: [list(v) for v in variant_store_list()],
-    wildcard_constraints:
-        **RUN_CONSTRAINTS,
-    log:
-        log_path("embed", RUN),
-    benchmark:
-        bench_path("embed", RUN)
-    threads: stage_threads("embed")
-    resources:
-        **stage_resources("embed"),
-    conda:
-        ENV_GPU
     script:
         "../scripts/embed.py"
 
@@ -108,6 +108,17 @@ rule finetune_run:
         heads=f"{RESULTS}/models/{RUN}/heads.pt",
         metrics=f"{RESULTS}/models/{RUN}/finetune.csv",
         predictions=f"{RESULTS}/predictions/{RUN}.csv",
+    log:
+        log_path("finetune", RUN),
+    benchmark:
+        bench_path("finetune", RUN)
+    wildcard_constraints:
+        **RUN_CONSTRAINTS,
+    conda:
+        ENV_GPU
+    threads: stage_threads("finetune")
+    resources:
+        **stage_resources("finetune"),
     params:
         cfg=config["finetune"],
         meta=run_meta,
@@ -117,17 +128,6 @@ rule finetune_run:
         train_paths=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
         val_paths=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
         test_split="test",
-    wildcard_constraints:
-        **RUN_CONSTRAINTS,
-    log:
-        log_path("finetune", RUN),
-    benchmark:
-        bench_path("finetune", RUN)
-    threads: stage_threads("finetune")
-    resources:
-        **stage_resources("finetune"),
-    conda:
-        ENV_GPU
     script:
         "../scripts/finetune.py"
 
