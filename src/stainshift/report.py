@@ -13,12 +13,13 @@ Every verdict follows a 95 % CI: an interval entirely above 0 is "above zero", e
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from stainshift.atomic import write_text
 
 PROTOCOL_TITLES = {"probe": "linear probe on the frozen encoder (every method)",
                    "native": "each method's own seed downstream"}
@@ -135,7 +136,7 @@ def headline_table(summary: pd.DataFrame, protocol: str, reference: str) -> str:
     return _md_table(header, rows)
 
 
-def degenerate_cells(summary: pd.DataFrame, protocol: str) -> pd.DataFrame:
+def degenerate_cells(summary: pd.DataFrame, protocol: str, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Cells (method, source, test center) whose head predicts one class for ≥ 95 % of the tiles
     (``near-constant``) or whose balanced-accuracy CI lies entirely below chance (``below chance``):
     columns method, source, test, flag, text."""
@@ -144,7 +145,9 @@ def degenerate_cells(summary: pd.DataFrame, protocol: str) -> pd.DataFrame:
     out = []
     share = summary[(summary["kind"] == "prediction_share") & (summary["protocol"] == protocol)]
     for r in share[share["value"] >= NEAR_CONSTANT_SHARE].itertuples():
-        out.append((r.method, r.source, r.test, "near-constant", f"{r.value * 100:.0f} % of tiles predicted {r.note}"))
+        k = str(r.note).removeprefix("class ")
+        name = class_name(int(k), class_names) if k.isdigit() else str(r.note)
+        out.append((r.method, r.source, r.test, "near-constant", f"{r.value * 100:.0f} % of tiles predicted {name}"))
     chance = summary[(summary["kind"] == "chance") & (summary["metric"] == HEADLINE)].groupby("test")["value"].first()
     cells = summary[(summary["kind"] == "cell") & (summary["protocol"] == protocol) & (summary["metric"] == HEADLINE)]
     for r in cells.itertuples():
@@ -389,7 +392,8 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
                      "center?\" — they enter the unseen means, RI and W2 above and below like any other center, "
                      "and have no in-center value or drop." if only else
                      "Every test center here is also a training center of some source."), ""]
-    flagged = pd.concat([degenerate_cells(summary, p) .assign(protocol=p) for p in protocols], ignore_index=True)
+    flagged = pd.concat([degenerate_cells(summary, p, class_names).assign(protocol=p) for p in protocols],
+                        ignore_index=True)
     if len(flagged):
         parts += ["## Flagged heads", "",
                   _md_table(["method", "protocol", "source", "test center", "flag", "why"],
@@ -514,11 +518,4 @@ def weights_files_text(learning: pd.DataFrame) -> str:
 def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, reference: str = "baseline",
                            figures: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Path:
     """Write :func:`summary_markdown` atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(summary_markdown(summary, reference, figures, class_names))
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-    return path
+    return write_text(path, summary_markdown(summary, reference, figures, class_names))
