@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 import stainshift
+from stainshift.atomic import atomic_path, write_csv
 
 RAW = "raw"
 ATTR_KEYS = ("method", "source", "seed", "store", "slide_id", "center", "split", "patient", "encoder",
@@ -65,7 +66,7 @@ def _attr(value: Any) -> Any:
 
 def write_embeddings(path: str | os.PathLike, features: np.ndarray, *, coords: np.ndarray, label: np.ndarray,
                      index: np.ndarray, attrs: Mapping[str, Any]) -> Path:
-    """Write one embeddings file atomically (temp file + os.replace). Returns ``path``."""
+    """Write one embeddings file atomically (:mod:`stainshift.atomic`). Returns ``path``."""
     path = Path(path)
     features = np.asarray(features, dtype=np.float32)
     n = len(features)
@@ -76,9 +77,7 @@ def write_embeddings(path: str | os.PathLike, features: np.ndarray, *, coords: n
     for key, arr in arrays.items():
         if len(arr) != n:
             raise ValueError(f"{path}: '{key}' has {len(arr)} rows, features has {n}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
             fh.create_dataset("features", data=features, compression="gzip" if n > 1024 else None)
             for key, arr in arrays.items():
@@ -86,10 +85,6 @@ def write_embeddings(path: str | os.PathLike, features: np.ndarray, *, coords: n
             merged = {"software_version": stainshift.__version__, "feature_dim": features.shape[1], **dict(attrs)}
             for key, value in merged.items():
                 fh.attrs[key] = _attr(value)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -139,13 +134,8 @@ def prediction_frame(probs: np.ndarray, *, meta: Mapping[str, Any], index: np.nd
 
 def write_predictions(path: str | os.PathLike, frames: list[pd.DataFrame]) -> Path:
     """Concatenate ``frames`` and write the predictions CSV atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PREDICTION_COLUMNS)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, df, index=False, float_format="%.6g")
 
 
 def read_predictions(path: str | os.PathLike) -> pd.DataFrame:

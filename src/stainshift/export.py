@@ -21,13 +21,13 @@ it). Which predictions score a tile is :func:`stainshift.slide_view.tile_scores`
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+from stainshift.atomic import write_json
 from stainshift.slide_view import TileScores, class_names, has_coords, label_colour, tile_size0, tile_table
 from stainshift.store import PatchStore, StoreError
 
@@ -87,16 +87,8 @@ def tiles_geojson(store: PatchStore, scores: TileScores | None = None, names: Se
 
 
 def write_geojson(collection: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write strict JSON (no NaN) atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(collection, allow_nan=False, separators=(",", ":")))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write strict JSON (no NaN) atomically (:mod:`stainshift.atomic`)."""
+    return write_json(path, collection, allow_nan=False, separators=(",", ":"))
 
 
 def export_store(store_path: str | os.PathLike, out: str | os.PathLike, *, predictions: Sequence[str | os.PathLike] = (),

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
+from .atomic import atomic_path  # noqa: E402
 from .metrics.cross_center import proba_columns  # noqa: E402
 
 HEATMAP_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "auc")
@@ -30,19 +30,12 @@ PROTOCOL_STYLE = {"probe": "-", "native": "--"}
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Write ``fig`` to ``path`` as PNG via a temporary file + os.replace (no half-written PNG)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Write ``fig`` to ``path`` as PNG atomically (:mod:`stainshift.atomic`: no half-written PNG); closes ``fig``."""
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -174,7 +167,7 @@ def restain_curve_plot(summary: pd.DataFrame, path: str | os.PathLike, protocol:
     norm = summary[(summary["kind"] == "variant_summary") & (summary["protocol"] == protocol)
                    & (summary["metric"] == "accuracy_mean") & ~summary["seen"].astype(bool)]
     methods = list(dict.fromkeys(curve["method"]))
-    fig, axes = plt.subplots(1, len(RESTAIN_PANELS), figsize=(4.2 * len(RESTAIN_PANELS), 3.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(RESTAIN_PANELS), figsize=(4.2 * len(RESTAIN_PANELS), 4.4), squeeze=False)
     cmap = plt.get_cmap("tab10")
     if curve.empty:
         axes[0, 0].text(0.5, 0.5, "no re-stained variants (normalize.restain.strengths is empty)",
@@ -201,11 +194,11 @@ def restain_curve_plot(summary: pd.DataFrame, path: str | os.PathLike, protocol:
         if metric == "accuracy" and not norm.empty:
             ticks, labels = ticks + [x_max + 0.15], labels + ["normalized\nvariants"]
         ax.set_xticks(ticks, labels, fontsize=7)
-        ax.set_xlabel("re-staining strength s\n(α, β range)", fontsize=8)
+        ax.set_xlabel("re-staining strength s [α, β range]", fontsize=8)
         ax.set_ylabel(f"unseen-center {label} ×100", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     fig.suptitle(title or f"stain-robustness curve ({protocol}; test tiles re-stained in H&E space; band = 95 % CI)",
                  fontsize=10)
     fig.tight_layout()

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from stainshift.atomic import atomic_path
 from stainshift.store import PatchStore
 
 __all__ = ["slide_qc_png", "montage", "inspect_store", "format_summary", "LABEL_COLOURS", "QC_WIDTH", "font"]
@@ -24,11 +25,8 @@ def _colour(label: int) -> tuple[int, int, int]:
 
 
 def _save_png(img: Image.Image, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp)
 
 
 QC_MAX_SIDE = 2048  # larger tissue-decision images are box-reduced for the picture

@@ -64,6 +64,7 @@ from zarr.registry import register_codec
 log = logging.getLogger("stainshift.store")
 
 from stainshift import __version__
+from stainshift.atomic import write_json
 
 __all__ = [
     "CODECS",
@@ -353,11 +354,7 @@ def write_manifest(store: str | os.PathLike) -> Path:
     st = PatchStore.open(store)
     payload = {"store": Path(store).name, "n_tiles": len(st), "patch_size": st.patch_size,
                **{k: st.attrs.get(k) for k in ("slide_id", "center", "split")}}
-    path = manifest_path(store)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_json(manifest_path(store), payload, indent=1, sort_keys=True)
 
 
 def _jsonable(value: Any) -> Any:

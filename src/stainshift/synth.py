@@ -25,7 +25,7 @@ looks the same at the same magnification) unless noted:
 * **scanner**: Gaussian optical blur (``blur_sigma`` px), additive sensor noise (``noise``, in
   8-bit grey levels, uniform with that std), JPEG compression at ``jpeg_quality``.
 
-Outputs of :func:`generate_slide` (all written atomically: a temporary file, then ``os.replace``):
+Outputs of :func:`generate_slide` (all written atomically, :mod:`stainshift.atomic`):
 
 * a pyramidal, tiled, JPEG-compressed TIFF: each level its own top-level page (reduced levels
   ``SubFileType=1``, not SubIFDs), downsample 1, 4, 16, ... (block means), X/YResolution in
@@ -65,6 +65,8 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from stainshift.atomic import atomic_path, write_text
 
 if TYPE_CHECKING:  # scipy / scikit-image are imported where used: `CENTERS` stays cheap to import
     from scipy import sparse
@@ -750,10 +752,6 @@ def _aperio_description(n: int, tile: int, quality: int, mpp: float, center: str
     )
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
 def _write_xml(polygons: list[NDArray[np.int64]], out: Path) -> None:
     root = ET.Element("ASAP_Annotations")
     anns = ET.SubElement(root, "Annotations")
@@ -766,9 +764,8 @@ def _write_xml(polygons: list[NDArray[np.int64]], out: Path) -> None:
     grp = ET.SubElement(groups, "Group", Name="Tumor", PartOfGroup="None", Color="#F4FA58")
     ET.SubElement(grp, "Attributes")
     ET.indent(root)
-    tmp = _tmp_path(out)
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
 
 
 def _write_mask(mask: NDArray[np.uint8], out: Path, downsample: int, size: int) -> None:
@@ -780,9 +777,8 @@ def _write_mask(mask: NDArray[np.uint8], out: Path, downsample: int, size: int) 
     info.add_text("stainshift.mask_downsample", str(downsample))
     info.add_text("stainshift.slide_size", f"{size}x{size}")
     info.add_text("stainshift.sampling", "mask[j,i] = label of level-0 pixel (j*d + d//2, i*d + d//2)")
-    tmp = _tmp_path(out)
-    Image.fromarray(mask).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".png") as tmp:
+        Image.fromarray(mask).save(tmp, format="PNG", pnginfo=info)
 
 
 def _strip_rows(width: int, tile: int) -> int:
@@ -891,8 +887,7 @@ def generate_slide(
     common = dict(photometric="rgb", tile=(tile_size, tile_size), compression="jpeg",
                   compressionargs={"level": q}, resolutionunit="CENTIMETER", metadata=None,
                   software=False, maxworkers=workers)
-    tmp = _tmp_path(out_tiff)
-    try:
+    with atomic_path(out_tiff) as tmp:  # renamed onto out_tiff last: its presence means all three files are complete
         with tifffile.TiffWriter(tmp, bigtiff=n * n * 3 > 3 * 2**30) as tif:
             tif.write(level0_tiles(), shape=(n, n, 3), dtype=np.uint8, resolution=(ppcm, ppcm), subfiletype=0,
                       description=_aperio_description(n, tile_size, q, mpp, center, slide_id, entropy), **common)
@@ -904,10 +899,6 @@ def generate_slide(
                 tif.write(img, resolution=(ppcm / ds, ppcm / ds), subfiletype=1, **common)
         _write_mask(mask, out_mask, d, n)
         _write_xml(scene.polygons, out_xml)
-        os.replace(tmp, out_tiff)  # the slide last: its presence means all three files are complete
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     counts = np.bincount(mask.ravel(), minlength=3)[:3]
     mask_size = (mask.shape[1], mask.shape[0])
 
@@ -992,7 +983,5 @@ def generate_study(
         lines.append("\t".join([sid, str(out / f"{sid}.tiff"), row["center"], row["patient"], row["split"], "",
                                 str(out / f"{sid}.xml"), ""]))
     sheet = out / "slides.tsv"
-    tmp = _tmp_path(sheet)
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, sheet)
+    write_text(sheet, "\n".join(lines) + "\n")
     return sheet, infos

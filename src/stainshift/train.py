@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 import stainshift
+from stainshift import atomic
 from stainshift.data import EpochBatchSampler, TileDataset, make_loader
 from stainshift.methods import Method, StepContext, build_method, get_method_class
 from stainshift.models import build_encoder, count_parameters
@@ -192,19 +193,14 @@ def select_device(preference: str = "auto") -> torch.device:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file beside ``path``, then os.replace (no half-written files)."""
+    """torch.save to ``path`` atomically (:mod:`stainshift.atomic`: no half-written files)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            torch.save(obj, tmp)
     except (OSError, RuntimeError) as err:  # torch reports a full disk as "iostream error" without a path
         raise OSError(f"could not write {path}: {err}. Check free space and write permission in {path.parent}; "
                       f"the previous {path.name} (if any) is unchanged.") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -249,9 +245,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic.write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,10 +488,8 @@ class DidNotLearnError(RuntimeError):
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """JSON (indented, sorted keys) written atomically: temp file beside ``path``, then os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """JSON (indented, sorted keys) written atomically (:mod:`stainshift.atomic`)."""
+    atomic.write_json(path, obj, indent=2, sort_keys=True, default=str)
 
 
 def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_dir: str | os.PathLike, *,

@@ -7,13 +7,13 @@ variant_method, variant_target, n).
 """
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from stainshift.atomic import write_csv
 from stainshift.embeddings import RAW, embed_store, embedding_path
 from stainshift.models import encoder_fingerprint
 from stainshift.train import load_encoder, select_device
@@ -46,6 +46,4 @@ for k, (store, path, vm, vt) in enumerate(jobs, 1):
 seconds = time.perf_counter() - t0
 log.info("embedded %d stores, %d tiles in %.1f s (%.0f tiles/s) with %s on %s", len(jobs), n_tiles, seconds,
          n_tiles / max(seconds, 1e-9), encoder_fingerprint(encoder), device)
-tmp = Path(smk.output.manifest).with_name(f".manifest.tmp{os.getpid()}")
-pd.DataFrame(rows).to_csv(tmp, index=False)
-os.replace(tmp, smk.output.manifest)
+write_csv(smk.output.manifest, pd.DataFrame(rows), index=False)

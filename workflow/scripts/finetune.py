@@ -3,12 +3,11 @@ own seed downstream — and their predictions on every test store and test varia
 (stainshift.finetune). Writes heads.pt, finetune.csv and {R}/predictions/{method}/{source}/seed{k}.csv."""
 
 import logging
-import os
-from pathlib import Path
 
 import pandas as pd
 import torch
 
+from stainshift.atomic import write_csv
 from stainshift.embeddings import write_predictions
 from stainshift.finetune import fit_native, fit_probe, predict_run, save_heads
 from stainshift.train import load, select_device
@@ -40,10 +39,7 @@ if smk.params.downstream:
              native["threshold"])
     table += [{"protocol": "native", "downstream": smk.params.downstream, **r} for r in rows]
 save_heads(smk.output.heads, heads)
-out = Path(smk.output.metrics)
-tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-pd.DataFrame(table).to_csv(tmp, index=False)
-os.replace(tmp, out)
+write_csv(smk.output.metrics, pd.DataFrame(table), index=False)
 frames = predict_run(heads, manifest, meta, device, test_split=smk.params.test_split)
 write_predictions(smk.output.predictions, frames)
 log.info("wrote %s (%d rows)", smk.output.predictions, sum(len(f) for f in frames))

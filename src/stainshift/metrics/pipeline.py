@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from stainshift.atomic import write_csv
 from stainshift.protocol import LOCO_PREFIX, join_centers, split_centers
 
 from . import batch_effect as be
@@ -101,19 +101,8 @@ class EvalConfig:
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """``df.to_csv`` through a temporary file + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """``df.to_csv`` (no index, ``%.6g`` floats) written atomically (:mod:`stainshift.atomic`)."""
+    return write_csv(path, df, index=False, float_format="%.6g")
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

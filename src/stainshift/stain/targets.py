@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import write_json
 from ._common import check_uint8_rgb
 
 log = logging.getLogger(__name__)
@@ -180,19 +180,8 @@ def select_random(
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON (indent 2, sorted keys, final newline) to ``path`` atomically (:mod:`stainshift.atomic`)."""
+    return write_json(path, payload, end="\n", indent=2, sort_keys=True)
 
 
 def read_targets(path: str | os.PathLike) -> list[dict]:

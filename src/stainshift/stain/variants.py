@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_path
 from . import get_normalizer
 from .targets import load_target
 
@@ -310,17 +310,10 @@ def montage(
 def write_png_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write ``img`` (uint8 RGB) to ``path`` as PNG atomically (:mod:`stainshift.atomic`)."""
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def sample_tiles(store_paths: Sequence[str | os.PathLike], n_tiles: int, seed: int = 0,
