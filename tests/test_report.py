@@ -110,3 +110,10 @@ def test_report_names_test_only_centers_flags_heads_and_shows_the_restain_curve(
     assert "| method | s = 0 (raw) | s = 1 [0.5, 2] | area |" in curve
     assert "On the test-only center `cc`" in text.split("## Closing note")[1]
     assert "**balanced accuracy**:" in text.split("## What each number means")[1]
+
+
+def test_summary_html_renders_the_tables(summary, tmp_path):
+    text = report.summary_markdown(summary)
+    page = report.write_summary_html(text, tmp_path / "summary.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<table>" in page and "<h2>Headline — probe" in page
+    assert page.count("<table>") == text.count("\n|---") and "| method |" not in page

@@ -519,3 +519,28 @@ def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, refer
                            figures: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Path:
     """Write :func:`summary_markdown` atomically to ``path``."""
     return write_text(path, summary_markdown(summary, reference, figures, class_names))
+
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.45; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; white-space: nowrap; }
+th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05em; } code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def summary_html(markdown_text: str, title: str = "stainshift summary") -> str:
+    """The summary as a standalone HTML page (markdown-it, CommonMark + tables): what the HTML
+    report (`snakemake --report`) shows inline, where a .md file would only be a download."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
+def write_summary_html(markdown_text: str, path: str | os.PathLike) -> Path:
+    """Write :func:`summary_html` atomically to ``path``."""
+    return write_text(path, summary_html(markdown_text))

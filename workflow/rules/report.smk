@@ -1,4 +1,4 @@
-# The standalone markdown summary ({R}/report/summary.md). The HTML report is
+# The standalone summary ({R}/report/summary.md, and the same as summary.html, shown inline by the HTML report). The HTML report is
 # `snakemake --report results/report.html`: it collects every output marked with report() (evaluate.smk)
 # with the captions in workflow/report/*.rst.
 
@@ -18,6 +18,7 @@ rule report:
         + expand(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", method=METHODS, store=stores_where(split="test")),
     output:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
+        summary_html=report(f"{RESULTS}/report/summary.html", caption="../report/summary_md.rst", category="Summary"),
     log:
         log_path("report", "summary"),
     benchmark:
@@ -34,4 +35,4 @@ rule report:
         "../scripts/report.py"
 
 
-TARGET_FUNCS.append(lambda: [f"{RESULTS}/report/summary.md"])
+TARGET_FUNCS.append(lambda: [f"{RESULTS}/report/summary.md", f"{RESULTS}/report/summary.html"])
