@@ -525,7 +525,7 @@ HTML_STYLE = """
 body { font-family: system-ui, sans-serif; font-size: 14px; line-height: 1.45; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; white-space: nowrap; }
-th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
+th { background: #f2f2f2; white-space: normal; } tr:nth-child(even) td { background: #fafafa; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1.05em; } code { background: #f4f4f4; padding: 0 3px; }
 """
