@@ -88,3 +88,24 @@ def test_bad_annotations_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("x,y")
     with pytest.raises(AnnotationError, match=r"a\.csv: unsupported annotation format"):
         load_annotation(tmp_path / "a.csv", (512, 512), tile_size0=64)
+
+
+def test_odd_geometry_is_a_defined_result_with_a_warning(tmp_path: Path) -> None:
+    """Empty files, exclusion-only files, self-intersecting and zero-area polygons label tiles by a
+    stated rule and say so (LabelRaster.warnings; the tile stage logs them to the console)."""
+    square = [(100, 100), (900, 100), (900, 900), (100, 900)]
+    ok = load_annotation(asap_xml(tmp_path / "ok.xml", [("Tumor", square)]), (2000, 2000), tile_size0=64)
+    assert ok.warnings == []
+    empty = load_annotation(asap_xml(tmp_path / "empty.xml", []), (2000, 2000), tile_size0=64)
+    assert len(empty.warnings) == 1 and "no polygon" in empty.warnings[0] and "empty.xml" in empty.warnings[0]
+    assert empty.classes.max() == 0
+    only_excl = load_annotation(asap_xml(tmp_path / "excl.xml", [("_2", square)]), (2000, 2000), tile_size0=64)
+    assert any("only exclusion polygons" in w for w in only_excl.warnings)
+    bowtie = [(100, 100), (900, 900), (900, 100), (100, 900)]  # two lobes of opposite orientation
+    bow = load_annotation(asap_xml(tmp_path / "bow.xml", [("Tumor", bowtie)]), (2000, 2000), tile_size0=64)
+    assert len(bow.warnings) == 1 and "intersects itself" in bow.warnings[0] and "even-odd" in bow.warnings[0]
+    labels, _ = bow.tile_labels(np.array([[450, 150], [150, 450]]), 64, 0.5)
+    assert labels.tolist() == [0, 1]  # the left and right lobes are filled, the top wedge between them is not
+    flat = load_annotation(asap_xml(tmp_path / "flat.xml", [("Tumor", [(100, 100), (500, 500), (900, 900)])]),
+                           (2000, 2000), tile_size0=64)
+    assert any("almost) no area" in w for w in flat.warnings)

@@ -55,6 +55,7 @@ class LabelRaster:
     downsample: float
     source: str
     multiclass: bool = False
+    warnings: list[str] = field(default_factory=list)  # geometry the user should look at (tile stage logs them)
     _sat: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -204,7 +205,42 @@ def read_polygons(path: str | Path) -> list[Polygon]:
     raise AnnotationError(f"{path}: unsupported annotation format (use .xml, .geojson/.json or a mask image)")
 
 
-def _rasterise(polygons: Sequence[Polygon], dims0: tuple[int, int], ds: float, exclude: Sequence[str], path: Path) -> np.ndarray:
+def shoelace_area(ring: np.ndarray) -> float:
+    """|signed area| of a closed ring (n, 2) by the shoelace formula: for a self-intersecting ring the
+    lobes of opposite orientation cancel, so it falls below the filled area."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
+
+
+def geometry_warnings(polygons: Sequence[Polygon], filled_px: Sequence[int], ds: float, path: Path,
+                      exclude: Sequence[str]) -> list[str]:
+    """What is odd about an annotation's geometry (each a defined result, said once): no polygon at
+    all, only exclusion polygons, a polygon of zero area, a self-intersecting polygon (its filled
+    area — even-odd rule — exceeds its shoelace area by more than 20 % + one raster px per edge
+    length)."""
+    if not polygons:
+        return [f"{path}: no polygon in the annotation: every tile is labelled negative (class 0)"]
+    out = []
+    if all(p.group in set(exclude) for p in polygons):
+        out.append(f"{path}: only exclusion polygons (groups {sorted({p.group for p in polygons})}): "
+                   "every tile is labelled negative (class 0)")
+    for i, (poly, px) in enumerate(zip(polygons, filled_px)):
+        area = shoelace_area(poly.exterior)
+        perimeter = float(np.linalg.norm(np.diff(np.vstack([poly.exterior, poly.exterior[:1]]), axis=0), axis=1).sum())
+        filled = px * ds * ds
+        if filled > 1.2 * area + perimeter * ds:
+            out.append(f"{path}: polygon {i} (group {poly.group!r}) intersects itself: filled by the even-odd rule "
+                       f"({filled:.0f} px² filled, {area:.0f} px² by its outline); fix it in the annotation tool "
+                       "if a lobe should not count")
+        elif area <= perimeter * ds / 2:
+            out.append(f"{path}: polygon {i} (group {poly.group!r}) has (almost) no area: it labels nothing")
+    return out
+
+
+def _rasterise(polygons: Sequence[Polygon], dims0: tuple[int, int], ds: float, exclude: Sequence[str], path: Path,
+               filled_px: list[int] | None = None) -> np.ndarray:
+    """Positive-class raster at downsample ``ds``; ``filled_px`` (if given) receives each polygon's
+    filled pixel count (holes not removed), in polygon order, for :func:`geometry_warnings`."""
     from skimage.draw import polygon as draw_polygon
 
     w0, h0 = dims0
@@ -220,18 +256,22 @@ def _rasterise(polygons: Sequence[Polygon], dims0: tuple[int, int], ds: float, e
     shape = (int(math.ceil(h0 / ds)), int(math.ceil(w0 / ds)))
     out = np.zeros(shape, dtype=np.uint8)
     excluded = set(exclude)
+    counts: dict[int, int] = {}
     # positives first, then exclusions carved out; holes are carved out of their own polygon
     for positive in (True, False):
-        for poly in polygons:
+        for i, poly in enumerate(polygons):
             if (poly.group in excluded) == positive:
                 continue
             rr, cc = draw_polygon(poly.exterior[:, 1] / ds, poly.exterior[:, 0] / ds, shape)
             region = np.zeros(shape, dtype=bool)
             region[rr, cc] = True
+            counts[i] = int(region.sum())
             for hole in poly.holes:
                 hr, hc = draw_polygon(hole[:, 1] / ds, hole[:, 0] / ds, shape)
                 region[hr, hc] = False
             out[region] = 1 if positive else 0
+    if filled_px is not None:
+        filled_px[:] = [counts.get(i, 0) for i in range(len(polygons))]
     return out
 
 
@@ -254,7 +294,9 @@ def load_annotation(
         return _load_mask(path, dims0, positive_values, mask_classes)
     polygons = read_polygons(path)
     ds = max(1.0, tile_size0 / 32.0, max(w0, h0) / MAX_RASTER_SIDE)
-    return LabelRaster(_rasterise(polygons, dims0, ds, exclude_groups, path), ds, str(path))
+    filled: list[int] = []
+    raster = _rasterise(polygons, dims0, ds, exclude_groups, path, filled)
+    return LabelRaster(raster, ds, str(path), warnings=geometry_warnings(polygons, filled, ds, path, exclude_groups))
 
 
 def _load_mask(path: Path, dims0: tuple[int, int], positive_values: Sequence[int] | None,

@@ -850,6 +850,9 @@ def tile_slide(
 
             raster = load_annotation(annotation, dims0, tile_size0=plan.tile_size0,
                                      exclude_groups=cfg.exclude_groups, positive_values=cfg.mask_positive_values)
+            for msg in raster.warnings:  # odd geometry: a defined result, said on the console and in the log
+                log.warning(msg)
+                notes.append(msg)
             slide_lab = None
         else:
             raster = None
