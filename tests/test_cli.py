@@ -97,3 +97,31 @@ def test_export_command_and_inspect_shows_mpp_source(tmp_path: Path) -> None:
     res = runner.invoke(app, ["inspect", str(out), "--n", "0", "--json"])
     summary = json.loads(res.output)
     assert summary["mpp_source"] == "sheet" and summary["exported_from"]["store"] == str(src.resolve())
+
+
+def test_check_config_names_the_file_line_and_bad_keys(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    base = str(repo / "config" / "config.yaml")
+    runner = CliRunner()
+    ok = runner.invoke(app, ["check-config", base, str(repo / "config" / "examples" / "tiny.yaml")])
+    assert ok.exit_code == 0 and ok.output.startswith("ok: ")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tiling:\n  patch_size: 64\n   max_tiles: 3\n")
+    res = runner.invoke(app, ["check-config", base, str(broken)])
+    assert res.exit_code == 1 and f"{broken}: YAML syntax error at line 3, column 13" in res.output
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("pretrain:\n  defaults:\n    epoch: 3\ntiling:\n  patch_size: big\n")
+    res = runner.invoke(app, ["check-config", base, str(typo)])
+    assert res.exit_code == 1 and "tiling.patch_size" in res.output  # schema first: every bad key
+    typo.write_text("pretrain:\n  defaults:\n    epoch: 3\n")
+    res = runner.invoke(app, ["check-config", base, str(typo)])
+    assert res.exit_code == 1 and "pretrain.defaults.epoch" in res.output and "epochs" in res.output
+
+
+def test_merge_overlay_replaces_lists_and_merges_mappings() -> None:
+    from stainshift.validation import merge_overlay
+
+    base = {"crops": [{"name": "a"}], "pretrain": {"methods": ["x", "y"], "defaults": {"epochs": 4, "lr": 1}}}
+    out = merge_overlay(base, {"crops": [{"name": "b"}], "pretrain": {"methods": ["z"], "defaults": {"epochs": 9}}})
+    assert out == {"crops": [{"name": "b"}], "pretrain": {"methods": ["z"], "defaults": {"epochs": 9, "lr": 1}}}
+    assert base["pretrain"]["defaults"]["epochs"] == 4  # the base is not modified

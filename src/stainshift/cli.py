@@ -143,6 +143,31 @@ def _select(store_path: str, where: List[str], predictions: List[str], protocol:
     return out
 
 
+@app.command("check-config")
+def check_config(
+    files: List[str] = typer.Argument(..., help="config files in the order given to snakemake "
+                                               "(config/config.yaml first, then overlays)"),
+    schema: Optional[str] = typer.Option(None, help="config schema (default: the checkout's "
+                                                    "workflow/schemas/config.schema.yaml)"),
+) -> None:
+    """Check config files before a run: YAML syntax (file, line, column), the merged config against
+    the schema (every bad key), the pretraining settings. Snakemake reports a YAML error without
+    naming the file or line."""
+    from pathlib import Path
+
+    from stainshift.train import check_pretrain_config
+    from stainshift.validation import ConfigError, check_config_files
+
+    schema_path = Path(schema) if schema else Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    try:
+        merged = check_config_files(files, schema_path)
+        check_pretrain_config(merged.get("pretrain") or {})
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {' + '.join(files)} ({len(merged)} top-level keys)")
+
+
 @app.command("export")
 def export(
     store: str = typer.Argument(..., help="A patch store (.zarr), any codec."),

@@ -39,6 +39,47 @@ def validate_config(config: dict, schema: str | Path | dict, source: str = "conf
         raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
 
 
+def read_config_file(path: str | Path) -> dict:
+    """One YAML config file as a mapping; a syntax error names the file, line and column (Snakemake's
+    own message names neither)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem or exc}"
+                          + (f" ({exc.context})" if exc.context else "")) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def merge_overlay(base: dict, overlay: dict) -> dict:
+    """``overlay`` on ``base`` as Snakemake merges --configfile overlays: mappings key by key, every
+    other value (lists included) replaced whole."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merge_overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def check_config_files(paths: Iterable[str | Path], schema: str | Path | dict) -> dict:
+    """Read, merge (in order) and validate config files as the workflow will see them: the merged
+    config, or ConfigError naming the file / line or every bad key."""
+    merged: dict = {}
+    for path in paths:
+        merged = merge_overlay(merged, read_config_file(path))
+    validate_config(merged, schema, source="config (" + " + ".join(str(p) for p in paths) + ")")
+    return merged
+
+
 def _clean(value: Any) -> Any:
     if value is None:
         return None
