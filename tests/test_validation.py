@@ -187,3 +187,10 @@ def test_one_class_slide_labels_are_refused(tmp_path: Path) -> None:
     rows[1]["label"] = "normal"
     check_slide_label_classes(load_sample_sheet(_write_sheet(tmp_path, rows), SCHEMAS / "samples.schema.yaml",
                                                 base_dir=tmp_path), sheet)
+
+
+def test_a_misspelt_resource_stage_is_named() -> None:
+    cfg = _default_config()
+    cfg["resources"]["pretrian"] = {"gpus": 2}  # silently ignored before: no stage reads it
+    with pytest.raises(ConfigError, match=r"key 'resources': 'pretrian' is not one of \['default', 'gpu'"):
+        validate_config(cfg, SCHEMAS / "config.schema.yaml")
