@@ -77,3 +77,20 @@ def test_embedding_map(run, tmp_path, kind):
         _png_ok(plots.embedding_map(f, m["center"], m["label"], tmp_path / f"{kind}.png", kind=kind))
     with pytest.raises(ValueError):
         plots.embed_2d(f, "nope")
+
+
+def test_restain_curve_plot_one_line_per_method_and_object_columns(tmp_path: Path) -> None:
+    # the summarize stage concatenates tables; an empty one turns the number columns into objects
+    rows = [pl.row(method=m, protocol="probe", source="each", test=f"{s:g}", metric=metric, kind="restain",
+                   value=v - s / 10, ci_low=v - s / 10 - 0.05, ci_high=v - s / 10 + 0.05)
+            for m, v in (("a", 0.9), ("b", 0.8)) for s in (0.0, 0.5, 1.0)
+            for metric in ("balanced_accuracy", "accuracy", "auc")]
+    rows += [pl.row(method=m, protocol="probe", source="each", test="area", metric="balanced_accuracy",
+                    kind="restain_area", value=0.85) for m in ("a", "b")]
+    summary = pd.concat([pl.frame(rows), pd.DataFrame(columns=pl.COLUMNS, dtype=object)], ignore_index=True)
+    assert summary["value"].dtype == object
+    out = plots.restain_curve_plot(summary, tmp_path / "curve.png")
+    img = np.asarray(Image.open(out))
+    assert img.shape[1] > 1000 and img.shape[0] > 300
+    empty = plots.restain_curve_plot(pl.frame([]), tmp_path / "empty.png")  # no re-stained variants: says so
+    assert empty.is_file()

@@ -162,6 +162,7 @@ def restain_curve_plot(summary: pd.DataFrame, path: str | os.PathLike, protocol:
     (kind ``restain`` rows of ``protocol``) with its CI band, the area under it in the legend; the
     accuracy panel also shows each method's mean accuracy over the stain-normalized variants
     (kind ``variant_summary``, unseen centers, mean over sources) at the right."""
+    summary = summary.assign(**{c: pd.to_numeric(summary[c], errors="coerce") for c in ("value", "ci_low", "ci_high")})
     curve = summary[(summary["kind"] == "restain") & (summary["protocol"] == protocol)]
     area = summary[(summary["kind"] == "restain_area") & (summary["protocol"] == protocol)]
     norm = summary[(summary["kind"] == "variant_summary") & (summary["protocol"] == protocol)
