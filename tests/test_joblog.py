@@ -13,9 +13,12 @@ from stainshift.joblog import job_logging, job_name
 
 @pytest.fixture(autouse=True)
 def _restore_root_logger():
+    import sys
+
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level, hook = list(root.handlers), root.level, sys.excepthook
     yield
+    sys.excepthook = hook
     for handler in list(root.handlers):
         root.removeHandler(handler)
         if handler not in handlers:
@@ -51,3 +54,18 @@ def test_a_second_call_replaces_the_handlers(tmp_path: Path) -> None:
     assert first.getvalue() == "" and second.getvalue() == "[b] hello\n"
     assert (tmp_path / "a.log").read_text() == "" and "hello" in (tmp_path / "b.log").read_text()
     assert job_name("report") == "report"
+
+
+def test_an_uncaught_error_is_one_console_line_and_one_traceback_in_the_log(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    log_file = tmp_path / "job.log"
+    code = ("from stainshift.joblog import job_logging\n"
+            f"job_logging({str(log_file)!r}, 'tile_slide a_test')\n"
+            "raise ValueError('results/x.tiff: not a slide')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "[tile_slide a_test] ERROR: ValueError: results/x.tiff: not a slide"
+    text = log_file.read_text()
+    assert text.count("Traceback (most recent call last)") == 1 and "ValueError: results/x.tiff: not a slide" in text

@@ -42,7 +42,7 @@ rule pretrain_run:
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} {params.script:q} --method {wildcards.method:q} "
         "--out-dir {params.out_dir:q} --threads {threads} --config-json {params.cfg:q} --meta-json {params.meta:q} "
-        "--on-no-learning {params.on_no_learning:q} --stores {params.stores:q} 2>&1 | tee {log:q}"
+        "--on-no-learning {params.on_no_learning:q} --stores {params.stores:q} --log-file {log:q}"
 
 
 rule import_encoder:

@@ -17,7 +17,7 @@ try:
     n = write_crop_store(crop_set, store_id, snakemake.params.store,  # noqa: F821
                          codec=codec.get("codec") or "jpeg", jpeg_quality=int(codec.get("jpeg_quality") or 90))
 except Exception:
-    log.exception("import_crops failed for store %s (set %s, folder %s)", store_id, entry.get("name"), entry.get("folder"))
+    log.error("import_crops failed for store %s (set %s, folder %s)", store_id, entry.get("name"), entry.get("folder"))
     raise
 write_manifest(snakemake.params.store)  # noqa: F821  (last: the store is complete)
 log.info("%s: %d crops -> %s (dropped %d duplicates, %d label conflicts)", store_id, n, Path(snakemake.params.store),  # noqa: F821

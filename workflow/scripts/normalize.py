@@ -33,5 +33,5 @@ try:
             write_manifest(path)  # last: the variant store is complete
         log.info("fallback tiles per target: %s", fallbacks)
 except Exception:
-    log.exception("%s failed", sm.rule)
+    log.error("%s failed", sm.rule)
     raise

@@ -4,7 +4,7 @@
 Usage (the rule's shell command):
     [torchrun --nproc_per_node=N] pretrain.py --method simclr --out-dir results/models/simclr/center_a/seed0 \
         --config-json '{...merged method config...}' --meta-json '{"source": "center_a", ...}' \
-        --on-no-learning fail --stores results/tiles/a_train.zarr ...
+        --on-no-learning fail --stores results/tiles/a_train.zarr ... --log-file results/logs/pretrain/....log
 Resumes from {out-dir}/checkpoints/last.pt when a previous run of the same config and code was killed.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from stainshift.joblog import job_logging
 from stainshift.train import dist_info, pretrain
 
 
@@ -28,17 +29,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--on-no-learning", choices=["fail", "flag"], default="fail")
     parser.add_argument("--stores", nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log-file", required=True, help="the job's log (rank 0 writes it; stainshift.joblog)")
     args = parser.parse_args(argv)
     rank = dist_info()[0]
-    # stderr goes to the job's log and the console (the rule pipes it through tee)
-    run = "/".join(str(json.loads(args.meta_json).get(k, "")) for k in ("source", "seed"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s [pretrain {args.method}/{run} rank {rank}] %(levelname)s %(message)s")
+    meta_ids = json.loads(args.meta_json)
+    job = f"pretrain_run {args.method}/{meta_ids.get('source', '')}/{meta_ids.get('seed', '')}"
+    job_logging(args.log_file, job + (f" rank {rank}" if rank else ""), level=logging.INFO if rank == 0 else logging.WARNING,
+                write_file=rank == 0)
     torch.set_num_threads(max(1, args.threads))
     cfg = json.loads(args.config_json)
     meta = json.loads(args.meta_json)
     log = logging.getLogger("stainshift.pretrain")
-    log.info("method %s, run %s, config: %s", args.method, json.dumps(meta, sort_keys=True), json.dumps(cfg, sort_keys=True))
+    log.info("method %s, run %s, config: %s", args.method, json.dumps(meta, sort_keys=True), json.dumps(cfg, sort_keys=True),
+             extra={"console": False})
     log.info("training stores: %s", " ".join(args.stores))
     pretrain(args.method, args.stores, cfg, args.out_dir, meta=meta, on_no_learning=args.on_no_learning,
              progress=sys.stderr.isatty())

@@ -18,7 +18,7 @@ try:
     else:
         targets = select_listed(plan, list(cfg.get("paths") or []), min_tissue=min_tissue)
 except Exception:
-    log.exception("select_targets failed (normalize.targets = %s)", cfg)
+    log.error("select_targets failed (normalize.targets = %s)", cfg)
     raise
 payload = {
     "mode": cfg["mode"],

@@ -26,6 +26,6 @@ try:
         slide_id=p["slide_id"],
     )
 except Exception:
-    log.exception("synth failed for slide %s (params %s)", p.get("slide_id"), p)
+    log.error("synth failed for slide %s (params %s)", p.get("slide_id"), p)
     raise
 log.info("wrote %s", json.dumps(info.to_dict(), default=str), extra={"console": False})

@@ -32,7 +32,7 @@ def main() -> None:
             progress=sys.stderr.isatty(),
         )
     except Exception:
-        log.exception("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
+        log.error("tiling failed for slide %s (%s)", row.get("slide_id"), row.get("path"))
         raise
     write_manifest(snakemake.params.store)  # noqa: F821  (last: the store is complete)
     log.info("%d tiles kept of %d candidates (%.1f s)", result.n_kept, result.n_candidates,
