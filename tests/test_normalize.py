@@ -274,3 +274,19 @@ def test_restain_store_is_seeded_scaled_and_keeps_the_layout(tmp_path, stores) -
     moved_weak = np.abs(PatchStore.open(tmp_path / "w.zarr").read(slice(1, 4)).astype(int) - raw[1:]).mean()
     assert moved_weak < np.abs(new[1:] - raw[1:]).mean()  # strength orders the change
     assert va.attrs["stain_params"]["seed"] == 3
+
+
+def test_more_targets_than_patients_is_refused_at_parse_time() -> None:
+    import pandas as pd
+
+    from stainshift.stain.targets import NormalizePlan
+
+    stores = pd.DataFrame([{"store_id": f"{c}_train", "center": c, "split": "train", "patient": f"{c}_p"}
+                           for c in ("center_a", "center_b")] + [{"store_id": "center_a_test", "center": "center_a",
+                                                                  "split": "test", "patient": "center_a_q"}])
+    cfg = {"methods": ["reinhard", "macenko", "vahadane"], "stores": "test",
+           "targets": {"mode": "random", "k": 3, "split": "train", "seed": 0}}
+    with pytest.raises(ValueError, match=r"k = 3 targets need as many patients .* have 2: \['center_a_p', 'center_b_p'\]"):
+        NormalizePlan(cfg, stores, "results", ["center_a", "center_b"]).candidates()
+    two = {**cfg, "methods": ["reinhard", "macenko"], "targets": {**cfg["targets"], "k": 2}}
+    assert len(NormalizePlan(two, stores, "results", ["center_a", "center_b"]).candidates()) == 2

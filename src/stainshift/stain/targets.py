@@ -279,6 +279,14 @@ class NormalizePlan:
         centers = self.target_centers()
         if centers is not None:
             rows = rows[rows["center"].isin(centers)]
+        if not rows.empty and self.plan and self.store_ids():
+            patients = {str(r.store_id) if str(r.patient) in ("", "mixed", "nan", "None") else str(r.patient)
+                        for r in rows.itertuples()}
+            if len(patients) < len(self.plan):  # the draw takes at most one target per patient: say it at parse time
+                raise ValueError(
+                    f"config normalize.targets: k = {len(self.plan)} targets need as many patients (at most one "
+                    f"per patient), but the {self.targets_cfg['split']!r} stores of {centers or 'all centers'} "
+                    f"have {len(patients)}: {sorted(patients)}; lower k or widen normalize.targets.from / split")
         if rows.empty and self.plan and self.store_ids():
             raise ValueError(
                 f"config normalize.targets: no {self.targets_cfg['split']!r} store in the centers of "
