@@ -199,7 +199,8 @@ def restain_curve_plot(summary: pd.DataFrame, path: str | os.PathLike, protocol:
         ax.set_ylabel(f"unseen-center {label} ×100", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     fig.suptitle(title or f"stain-robustness curve ({protocol}; test tiles re-stained in H&E space; band = 95 % CI)",
                  fontsize=10)
     fig.tight_layout()
