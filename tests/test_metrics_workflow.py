@@ -19,7 +19,8 @@ def demo(tmp_path_factory) -> Path:
     # demo users run; one tiny epoch on 32-px tiles learns too little for a drop to show
     work = make_workdir(tmp_path_factory.mktemp("demo_eval"), {
         "pretrain": {"methods": METHODS, "sources": ["each"]},
-        "normalize": {"methods": ["reinhard"], "targets": {"k": 1}},  # one variant per test store: CI time
+        # one normalized and one re-stained variant per test store: CI time
+        "normalize": {"methods": ["reinhard"], "targets": {"k": 1}, "restain": {"strengths": [1.0]}},
         "evaluate": {"embedding_map": "pca"},
     }, tiny=False)
     run_snakemake(work, timeout=2400)
