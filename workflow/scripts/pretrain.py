@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--on-no-learning", choices=["fail", "flag"], default="fail")
     parser.add_argument("--stores", nargs="+", required=True)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--log-file", required=True, help="the job's log (rank 0 writes it; stainshift.joblog)")
+    parser.add_argument("--log-file", default=None,
+                        help="the job's log (rank 0 writes it; stainshift.joblog); without it, the console only")
     args = parser.parse_args(argv)
     rank = dist_info()[0]
     meta_ids = json.loads(args.meta_json)
     job = f"pretrain_run {args.method}/{meta_ids.get('source', '')}/{meta_ids.get('seed', '')}"
-    job_logging(args.log_file, job + (f" rank {rank}" if rank else ""), level=logging.INFO if rank == 0 else logging.WARNING,
-                write_file=rank == 0)
+    job_logging(args.log_file or "", job + (f" rank {rank}" if rank else ""),
+                level=logging.INFO if rank == 0 else logging.WARNING, write_file=rank == 0 and bool(args.log_file))
     torch.set_num_threads(max(1, args.threads))
     cfg = json.loads(args.config_json)
     meta = json.loads(args.meta_json)
