@@ -69,3 +69,15 @@ def test_an_uncaught_error_is_one_console_line_and_one_traceback_in_the_log(tmp_
     assert proc.stderr.strip() == "[tile_slide a_test] ERROR: ValueError: results/x.tiff: not a slide"
     text = log_file.read_text()
     assert text.count("Traceback (most recent call last)") == 1 and "ValueError: results/x.tiff: not a slide" in text
+
+
+def test_without_a_log_file_the_console_keeps_the_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("from stainshift.joblog import job_logging\n"
+            "job_logging('', 'pretrain_run x', write_file=False)\n"
+            "raise ValueError('boom')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("[pretrain_run x] ERROR: ValueError: boom")
+    assert proc.stderr.count("Traceback (most recent call last)") == 1

@@ -17,15 +17,20 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _ConsoleFormatter(logging.Formatter):
-    """``[job] message``; warnings and errors also name their level."""
+    """``[job] message``; warnings and errors also name their level; the traceback only where no
+    log file keeps it (``with_traceback``)."""
 
-    def __init__(self, job: str) -> None:
+    def __init__(self, job: str, with_traceback: bool = False) -> None:
         super().__init__()
         self.job = job
+        self.with_traceback = with_traceback
 
     def format(self, record: logging.LogRecord) -> str:
         level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
-        return f"[{self.job}] {level}{record.getMessage()}"
+        text = f"[{self.job}] {level}{record.getMessage()}"
+        if self.with_traceback and record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
 
 
 def job_name(rule: str, wildcards: Iterable[Any] = ()) -> str:
@@ -59,7 +64,7 @@ def job_logging(log_file: str | os.PathLike, job: str, *, level: int = logging.I
         to_file.setFormatter(logging.Formatter(FILE_FORMAT))
         root.addHandler(to_file)
     to_console = logging.StreamHandler(console if console is not None else sys.stderr)
-    to_console.setFormatter(_ConsoleFormatter(job))
+    to_console.setFormatter(_ConsoleFormatter(job, with_traceback=not write_file))
     to_console.addFilter(lambda record: getattr(record, "console", True))
     root.addHandler(to_console)
     root.setLevel(level)
