@@ -244,3 +244,27 @@ def test_workflow_synth_rule_generates_a_sheet_slide(tmp_path):
         assert s.level_count == 3 and s.properties["aperio.Center"] == "center_b"
     assert (work / "results/synth/b_val_mask.png").is_file() and (work / "results/synth/b_val.xml").is_file()
     assert "done in" in (work / "results/logs/synth/b_val.log").read_text()
+
+
+def test_nuclei_scene_masks_match_the_rendered_nuclei():
+    """Instance and type masks of :func:`nuclei_scene` sit on the dark nuclei it renders; deterministic."""
+    from stainshift.synth import NUCLEUS_TYPES, nuclei_scene
+
+    a = nuclei_scene("center_a", size=256, seed=1)
+    b = nuclei_scene("center_a", size=256, seed=1)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.instances, b.instances)
+    assert a.image.shape == (256, 256, 3) and a.instances.shape == a.types.shape == (256, 256)
+    assert ((a.instances > 0) == (a.types > 0)).all()
+    assert set(np.unique(a.types)) <= {0, *NUCLEUS_TYPES}
+    assert len(np.unique(a.instances)) - 1 >= 10
+    # every instance has one type
+    ids, inv = np.unique(a.instances[a.instances > 0], return_inverse=True)
+    t = a.types[a.instances > 0]
+    for k in range(len(ids)):
+        assert len(np.unique(t[inv == k])) == 1
+    # nuclei are hematoxylin-dark: far darker (lower grey) than the rest of the tissue
+    grey = a.image.astype(np.float32).mean(axis=2)
+    tissue = (grey < 225) & (a.instances == 0)
+    assert grey[a.instances > 0].mean() < grey[tissue].mean() - 30
+    with pytest.raises(ValueError, match="unknown synthetic center"):
+        nuclei_scene("center_z")

@@ -84,6 +84,9 @@ __all__ = [
     "auto_mask_downsample",
     "generate_study",
     "study_rows",
+    "NUCLEUS_TYPES",
+    "NucleiScene",
+    "nuclei_scene",
 ]
 
 #: Pixels per level-0 rendering strip (memory knob; the output does not depend on it).
@@ -94,6 +97,12 @@ _XCACHE_ELEMENTS = 1 << 21
 _LEVEL_FACTOR = 4
 #: Width (µm, ≈ Gaussian sigma) of the soft transition from normal to tumour stroma.
 _TUMOUR_SOFT_UM = 3.0
+#: Nucleus type ids of :meth:`_Scene.nucleus_masks` (the ids and names of ``nuclei_hgsc``'s type
+#: masks, seed 004's fibroblast / lymphocyte / epithelial-tumour classes): elongated stromal nuclei
+#: are ``connective``, round nuclei of normal cellular zones ``inflammatory``, tumour nuclei ``neoplastic``.
+NUCLEUS_TYPES: dict[int, str] = {1: "connective", 2: "inflammatory", 3: "neoplastic"}
+#: Type id of each of :meth:`_Scene._make_nuclei`'s groups (round, elongated, tumour).
+_GROUP_TYPES = (2, 1, 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,6 +623,49 @@ class _Scene:
                 dst = out[ra:rb, ca:cb]
                 np.maximum(dst, patch[i, ra - r0:rb - r0, ca - c0:cb - c0], out=dst)
 
+    def nucleus_masks(self, y0: int, y1: int) -> tuple[NDArray[np.int32], NDArray[np.uint8]]:
+        """Instance ids (0 = none) and types (:data:`NUCLEUS_TYPES`, 0 = none) of rows ``y0:y1``.
+
+        A pixel belongs to a nucleus where its (harmonic-deformed) elliptical radius is below
+        0.97 — the midpoint of the soft edge :meth:`_stamp_nuclei` draws; where nuclei overlap,
+        the one whose centre is relatively closest (smallest radius) owns the pixel. Instance ids
+        are the nucleus ``ident`` + 1, unique within the slide.
+        """
+        n = self.size
+        inst = np.zeros((y1 - y0, n), dtype=np.int32)
+        types = np.zeros((y1 - y0, n), dtype=np.uint8)
+        best = np.full((y1 - y0, n), np.inf, dtype=np.float32)
+        for type_id, nuc in zip(_GROUP_TYPES, self.nuclei):
+            if len(nuc) == 0:
+                continue
+            p, half = nuc.patch, nuc.patch // 2
+            lo = np.searchsorted(nuc.cy, y0 - half - 1, side="left")
+            hi = np.searchsorted(nuc.cy, y1 + half + 1, side="right")
+            grid = np.arange(p)
+            for i in range(lo, hi):
+                ox, oy = int(np.floor(nuc.cx[i])) - half, int(np.floor(nuc.cy[i])) - half
+                du = (ox + grid[None, :] - nuc.cx[i]).astype(np.float32)
+                dv = (oy + grid[:, None] - nuc.cy[i]).astype(np.float32)
+                c, si = np.float32(math.cos(nuc.theta[i])), np.float32(math.sin(nuc.theta[i]))
+                u = (du * c + dv * si) / np.float32(nuc.a[i])
+                w = (dv * c - du * si) / np.float32(nuc.b[i])
+                d = np.sqrt(u * u + w * w)
+                if np.any(nuc.irr[i]):
+                    phi = np.arctan2(w, u)
+                    rho = 1.0 + sum(nuc.irr[i, j] * np.cos(k * phi + nuc.phase[i, j]) for j, k in enumerate((2, 3, 5)))
+                    d = d / rho.astype(np.float32)
+                r0, c0 = oy - y0, ox
+                ra, rb = max(r0, 0), min(r0 + p, y1 - y0)
+                ca, cb = max(c0, 0), min(c0 + p, n)
+                if ra >= rb or ca >= cb:
+                    continue
+                dd = d[ra - r0:rb - r0, ca - c0:cb - c0]
+                win = (dd < 0.97) & (dd < best[ra:rb, ca:cb])
+                best[ra:rb, ca:cb][win] = dd[win]
+                inst[ra:rb, ca:cb][win] = int(nuc.ident[i]) + 1
+                types[ra:rb, ca:cb][win] = type_id
+        return inst, types
+
     # -- labels and rendering --------------------------------------------------------------
     def render_rows(self, y0: int, y1: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
         """Level-0 RGB rows ``y0:y1`` (all columns) and their labels (0 glass, 1 tissue, 2 tumour).
@@ -985,3 +1037,46 @@ def generate_study(
     sheet = out / "slides.tsv"
     write_text(sheet, "\n".join(lines) + "\n")
     return sheet, infos
+
+
+# --------------------------------------------------------------------------------------------
+# Nuclei ground truth (seed 004: segmentation and nucleus classes)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class NucleiScene:
+    """A rendered synthetic H&E field with per-nucleus ground truth.
+
+    ``image`` (H, W, 3) uint8 as the center's scanner writes it (blur, noise, JPEG at the center's
+    quality); ``instances`` (H, W) int32, 0 = no nucleus; ``types`` (H, W) uint8 with ids of
+    :data:`NUCLEUS_TYPES`, 0 = no nucleus.
+    """
+
+    image: NDArray[np.uint8]
+    instances: NDArray[np.int32]
+    types: NDArray[np.uint8]
+    center: str
+    seed: int
+    mpp: float
+    class_names: tuple[str, ...] = tuple(NUCLEUS_TYPES.values())
+
+
+def nuclei_scene(center: str, *, size: int = 512, mpp: float = 0.5, seed: int = 0, field_id: str = "nuclei") -> NucleiScene:
+    """Render a ``size``² synthetic field of ``center`` with nucleus instance and type masks.
+
+    The field is a small synthetic slide (same scene model as :func:`generate_slide`, seeded by
+    :func:`derive_seed` of ``seed`` and ``field_id``), so centers differ exactly as their slides do.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    style = get_center(center)
+    if size < 64:
+        raise ValueError(f"nuclei_scene size must be >= 64 px, got {size}")
+    scene = _Scene(style, size, mpp, derive_seed(seed, f"{center}|{field_id}"))
+    rgb, _ = scene.render_rows(0, scene.size)
+    buf = BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=style.jpeg_quality)
+    image = np.asarray(Image.open(BytesIO(buf.getvalue())).convert("RGB"))
+    inst, types = scene.nucleus_masks(0, scene.size)
+    return NucleiScene(image=image, instances=inst, types=types, center=center, seed=seed, mpp=mpp)
