@@ -9,6 +9,7 @@
 #   snakemake finetune    finetune_run (one per run: heads + predictions)
 #   snakemake evaluate    evaluate_method (one per method) + summarize
 #   snakemake slide_view  slide_view_method (one per method: heatmaps on the slide, GeoJSON)
+#   snakemake nuclei      nuclei_* (seed 004: fields, stain transfer, segmentation, crops, classes per dataset)
 #   snakemake report      report (summary.md; it has no wildcards, so it is its own stage target)
 #
 # --forcerun / --until take the per-item rule names (`--forcerun pretrain_run`), since these
@@ -49,3 +50,8 @@ rule evaluate:
 rule slide_view:
     input:
         [f"{RESULTS}/plots/slides/{m}/{s}.png" for m in METHODS for s in TEST_STORES],
+
+
+rule nuclei:
+    input:
+        nuclei_targets(),

@@ -1,0 +1,245 @@
+# Seed 004 (issue 14): neural stain transfer -> U-Net nuclei segmentation across centers -> unsupervised
+# nucleus classes (InfoGAN vs k-means), per dataset of nuclei.datasets (stainshift.nuclei.experiment):
+#   nuclei_fields          -> {N}/{dataset}/fields.npz                  fields + instance/type masks, center, split
+#   nuclei_stain_transfer  -> {N}/{dataset}/stain_transfer.pt           the CNN for the train center's style (GPU stage)
+#   nuclei_normalize       -> {N}/{dataset}/normalized/{norm}.npz       every field under each normalization,
+#                             transfer_scores.csv (L2 / hist. correlation / Hellinger, glass coloured), montage
+#   nuclei_segment         -> {N}/{dataset}/segmentation/{norm}.csv     U-Net + threshold baseline per test field (GPU stage)
+#   nuclei_segment_summary -> {N}/{dataset}/segmentation.csv, .png      pooled table (seen / unseen centers), overlays
+#   nuclei_crops           -> {N}/{dataset}/crops/{train,test}.zarr     40 px nucleus crops (patch stores; the
+#                             declared outputs are their manifests .json, as for tile stores) + .csv tables
+#   nuclei_classes         -> {N}/{dataset}/classes/scores.csv, .png    InfoGAN vs k-means, Hungarian-matched (GPU stage)
+NUC = config["nuclei"]
+NUC_DIR = f"{RESULTS}/nuclei"
+NUC_DATASETS = list(NUC.get("datasets") or [])
+NUC_SEG_NORMS = list(NUC["segmentation"]["normalizations"])
+NUC_CLASS_NORM = NUC["classes"]["normalization"]
+NUC_NORMS = NUC_SEG_NORMS + [n for n in [NUC_CLASS_NORM] if n not in NUC_SEG_NORMS]
+# synthetic nuclei fields: the configured centers, else the study's synthetic centers (the training center first)
+NUC_SYNTH_CENTERS = list(NUC["synthetic"].get("centers") or [c for c in CENTERS if c in SYNTH_CENTERS])
+if "synthetic" in NUC_DATASETS:
+    _bad = [c for c in NUC_SYNTH_CENTERS if c not in SYNTH_CENTERS]
+    if _bad or not NUC_SYNTH_CENTERS:
+        raise ValueError(
+            f"config nuclei.synthetic.centers: {_bad or 'none'} — synthetic nuclei fields need synthetic centers "
+            f"({', '.join(sorted(SYNTH_CENTERS))})"
+        )
+    _tc = NUC["synthetic"].get("train_center")
+    if _tc is not None and _tc not in NUC_SYNTH_CENTERS:
+        raise ValueError(f"config nuclei.synthetic.train_center: {_tc!r} is not one of {NUC_SYNTH_CENTERS}")
+NUC_ENCODER = NUC["classes"]["encoder"]
+if NUC_DATASETS and NUC_ENCODER != "random" and NUC_ENCODER not in METHODS:
+    raise ValueError(
+        f"config nuclei.classes.encoder: {NUC_ENCODER!r} is neither 'random' nor a method of this config "
+        f"({', '.join(METHODS)})"
+    )
+if "hgsc" in NUC_DATASETS and not Path(NUC["hgsc"]["path"]).is_dir():
+    raise ValueError(
+        f"config nuclei.hgsc.path: {NUC['hgsc']['path']!r} is not a folder (nuclei_hgsc of ../shared/data); "
+        "drop 'hgsc' from nuclei.datasets or point the path at it"
+    )
+
+
+def nuclei_encoder(wildcards):
+    """The encoder.pt whose features feed the k-means baseline (the method's first run), or none."""
+    if NUC_ENCODER == "random":
+        return []
+    return [f"{run_dir(NUC_ENCODER, next(iter(SOURCES)), SEEDS[0])}/encoder.pt"]
+
+
+def nuclei_targets():
+    out = []
+    for d in NUC_DATASETS:
+        out += [
+            f"{NUC_DIR}/{d}/segmentation.csv",
+            f"{NUC_DIR}/{d}/segmentation.png",
+            f"{NUC_DIR}/{d}/transfer_scores.csv",
+            f"{NUC_DIR}/{d}/classes/scores.csv",
+        ]
+    return out
+
+
+rule nuclei_fields:
+    output:
+        fields=f"{NUC_DIR}/{{dataset}}/fields.npz",
+    log:
+        log_path("nuclei", "fields_{dataset}"),
+    benchmark:
+        bench_path("nuclei", "fields_{dataset}")
+    wildcard_constraints:
+        dataset=_alternatives(NUC_DATASETS) if NUC_DATASETS else "__none__",
+    conda:
+        ENV_CPU
+    threads: 1
+    resources:
+        **stage_resources("normalize"),
+    params:
+        cfg=NUC,
+        centers=NUC_SYNTH_CENTERS,
+    script:
+        "../scripts/nuclei.py"
+
+
+rule nuclei_stain_transfer:
+    input:
+        fields=f"{NUC_DIR}/{{dataset}}/fields.npz",
+    output:
+        model=f"{NUC_DIR}/{{dataset}}/stain_transfer.pt",
+        history=f"{NUC_DIR}/{{dataset}}/stain_transfer.csv",
+    log:
+        log_path("nuclei", "stain_transfer_{dataset}"),
+    benchmark:
+        bench_path("nuclei", "stain_transfer_{dataset}")
+    conda:
+        ENV_GPU
+    threads: stage_threads("nuclei")
+    resources:
+        **stage_resources("nuclei"),
+    params:
+        cfg=NUC,
+    script:
+        "../scripts/nuclei.py"
+
+
+rule nuclei_normalize:
+    input:
+        fields=f"{NUC_DIR}/{{dataset}}/fields.npz",
+        **({"model": f"{NUC_DIR}/{{dataset}}/stain_transfer.pt"} if "neural" in NUC_NORMS else {}),
+    output:
+        normalized=[f"{NUC_DIR}/{{dataset}}/normalized/{n}.npz" for n in NUC_NORMS],
+        scores=f"{NUC_DIR}/{{dataset}}/transfer_scores.csv",
+        montage=report(
+            f"{NUC_DIR}/{{dataset}}/transfer_montage.png",
+            category="Nuclei (seed 004)",
+            labels={"dataset": "{dataset}", "figure": "stain transfer montage"},
+        ),
+    log:
+        log_path("nuclei", "normalize_{dataset}"),
+    benchmark:
+        bench_path("nuclei", "normalize_{dataset}")
+    conda:
+        ENV_CPU
+    threads: stage_threads("normalize")
+    resources:
+        **stage_resources("normalize"),
+    params:
+        cfg=NUC,
+        normalizations=NUC_NORMS,
+    script:
+        "../scripts/nuclei.py"
+
+
+rule nuclei_segment:
+    input:
+        fields=f"{NUC_DIR}/{{dataset}}/normalized/{{norm}}.npz",
+    output:
+        rows=f"{NUC_DIR}/{{dataset}}/segmentation/{{norm}}.csv",
+        model=f"{NUC_DIR}/{{dataset}}/segmentation/{{norm}}_unet.pt",
+        history=f"{NUC_DIR}/{{dataset}}/segmentation/{{norm}}_history.csv",
+    log:
+        log_path("nuclei", "segment_{dataset}_{norm}"),
+    benchmark:
+        bench_path("nuclei", "segment_{dataset}_{norm}")
+    wildcard_constraints:
+        norm=_alternatives(NUC_SEG_NORMS),
+    conda:
+        ENV_GPU
+    threads: stage_threads("nuclei")
+    resources:
+        **stage_resources("nuclei"),
+    params:
+        cfg=NUC,
+    script:
+        "../scripts/nuclei.py"
+
+
+rule nuclei_segment_summary:
+    input:
+        rows=[f"{NUC_DIR}/{{dataset}}/segmentation/{n}.csv" for n in NUC_SEG_NORMS],
+        models=[f"{NUC_DIR}/{{dataset}}/segmentation/{n}_unet.pt" for n in NUC_SEG_NORMS],
+        fields=[f"{NUC_DIR}/{{dataset}}/normalized/{n}.npz" for n in NUC_SEG_NORMS],
+    output:
+        table=report(
+            f"{NUC_DIR}/{{dataset}}/segmentation.csv",
+            category="Nuclei (seed 004)",
+            labels={"dataset": "{dataset}", "table": "segmentation"},
+        ),
+        figure=report(
+            f"{NUC_DIR}/{{dataset}}/segmentation.png",
+            category="Nuclei (seed 004)",
+            labels={"dataset": "{dataset}", "figure": "segmentation overlays"},
+        ),
+    log:
+        log_path("nuclei", "segment_summary_{dataset}"),
+    benchmark:
+        bench_path("nuclei", "segment_summary_{dataset}")
+    conda:
+        ENV_CPU
+    threads: 1
+    resources:
+        **stage_resources("evaluate"),
+    params:
+        cfg=NUC,
+        bootstrap=config["evaluate"]["bootstrap"],
+        seed=config["evaluate"]["seed"],
+    script:
+        "../scripts/nuclei.py"
+
+
+rule nuclei_crops:
+    input:
+        fields=f"{NUC_DIR}/{{dataset}}/normalized/{NUC_CLASS_NORM}.npz",
+    output:
+        train=f"{NUC_DIR}/{{dataset}}/crops/train.json",  # the stores' manifests (written last), as for tile stores
+        test=f"{NUC_DIR}/{{dataset}}/crops/test.json",
+        train_table=f"{NUC_DIR}/{{dataset}}/crops/train.csv",
+        test_table=f"{NUC_DIR}/{{dataset}}/crops/test.csv",
+    log:
+        log_path("nuclei", "crops_{dataset}"),
+    benchmark:
+        bench_path("nuclei", "crops_{dataset}")
+    conda:
+        ENV_CPU
+    threads: 1
+    resources:
+        **stage_resources("normalize"),
+    params:
+        cfg=NUC,
+    script:
+        "../scripts/nuclei.py"
+
+
+rule nuclei_classes:
+    input:
+        train=f"{NUC_DIR}/{{dataset}}/crops/train.json",
+        test=f"{NUC_DIR}/{{dataset}}/crops/test.json",
+        encoder=nuclei_encoder,
+    output:
+        scores=report(
+            f"{NUC_DIR}/{{dataset}}/classes/scores.csv",
+            category="Nuclei (seed 004)",
+            labels={"dataset": "{dataset}", "table": "nucleus classes"},
+        ),
+        assignments=f"{NUC_DIR}/{{dataset}}/classes/assignments.csv",
+        samples=report(
+            f"{NUC_DIR}/{{dataset}}/classes/samples.png",
+            category="Nuclei (seed 004)",
+            labels={"dataset": "{dataset}", "figure": "InfoGAN samples per code"},
+        ),
+        model=f"{NUC_DIR}/{{dataset}}/classes/infogan.pt",
+    log:
+        log_path("nuclei", "classes_{dataset}"),
+    benchmark:
+        bench_path("nuclei", "classes_{dataset}")
+    conda:
+        ENV_GPU
+    threads: stage_threads("nuclei")
+    resources:
+        **stage_resources("nuclei"),
+    params:
+        cfg=NUC,
+    script:
+        "../scripts/nuclei.py"
+
+
+TARGET_FUNCS.append(nuclei_targets)
