@@ -359,8 +359,8 @@ def closing_note(summary: pd.DataFrame, reference: str = "baseline", protocol: s
 
 
 def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures: Sequence[str] = (),
-                     class_names: Sequence[str] | None = None) -> str:
-    """The whole summary.md text from the long summary table."""
+                     class_names: Sequence[str] | None = None, nuclei: str = "") -> str:
+    """The whole summary.md text from the long summary table (``nuclei``: the seed-004 section's markdown)."""
     methods = _methods(summary)
     protocols = [p for p in ("probe", "native") if (summary["protocol"] == p).any()]
     n_seeds = _n_seeds(summary)
@@ -440,6 +440,8 @@ def summary_markdown(summary: pd.DataFrame, reference: str = "baseline", figures
                   "by biology, 50 = balanced (or no informative neighbour at all: see *support*, the share of tiles with one). *W2*: Gaussian Wasserstein-2 distance between centers' embeddings, "
                   "mean over center pairs — lower = smaller batch effect (seed 003).", ""]
     parts += ["## Training", "", training_text(summary), ""]
+    if nuclei:
+        parts += [nuclei, ""]
     parts += ["## What each number means", "", glossary_text(), ""]
     parts += ["## Closing note", ""]
     for protocol in protocols:
@@ -516,9 +518,10 @@ def weights_files_text(learning: pd.DataFrame) -> str:
 
 
 def write_summary_markdown(summary: pd.DataFrame, path: str | os.PathLike, reference: str = "baseline",
-                           figures: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Path:
+                           figures: Sequence[str] = (), class_names: Sequence[str] | None = None,
+                           nuclei: str = "") -> Path:
     """Write :func:`summary_markdown` atomically to ``path``."""
-    return write_text(path, summary_markdown(summary, reference, figures, class_names))
+    return write_text(path, summary_markdown(summary, reference, figures, class_names, nuclei))
 
 
 HTML_STYLE = """

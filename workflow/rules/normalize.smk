@@ -5,6 +5,8 @@
 #   restain_store      -> {R}/variants/{store}/restain/s{strength}.zarr   the store re-stained in H&E space at
 #                         each normalize.restain strength (the stain-robustness curve; stain.variants.restain_store)
 #   normalize_montage  -> {R}/normalize/montage/{target}.png   the same tiles raw and under each method
+#   train_stain_transfer -> {R}/normalize/stain_transfer/{target}.pt   seed 004's CNN for each `neural` target,
+#                         trained on tiles of the target's own store (its style; stainshift.stain.neural)
 # Target ids and methods are fixed by the config alone (stainshift.stain.targets.NormalizePlan), so the
 # DAG is static; which tile fills each slot is decided by select_targets (random draw or list).
 from stainshift.stain.targets import NormalizePlan
@@ -16,6 +18,11 @@ NORM_PLAN = NormalizePlan(
 )
 NORM_TARGET_IDS = [t for t, _ in NORM_PLAN.plan]
 variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every variant (rules/train.smk)
+NEURAL_TARGETS = [t for t, m in NORM_PLAN.plan if m == "neural"]
+
+
+def stain_transfer_model(target):
+    return f"{NORM_DIR}/stain_transfer/{target}.pt"
 
 
 rule select_targets:
@@ -41,10 +48,35 @@ rule select_targets:
         "../scripts/select_targets.py"
 
 
+rule train_stain_transfer:
+    input:
+        stores=[tile_manifest(c["slide_id"]) for c in NORM_PLAN.candidates()],
+        targets=f"{NORM_DIR}/targets.json",
+    output:
+        model=stain_transfer_model("{target}"),
+        history=f"{NORM_DIR}/stain_transfer/{{target}}.csv",
+    log:
+        log_path("stain_transfer", "{target}"),
+    benchmark:
+        bench_path("stain_transfer", "{target}")
+    wildcard_constraints:
+        target=_alternatives(NEURAL_TARGETS) if NEURAL_TARGETS else "__none__",
+    conda:
+        ENV_GPU
+    threads: stage_threads("stain_transfer")
+    resources:
+        **stage_resources("stain_transfer"),
+    params:
+        cfg=config["stain_transfer"],
+    script:
+        "../scripts/stain_transfer.py"
+
+
 rule normalize_store:
     input:
         store=f"{RESULTS}/tiles/{{store}}.json",
         targets=f"{NORM_DIR}/targets.json",
+        models=[stain_transfer_model(t) for t in NEURAL_TARGETS],
     output:
         manifests=NORM_PLAN.variant_paths(suffix=".json"),
     log:
@@ -63,6 +95,7 @@ rule normalize_store:
         variants=lambda wc: NORM_PLAN.variant_paths(wc.store),
         plan=NORM_PLAN.plan,
         batch_size=NORM.get("batch_size", 64),
+        neural_targets=NEURAL_TARGETS,
     script:
         "../scripts/normalize.py"
 
@@ -96,6 +129,7 @@ rule normalize_montage:
     input:
         stores=[tile_manifest(s) for s in NORM_PLAN.store_ids()],
         targets=f"{NORM_DIR}/targets.json",
+        model=lambda wc: [stain_transfer_model(wc.target)] if wc.target in NEURAL_TARGETS else [],
     output:
         montage=report(
             f"{NORM_DIR}/montage/{{target}}.png",

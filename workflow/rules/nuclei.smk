@@ -40,6 +40,13 @@ if "hgsc" in NUC_DATASETS and not Path(NUC["hgsc"]["path"]).is_dir():
     )
 
 
+def nuclei_train_center(dataset):
+    """The center whose train fields the dataset's models learn from."""
+    if dataset == "hgsc":
+        return "hgsc"
+    return NUC["synthetic"].get("train_center") or NUC_SYNTH_CENTERS[0]
+
+
 def nuclei_encoder(wildcards):
     """The encoder.pt whose features feed the k-means baseline (the method's first run), or none."""
     if NUC_ENCODER == "random":
@@ -92,11 +99,12 @@ rule nuclei_stain_transfer:
         bench_path("nuclei", "stain_transfer_{dataset}")
     conda:
         ENV_GPU
-    threads: stage_threads("nuclei")
+    threads: stage_threads("stain_transfer")
     resources:
-        **stage_resources("nuclei"),
+        **stage_resources("stain_transfer"),
     params:
         cfg=NUC,
+        stain_transfer=config["stain_transfer"],
     script:
         "../scripts/nuclei.py"
 

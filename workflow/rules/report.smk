@@ -16,6 +16,12 @@ rule report:
             fig=["cross_center_heatmap", "roc", "embedding_map"],
         )
         + expand(f"{RESULTS}/plots/slides/{{method}}/{{store}}.png", method=METHODS, store=stores_where(split="test")),
+        nuclei_transfer=[f"{NUC_DIR}/{d}/transfer_scores.csv" for d in NUC_DATASETS],
+        nuclei_segmentation=[f"{NUC_DIR}/{d}/segmentation.csv" for d in NUC_DATASETS],
+        nuclei_classes=[f"{NUC_DIR}/{d}/classes/scores.csv" for d in NUC_DATASETS],
+        nuclei_figures=[
+            f"{NUC_DIR}/{d}/{f}.png" for d in NUC_DATASETS for f in ("transfer_montage", "segmentation", "classes/samples")
+        ],
     output:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
         summary_html=report(f"{RESULTS}/report/summary.html", caption="../report/summary_md.rst", category="Summary"),
@@ -31,6 +37,8 @@ rule report:
     params:
         reference=config["evaluate"].get("reference", "baseline"),
         class_names=CLASS_NAMES,
+        nuclei_datasets=NUC_DATASETS,
+        nuclei_train_centers=[nuclei_train_center(d) for d in NUC_DATASETS],
     script:
         "../scripts/report.py"
 

@@ -16,7 +16,10 @@ try:
         entry = targets[sm.wildcards.target]
         tiles, sources = sample_tiles(list(sm.params.stores), int(sm.params.n_tiles), seed=int(sm.params.seed),
                                       with_sources=True)
-        img, flags = montage(tiles, load_target(entry), list(sm.params.methods), sources=sources, target_entry=entry)
+        # `neural` is a CNN trained per target: its row shows only on the montage of a neural target
+        models = {"neural": sm.input.model[0]} if sm.input.model else {}
+        methods = [m for m in sm.params.methods if m != "neural" or models]
+        img, flags = montage(tiles, load_target(entry), methods, sources=sources, target_entry=entry, models=models)
         write_png_atomic(sm.output.montage, img)
         log.info("montage %s: %d tiles, fallback flags %s", entry["id"], len(tiles),
                  {m: f.tolist() for m, f in flags.items()})
@@ -28,7 +31,9 @@ try:
                 raise ValueError(f"{sm.input.targets}: target {tid!r} ({method}) missing or changed; rerun select_targets")
             entries.append(targets[tid])
         out_paths = {tid: path for (tid, _), path in zip(plan, sm.params.variants)}
-        fallbacks = normalize_store(sm.params.store, entries, out_paths, batch_size=int(sm.params.batch_size))
+        models = dict(zip(sm.params.neural_targets, sm.input.models))
+        fallbacks = normalize_store(sm.params.store, entries, out_paths, batch_size=int(sm.params.batch_size),
+                                    models=models)
         for path in out_paths.values():
             write_manifest(path)  # last: the variant store is complete
         log.info("fallback tiles per target: %s", fallbacks)

@@ -39,7 +39,7 @@ elif sm.rule == "nuclei_stain_transfer":
     from stainshift.stain.neural import save_stain_transfer, train_stain_transfer
     from stainshift.train import select_device
 
-    st = cfg["stain_transfer"]
+    st = sm.params.stain_transfer
     fields = ex.read_fields(sm.input.fields)
     tiles, labels = ex.stain_transfer_tiles(fields, tile=int(st["tile"]), n=int(st["tiles"]), seed=int(st["seed"]))
     weight = float(st["class_weight"])

@@ -71,7 +71,8 @@ def check_target(img: np.ndarray, method: str, min_tissue: float = MIN_TARGET_TI
             f"{name}: mostly background ({share:.0%} tissue pixels, need >= {min_tissue:.0%}); "
             "choose a tile with more tissue"
         )
-    get_normalizer(method).fit(img)
+    if method != "neural":  # a neural normalizer is trained on the target's store, not fitted to one tile
+        get_normalizer(method).fit(img)
 
 
 def load_target_image(spec: str) -> np.ndarray:
@@ -99,6 +100,35 @@ def load_target(entry: dict[str, Any]) -> np.ndarray:
     if entry["kind"] == "store":
         return load_target_image(f"{entry['path']}:{entry['index']}")
     return load_target_image(entry["path"])
+
+
+def style_tiles(entry: dict[str, Any], *, n: int, tile: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``n`` seeded ``tile``-px tiles in the stain style of a targets.json entry, to train seed 004's
+    stain-transfer CNN (:mod:`stainshift.stain.neural`) for it, with their tissue-class labels.
+
+    A store target's style is its store (the slide it came from): tiles drawn from the whole store
+    (random ``tile`` crops when its patches are larger), labels = the store's tile labels (None when
+    it has none). An image target's style is that image: random crops, no labels.
+    """
+    rng = np.random.default_rng(seed)
+    if entry["kind"] == "store":
+        from stainshift.store import PatchStore
+
+        store = PatchStore.open(entry["path"])
+        if len(store) == 0:
+            raise ValueError(f"target {entry.get('id')}: store {entry['path']} has no tiles to learn its style from")
+        idx = np.sort(rng.integers(0, len(store), n))
+        images = store.read(idx)
+        labels = np.asarray(store.label)[idx]
+        labels = labels if (labels >= 0).any() else None
+    else:
+        img = load_target_image(entry["path"])
+        images, labels = np.repeat(img[None], n, axis=0), None
+    h, w = images.shape[1:3]
+    t = min(tile, h, w)
+    ys, xs = rng.integers(0, h - t + 1, n), rng.integers(0, w - t + 1, n)
+    out = np.stack([im[y:y + t, x:x + t] for im, y, x in zip(images, ys, xs)])
+    return out, labels
 
 
 def select_listed(plan: Sequence[tuple[str, str]], paths: Sequence[str], min_tissue: float = MIN_TARGET_TISSUE) -> list[dict]:
@@ -203,6 +233,7 @@ __all__ = [
     "load_target",
     "load_target_image",
     "plan_targets",
+    "style_tiles",
     "read_targets",
     "select_listed",
     "select_random",

@@ -33,13 +33,27 @@ def _software_version() -> str:
     return str(__version__)
 
 
+def fitted_normalizer(method: str, target: np.ndarray, model: str | os.PathLike | None = None) -> Any:
+    """The normalizer of ``method`` fitted to ``target``; ``neural`` (seed 004) is instead the
+    stain-transfer CNN trained on the target's style, loaded from ``model`` (rule train_stain_transfer)."""
+    if method == "neural":
+        if model is None:
+            raise ValueError("the neural normalizer needs its trained stain-transfer model (rule train_stain_transfer)")
+        from .neural import load_stain_transfer
+
+        return load_stain_transfer(model)
+    return get_normalizer(method).fit(target)
+
+
 def normalize_store(
     store_path: str | os.PathLike,
     targets: Sequence[dict[str, Any]],
     out_paths: dict[str, str | os.PathLike],
     batch_size: int = 64,
+    models: dict[str, str | os.PathLike] | None = None,
 ) -> dict[str, int]:
-    """Write one variant store per target entry (``out_paths[target id]``); returns fallback counts."""
+    """Write one variant store per target entry (``out_paths[target id]``); returns fallback counts.
+    ``models``: target id -> stain-transfer model file of the ``neural`` targets."""
     from stainshift.store import PatchStore, write_store
 
     src = PatchStore.open(store_path)
@@ -49,7 +63,7 @@ def normalize_store(
         tid, method = entry["id"], entry["method"]
         if tid not in out_paths:
             raise KeyError(f"normalize_store: no output path for target {tid!r}")
-        normalizer = get_normalizer(method).fit(load_target(entry))
+        normalizer = fitted_normalizer(method, load_target(entry), (models or {}).get(tid))
         counter = {"fallback": 0}
 
         def tiles(normalizer: Any = normalizer, counter: dict = counter) -> Iterator[np.ndarray]:
@@ -240,12 +254,13 @@ def montage(
     *,
     sources: Sequence[tuple[str | os.PathLike, int]] | None = None,
     target_entry: dict[str, Any] | None = None,
+    models: dict[str, str | os.PathLike] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Labelled grid: row "raw" then one row per method (row labels on the left); column 0 the
     target tile (orange frame, captioned with its store and index), then ``tiles`` captioned with
     their ``sources`` (store, index); a title naming the target id and where it came from
     (``target_entry``, a targets.json entry). A grey frame marks a tile the method left unchanged
-    (fallback). Geometry: :func:`montage_layout`.
+    (fallback). Geometry: :func:`montage_layout`. ``models``: method -> model file (``neural``).
 
     Returns (uint8 RGB montage, fallback flags per method).
     """
@@ -261,7 +276,7 @@ def montage(
     rows = [np.asarray(tiles)]
     flags = {}
     for method in methods:
-        n = get_normalizer(method).fit(target)
+        n = fitted_normalizer(method, target, (models or {}).get(method))
         rows.append(n.transform(tiles))
         flags[method] = np.asarray(n.last_flags)
     labels = montage_labels(methods, sources, target_entry, n_tiles=len(tiles))
