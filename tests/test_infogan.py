@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stainshift.nuclei.infogan import (Discriminator, Generator, gradient_penalty, info_loss, load_infogan,
-                                       predict_codes, sample_grid, save_infogan, train_infogan)
+from stainshift.nuclei.infogan import (Discriminator, Generator, _augment, gradient_penalty, info_loss,
+                                       load_infogan, predict_codes, sample_grid, save_infogan, train_infogan)
 
 torch.set_num_threads(1)
 
@@ -54,6 +54,14 @@ def test_generator_and_discriminator_shapes() -> None:
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d.modules())
     with pytest.raises(ValueError, match="multiple of 8"):
         Generator(size=36)
+
+
+def test_augment_only_flips_and_rotates() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    out = _augment(x, torch.Generator().manual_seed(0))
+    for a, b in zip(x, out):  # b is one of the 8 dihedral transforms of a
+        variants = [torch.rot90(v, r, (1, 2)) for v in (a, a.flip(-1)) for r in range(4)]
+        assert any(torch.equal(b, v) for v in variants)
 
 
 def _crops(n: int = 24, size: int = 16) -> np.ndarray:

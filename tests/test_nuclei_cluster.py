@@ -9,7 +9,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from stainshift.models import build_encoder
 from stainshift.nuclei.cluster import (apply_mapping, cluster_scores, encoder_features, hungarian_match,
-                                       kmeans_features, kmeans_pixels, scores_table)
+                                       kmeans_features, kmeans_fit_predict, kmeans_pixels, scores_table)
 from stainshift.nuclei.crops import concat_crops, nucleus_crops
 
 torch.set_num_threads(1)
@@ -60,6 +60,8 @@ def test_hungarian_recovers_a_permutation_exactly() -> None:
     assert mapping == {2: 0, 0: 1, 1: 2}
     mapped = apply_mapping(pred, mapping)
     assert cluster_scores(true, mapped, ["a", "b", "c"], n_boot=50)["accuracy"] == 1.0
+    with pytest.raises(KeyError, match=r"\[3\]"):
+        apply_mapping(np.array([0, 3]), mapping)
 
 
 def test_hungarian_with_more_clusters_than_classes_and_an_empty_cluster() -> None:
@@ -108,3 +110,6 @@ def test_kmeans_baselines_separate_two_obvious_groups_and_encoder_features() -> 
     assert feats.shape == (12, enc.out_dim) and enc.training
     assert encoder_features(enc, crops, input_size=16).shape == (12, enc.out_dim)
     assert kmeans_features(feats, k=2, seed=0).shape == (12,)
+    train = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    test_pred = kmeans_fit_predict(train, np.array([[4.9, 5.2], [0.2, -0.1]]), k=2, seed=0)
+    assert test_pred[0] == kmeans_fit_predict(train, train, k=2, seed=0)[2] != test_pred[1]
