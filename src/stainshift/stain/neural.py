@@ -24,9 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import kornia
 import numpy as np
@@ -50,7 +52,7 @@ CHECKPOINT_KEYS = ("format", "state_dict", "config", "meta")
 
 # ----------------------------------------------------------------------------- the network
 def _ch(c: int, width: float) -> int:
-    return max(4, int(round(c * width)))
+    return max(4, round(c * width))
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -91,7 +93,7 @@ class ColorizationNet(nn.Module):
             raise ValueError(f"n_classes must be >= 0, got {n_classes}")
         self.width = float(width)
         self.n_classes = int(n_classes)
-        c = lambda n: _ch(n, width)  # noqa: E731
+        c = partial(_ch, width=width)
         self.low = nn.Sequential(
             _conv(1, c(64), 2), _conv(c(64), c(128)), _conv(c(128), c(128), 2),
             _conv(c(128), c(256)), _conv(c(256), c(256), 2), _conv(c(256), c(512)),
@@ -173,7 +175,7 @@ def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     ks = rng.integers(0, 8, size=x.shape[0]) if square else rng.choice([0, 2, 4, 6], size=x.shape[0])
     out = torch.empty_like(x)
     for k in np.unique(ks):
-        idx = torch.as_tensor(np.nonzero(ks == k)[0])
+        idx = torch.as_tensor(np.nonzero(ks == k)[0], device=x.device)
         out[idx] = _dihedral(x[idx], int(k))
     return out
 
@@ -240,8 +242,6 @@ def train_stain_transfer(
         torch.manual_seed(seed)
         model = ColorizationNet(width=width, n_classes=n_classes).to(device)
     rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        lab = torch.cat([rgb_uint8_to_lab(torch.from_numpy(x[i : i + 256]).to(device)) for i in range(0, len(x), 256)])
     y_t = torch.as_tensor(y, device=device) if y is not None else None
     opt = torch.optim.Adadelta(model.parameters(), lr=lr, rho=rho, eps=eps, weight_decay=0.0)
     history: list[dict[str, Any]] = []
@@ -251,8 +251,10 @@ def train_stain_transfer(
         sums = {"mse": 0.0, "ce": 0.0, "n": 0, "n_ce": 0}
         order = rng.permutation(len(x))
         for start in range(0, len(x), batch_size):
-            idx = torch.as_tensor(order[start : start + batch_size], device=device)
-            batch = lab[idx]
+            sel = order[start : start + batch_size]
+            idx = torch.as_tensor(sel, device=device)
+            with torch.no_grad():  # Lab per batch: memory O(batch), not O(N)
+                batch = rgb_uint8_to_lab(torch.from_numpy(x[sel]).to(device))
             if augment:
                 batch = _augment(batch, rng)
             ab_norm, logits = model(batch[:, :1] / 100.0)
@@ -305,7 +307,7 @@ def save_stain_transfer(model: ColorizationNet, path: str | Path, meta: dict[str
     return Path(path)
 
 
-def load_stain_transfer(path: str | Path, device: str | torch.device = "cpu") -> "NeuralStainTransfer":
+def load_stain_transfer(path: str | Path, device: str | torch.device = "cpu") -> NeuralStainTransfer:
     """A ready :class:`NeuralStainTransfer` from a :func:`save_stain_transfer` checkpoint.
 
     Raises FileNotFoundError / ValueError naming ``path`` and what is wrong.
@@ -315,7 +317,7 @@ def load_stain_transfer(path: str | Path, device: str | torch.device = "cpu") ->
         raise FileNotFoundError(f"{path}: no such stain-transfer checkpoint")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+    except Exception as exc:  # any unreadable file gets the same message
         raise ValueError(f"{path}: not a stain-transfer checkpoint (torch.load failed: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
@@ -387,7 +389,7 @@ class NeuralStainTransfer(Normalizer):
             self.params = NeuralParams(model.width, model.n_classes, dict(meta or {}))
         self._warned_fit = False
 
-    def fit(self, target: Any) -> "NeuralStainTransfer":
+    def fit(self, target: Any) -> NeuralStainTransfer:
         """No-op for a loaded model (its style is fixed by training); raises without a model.
 
         A neural normalizer learns its target style from many tiles of that style
