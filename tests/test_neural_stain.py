@@ -111,6 +111,7 @@ def test_input_not_modified_numpy_torch_agree_chunks(model, he_batch):
     xt = torch.from_numpy(x.copy())
     out_t = n.transform(xt)
     assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.uint8
+    assert not out_t.is_inference()  # callers may modify the result in place
     assert torch.equal(xt, torch.from_numpy(he_batch))
     assert np.array_equal(out_t.numpy(), out_np)
     assert isinstance(n.last_flags, torch.Tensor)

@@ -404,8 +404,9 @@ class NeuralStainTransfer(Normalizer):
                 "save_stain_transfer and load it with load_stain_transfer(path)"
             )
         if not self._warned_fit:
-            logger.warning("neural: fit() ignores its target image; the style is the trained model's (meta %s)",
-                        self.params.meta)
+            logger.warning(
+                "neural: fit() ignores its target image; the style is the trained model's (meta %s)", self.params.meta
+            )
             self._warned_fit = True
         return self
 
