@@ -76,7 +76,7 @@ def _read(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"nuclei data: {path} not found")
     with Image.open(path) as im:
-        return np.asarray(im)
+        return np.array(im)
 
 
 def load_hgsc(root: str | os.PathLike) -> list[NucleiImage]:

@@ -50,7 +50,7 @@ from torch import nn
 
 import stainshift
 from stainshift.atomic import atomic_path
-from stainshift.nuclei.seg_metrics import pixel_counts, pixel_scores
+from stainshift.nuclei.seg_metrics import pixel_counts, pixel_scores, sum_counts
 
 __all__ = ["ARCHS", "build_unet", "train_unet", "predict_foreground", "split_touching", "instances_from_probability",
            "threshold_baseline", "save_unet", "load_unet"]
@@ -86,7 +86,9 @@ def build_unet(base_channels: int = 32, in_channels: int = 3, out_channels: int 
 
 def _to_input(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (N, H, W, 3) → float (N, 3, H, W) in [0, 1] on ``device``."""
-    x = torch.as_tensor(images).to(device)
+    if isinstance(images, np.ndarray):  # read-only arrays (PIL, slices of them) are copied, not aliased
+        images = torch.from_numpy(np.require(images, requirements="W"))
+    x = images.to(device)
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -110,11 +112,8 @@ def _augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[to
 def _val_dice(model: nn.Module, X: np.ndarray, Y: np.ndarray, batch_size: int, device: torch.device) -> float:
     """Pooled pixel Dice of ``argmax`` predictions on (X, Y)."""
     model.eval()
-    counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-    for s in range(0, len(X), batch_size):
-        pred = model(_to_input(X[s:s + batch_size], device)).argmax(1).cpu().numpy()
-        c = pixel_counts(pred, Y[s:s + batch_size])
-        counts = {k: counts[k] + c[k] for k in counts}
+    counts = sum_counts(pixel_counts(model(_to_input(X[s:s + batch_size], device)).argmax(1).cpu().numpy(),
+                                     Y[s:s + batch_size]) for s in range(0, len(X), batch_size))
     model.train()
     return pixel_scores(counts)["dice"]
 
@@ -146,7 +145,7 @@ def train_unet(images: np.ndarray, masks: np.ndarray, *, epochs: int, batch_size
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    X = torch.from_numpy(images)
+    X = torch.from_numpy(np.require(images, requirements="W"))
     Y = torch.from_numpy((masks != 0).astype(np.int64))
     history: list[dict[str, Any]] = []
     model.train()
