@@ -138,13 +138,14 @@ def test_training_lowers_mse_below_the_mean_colour():
         torch.manual_seed(3)
         untrained = ColorizationNet(width=WIDTH)  # the init train_stain_transfer(seed=3) starts from
     before = _eval_mse(untrained, tiles)
-    net, hist = train_stain_transfer(tiles, None, epochs=20, batch_size=4, width=WIDTH, seed=3, augment=False)
+    net, hist = train_stain_transfer(tiles, None, epochs=40, batch_size=4, width=WIDTH, seed=3, augment=False)
     after = _eval_mse(net, tiles)
     ab = rgb_uint8_to_lab(torch.from_numpy(tiles))[:, 1:] / 128.0
     mean_colour = float(((ab - ab.mean(dim=(0, 2, 3), keepdim=True)) ** 2).mean())  # predict the mean a*, b*
-    assert after < 0.5 * before and after < mean_colour, (before, after, mean_colour)
+    # measured 0.38-0.42 x before and 0.68-0.74 x mean_colour with 1 or 2 torch threads
+    assert after < 0.6 * before and after < 0.9 * mean_colour, (before, after, mean_colour)
     assert hist[-1]["mse"] < hist[0]["mse"]
-    assert [set(h) for h in hist] == [{"epoch", "mse", "ce", "seconds"}] * 20
+    assert [set(h) for h in hist] == [{"epoch", "mse", "ce", "seconds"}] * 40
 
 
 def test_training_is_deterministic_for_a_seed():
