@@ -204,19 +204,30 @@ def test_normalize_rules_on_premade_stores(tmp_path) -> None:
     from workflow_helpers import make_workdir, run_snakemake
 
     # targets drawn from the test stores made here (the default draws from training stores)
-    work = make_workdir(tmp_path / "wf", {"normalize": {"targets": {"split": "test"}}})
+    # methods: two classical + seed 004's neural (a CNN trained on the target's store by train_stain_transfer)
+    work = make_workdir(tmp_path / "wf", {"normalize": {"targets": {"split": "test"},
+                                                        "methods": ["reinhard", "vahadane", "neural"]}})
     for i, (sid, center) in enumerate([("a_test", "center_a"), ("b_test", "center_b"), ("c_test", "center_c")]):
         make_store(work / "results" / "tiles" / f"{sid}.zarr", tissue_tiles(center, 4, seed=i), sid,
                    f"{sid[0]}_p3", center)
         write_manifest(work / "results" / "tiles" / f"{sid}.zarr")
     wanted = ["results/variants/b_test/reinhard/t00.json", "results/normalize/montage/t02.png"]
-    run_snakemake(work, "--allowed-rules", "select_targets", "normalize_store", "normalize_montage", "--", *wanted)
+    run_snakemake(work, "--allowed-rules", "select_targets", "train_stain_transfer", "normalize_store",
+                  "normalize_montage", "--", *wanted)
     targets = json.loads((work / "results/normalize/targets.json").read_text())["targets"]
-    assert [t["method"] for t in targets] == ["reinhard", "macenko", "vahadane"]
+    assert [t["method"] for t in targets] == ["reinhard", "vahadane", "neural"]
     assert len({t["patient"] for t in targets}) == 3
-    for method, tid in [("reinhard", "t00"), ("macenko", "t01"), ("vahadane", "t02")]:
+    raw = PatchStore.open(work / "results/tiles/b_test.zarr").read(np.arange(4))
+    for method, tid in [("reinhard", "t00"), ("vahadane", "t01"), ("neural", "t02")]:
         var = PatchStore.open(work / f"results/variants/b_test/{method}/{tid}.zarr")
         assert var.attrs["stain_method"] == method and len(var) == 4
+        assert not np.array_equal(var.read(np.arange(4)), raw), method
+    # the neural target's CNN learnt the style of the target's own store, and says so
+    model = work / "results/normalize/stain_transfer/t02.pt"
+    assert model.is_file() and (work / "results/normalize/stain_transfer/t02.csv").is_file()
+    from stainshift.stain.neural import load_stain_transfer
+
+    assert load_stain_transfer(model).params.meta["target"]["path"] == targets[2]["path"]
     png = np.asarray(Image.open(work / "results/normalize/montage/t02.png"))
     assert png.ndim == 3 and png.shape[0] > 4 * 96
     assert (work / "results/logs/normalize/b_test.log").is_file()

@@ -1,4 +1,6 @@
-"""Nuclei: segmentation (seed 004 §3.2), its metrics, and the nuclei data sets."""
+"""Nuclei (seed 004): segmentation (§3.2) and its metrics, nucleus crops and unsupervised classes (§3.3),
+the nuclei data sets and the workflow's experiment glue."""
 from __future__ import annotations
 
-__all__ = ["datasets", "seg_metrics", "segmentation"]
+__all__ = ["classes", "cluster", "crops", "datasets", "experiment", "figures", "infogan", "report", "seg_metrics",
+           "segmentation"]

@@ -50,7 +50,7 @@ def run_classes(*, train_store: str | os.PathLike, test_store: str | os.PathLike
 
     t0 = time.perf_counter()
     model, history = train_infogan(x_train, n_codes=k, iterations=int(cfg["iterations"]),
-                                   batch_size=int(cfg["batch_size"]), seed=seed, log=log_fn,
+                                   batch_size=int(cfg["batch_size"]), width=int(cfg["width"]), seed=seed, log=log_fn,
                                    device=select_device("auto"))
     save_infogan(model, out_model)
     assigned["infogan"], _ = predict_codes(model, x_test)

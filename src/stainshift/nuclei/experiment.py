@@ -123,6 +123,9 @@ def synthetic_fields(centers: Sequence[str], *, train_center: str | None, n_trai
                   {"size": size, "mpp": mpp, "seed": seed})
 
 
+RESTAINED = "restained:"  # center prefix of test fields that are re-stained copies of other test fields
+
+
 def hgsc_fields(root: str | os.PathLike, *, train_rows: float, restain_targets: Sequence[str] = ()) -> Fields:
     """The real ``nuclei_hgsc`` crops: the top ``train_rows`` of ``hgsc_nest`` train, the rest of it and
     ``hgsc_stroma`` test; each ``restain_targets`` image re-stains the test fields (Macenko fitted to
@@ -150,7 +153,7 @@ def hgsc_fields(root: str | os.PathLike, *, train_rows: float, restain_targets: 
         lab = Path(str(spec)).stem
         norm = get_normalizer("macenko").fit(load_target_image(str(spec)))
         for i in test:
-            add(norm.transform(images[i]), inst[i], types[i], f"{names[i]}@{lab}", f"restained:{lab}", "test")
+            add(norm.transform(images[i]), inst[i], types[i], f"{names[i]}@{lab}", f"{RESTAINED}{lab}", "test")
     return Fields(images, inst, types, names, cs, splits, tuple(items[0].class_names), "hgsc", "hgsc",
                   {"root": str(root), "train_rows": train_rows, "restain_targets": list(restain_targets)})
 
@@ -234,26 +237,16 @@ def transfer_score_rows(fields: Fields, normalized: dict[str, Fields]) -> pd.Dat
 # --------------------------------------------------------------------------------------------
 # Segmentation (seed 004 Sec. 3.2 / 4.1.1)
 # --------------------------------------------------------------------------------------------
-def _patches(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping ``size`` px patches (the last row / column shifted inward) of images and masks."""
-    xs, ys = [], []
-    for img, m in zip(images, masks):
-        h, w = m.shape
-        if h < size or w < size:
-            raise ValueError(f"a nuclei field of {h}x{w} px is smaller than the U-Net patch {size}")
-        for y in sorted({*range(0, h - size + 1, size), h - size}):
-            for x in sorted({*range(0, w - size + 1, size), w - size}):
-                xs.append(img[y:y + size, x:x + size])
-                ys.append(m[y:y + size, x:x + size])
-    return np.stack(xs), np.stack(ys).astype(np.uint8)
-
-
 def train_segmenter(fields: Fields, cfg: dict[str, Any], log_fn: Callable[[str], None] | None = None) -> tuple[Any, list]:
-    """A U-Net (:func:`stainshift.nuclei.segmentation.train_unet`) on the train center's train fields."""
+    """A U-Net (:func:`stainshift.nuclei.segmentation.train_unet`) on ``cfg["patches"]`` seeded random
+    ``cfg["patch"]`` px windows of the train center's train fields (:func:`datasets.random_crops`)."""
+    from stainshift.nuclei.datasets import NucleiImage, random_crops
     from stainshift.nuclei.segmentation import train_unet
 
     idx = fields.where("train", fields.train_center)
-    X, Y = _patches([fields.images[i] for i in idx], [fields.instances[i] > 0 for i in idx], int(cfg["patch"]))
+    train = [NucleiImage(fields.names[i], fields.images[i], fields.instances[i], fields.types[i],
+                         fields.class_names, fields.dataset) for i in idx]
+    X, Y = random_crops(train, size=int(cfg["patch"]), n=int(cfg["patches"]), seed=int(cfg["seed"]))
     log.info("U-Net %s/%s: %d patches of %d px from %d train fields of %s", fields.dataset,
              fields.meta.get("normalization"), len(X), cfg["patch"], len(idx), fields.train_center)
     return train_unet(X, Y, epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]), lr=float(cfg["lr"]),
@@ -313,11 +306,15 @@ def segmentation_table(rows: pd.DataFrame, *, by: Sequence[str] = ("dataset", "n
 # --------------------------------------------------------------------------------------------
 def class_crops(fields: Fields, split: str, size: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Crops of every ground-truth nucleus of the ``split`` fields, their type ids (0-based class
-    index, −1 unknown) and a table (field, center, x, y, label)."""
+    index, −1 unknown) and a table (field, center, x, y, label). Re-stained copies (centers
+    ``restained:*``) are left out: they hold the same nuclei again, and the class scores' bootstrap
+    must count each nucleus once."""
     from stainshift.nuclei.crops import nucleus_crops
 
     crops, labels, rows = [], [], []
     for i in fields.where(split):
+        if fields.centers[i].startswith(RESTAINED):
+            continue
         c = nucleus_crops(fields.images[i], fields.instances[i], fields.types[i], size=size)
         lab = np.where(c.labels > 0, c.labels - 1, -1)
         crops.append(c.crops), labels.append(lab)

@@ -75,7 +75,7 @@ def segmentation_figure(fields_by_norm: Sequence["Fields"], model_paths: Sequenc
     i = _show_fields(first, 1)[0]
     panels = []
     for f, mp in zip(fields_by_norm, model_paths):
-        model = load_unet(mp)
+        model, _ = load_unet(mp)
         img = f.images[i]
         inst = instances_from_probability(predict_foreground(model, img, patch=patch))
         panels.append((f"U-Net, {f.meta.get('normalization', '?')}", _outline(_outline(img, f.instances[i], GT_RGB),
