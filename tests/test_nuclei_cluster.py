@@ -113,3 +113,18 @@ def test_kmeans_baselines_separate_two_obvious_groups_and_encoder_features() -> 
     train = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
     test_pred = kmeans_fit_predict(train, np.array([[4.9, 5.2], [0.2, -0.1]]), k=2, seed=0)
     assert test_pred[0] == kmeans_fit_predict(train, train, k=2, seed=0)[2] != test_pred[1]
+
+
+def test_paired_accuracy_difference_is_the_accuracy_gap_with_a_paired_ci():
+    from stainshift.nuclei.classes import paired_accuracy_difference
+
+    rng = np.random.default_rng(0)
+    ref = rng.random(400) < 0.7
+    other = ref.copy()
+    other[:40] = ~other[:40]                      # differs from ref on 40 nuclei only
+    out = paired_accuracy_difference({"infogan": ref, "km": other, "same": ref.copy()}, "infogan", n_boot=300, seed=1)
+    assert set(out) == {"km", "same"}
+    assert out["km"]["diff"] == pytest.approx(ref.mean() - other.mean())
+    assert out["km"]["diff_ci_low"] <= out["km"]["diff"] <= out["km"]["diff_ci_high"]
+    # paired: identical predictions give a zero-width CI at 0 (an unpaired bootstrap would not)
+    assert out["same"]["diff"] == out["same"]["diff_ci_low"] == out["same"]["diff_ci_high"] == 0

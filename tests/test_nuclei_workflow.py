@@ -19,6 +19,8 @@ TINY_NUCLEI = {
                      "patch": 80, "batch_size": 4},
     "classes": {"iterations": 4, "batch_size": 16, "encoder": "random", "bootstrap": 20},
 }
+NUCLEI_RULES = ["nuclei_fields", "nuclei_stain_transfer", "nuclei_normalize", "nuclei_segment",
+                "nuclei_segment_summary", "nuclei_crops", "nuclei_classes", "nuclei"]
 
 
 @pytest.mark.slow
@@ -26,8 +28,17 @@ def test_nuclei_stage_end_to_end(tmp_path: Path) -> None:
     from stainshift.nuclei.report import nuclei_section
     from stainshift.store import PatchStore
 
-    work = make_workdir(tmp_path / "wf", {"nuclei": TINY_NUCLEI})
-    run_snakemake(work, "nuclei")
+    from stainshift.models import build_encoder
+    from stainshift.train import save_encoder
+
+    # the k-means feature baseline reads the baseline method's encoder.pt (made here: no pretraining)
+    work = make_workdir(tmp_path / "wf", {"nuclei": {**TINY_NUCLEI, "classes": {**TINY_NUCLEI["classes"],
+                                                                                 "encoder": "baseline"}},
+                                          "pretrain": {"methods": ["baseline"], "sources": ["center_a"]}})
+    encoder = work / "results" / "models" / "baseline" / "center_a" / "seed0" / "encoder.pt"
+    encoder.parent.mkdir(parents=True)
+    save_encoder(build_encoder("resnet18"), encoder)
+    run_snakemake(work, "--allowed-rules", *NUCLEI_RULES, "--", "nuclei")
     out = work / "results" / "nuclei" / "synthetic"
 
     # every field under every normalization; the neural one differs from the raw fields
@@ -56,12 +67,18 @@ def test_nuclei_stage_end_to_end(tmp_path: Path) -> None:
 
     classes = pd.read_csv(out / "classes" / "scores.csv")
     assert set(classes["method"]) == {"infogan", "kmeans_pixels", "kmeans_features"}
+    assert str(encoder.relative_to(work)) in classes.loc[classes["method"] == "kmeans_features", "encoder"].iloc[0]
     for png in ("transfer_montage.png", "segmentation.png", "classes/samples.png"):
         assert (out / png).stat().st_size > 1000, png
 
+    for m in ("kmeans_pixels", "kmeans_features"):  # InfoGAN − baseline, paired bootstrap CI around it
+        r = classes[classes["method"] == m].iloc[0]
+        assert r["infogan_minus_acc_ci_low"] <= r["infogan_minus_acc"] <= r["infogan_minus_acc_ci_high"]
     md = nuclei_section({"synthetic": {"transfer": scores, "segmentation": seg, "classes": classes,
-                                       "train_center": "center_a"}})
+                                       "train_center": "center_a", "figure_dir": "../nuclei/synthetic"}})
     assert "stain transfer to center_a" in md and "U-Net" in md and "`infogan`" in md
+    assert "Unseen-center Dice, `none`: U-Net" in md and "InfoGAN " in md and "`kmeans_pixels` (" in md
+    assert "](../nuclei/synthetic/segmentation.png)" in md and "](../nuclei/synthetic/classes/samples.png)" in md
 
 
 def test_nuclei_config_errors_name_the_key(tmp_path: Path) -> None:

@@ -119,8 +119,9 @@ elif sm.rule == "nuclei_classes":
     from stainshift.nuclei.classes import run_classes
     from stainshift.store import store_path
 
+    encoder = list(sm.input.get("encoder") or [])  # [] = an untrained ResNet-18 (classes.encoder: random)
     run_classes(train_store=store_path(sm.input.train), test_store=store_path(sm.input.test),
-                encoder_path=sm.input.get("encoder"), cfg=cfg["classes"], out_scores=sm.output.scores,
+                encoder_path=encoder[0] if encoder else None, cfg=cfg["classes"], out_scores=sm.output.scores,
                 out_assignments=sm.output.assignments, out_samples=sm.output.samples, out_model=sm.output.model,
                 log_fn=progress)
 else:  # pragma: no cover

@@ -15,7 +15,7 @@ if sm.params.nuclei_datasets:
     from stainshift.nuclei.report import nuclei_section
 
     tables = {d: {"transfer": pd.read_csv(t), "segmentation": pd.read_csv(s), "classes": pd.read_csv(c),
-                  "train_center": tc}
+                  "train_center": tc, "figure_dir": os.path.relpath(os.path.dirname(str(t)), out_dir)}
               for d, t, s, c, tc in zip(sm.params.nuclei_datasets, sm.input.nuclei_transfer,
                                         sm.input.nuclei_segmentation, sm.input.nuclei_classes,
                                         sm.params.nuclei_train_centers)}

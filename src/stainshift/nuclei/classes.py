@@ -21,6 +21,29 @@ from stainshift.atomic import write_csv
 log = logging.getLogger(__name__)
 
 
+def paired_accuracy_difference(correct: dict[str, np.ndarray], reference: str, *, n_boot: int, seed: int,
+                               ci: float = 0.95) -> dict[str, dict[str, float]]:
+    """acc(reference) − acc(m) for every other method m, with a paired percentile bootstrap CI: each
+    replicate resamples the test nuclei once (``numpy.random.default_rng(seed)``) and scores every
+    method on the same sample (matching held fixed)."""
+    ref = np.asarray(correct[reference], float)
+    n = len(ref)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n)) if n_boot and n else None
+    out = {}
+    for m, c in correct.items():
+        if m == reference:
+            continue
+        d = ref - np.asarray(c, float)
+        rec = {"diff": float(d.mean()) if n else float("nan"), "diff_ci_low": float("nan"),
+               "diff_ci_high": float("nan")}
+        if idx is not None:
+            boots = d[idx].mean(axis=1)
+            rec["diff_ci_low"], rec["diff_ci_high"] = (float(v) for v in np.percentile(
+                boots, [50 * (1 - ci), 50 * (1 + ci)]))
+        out[m] = rec
+    return out
+
+
 def run_classes(*, train_store: str | os.PathLike, test_store: str | os.PathLike, encoder_path: str | None,
                 cfg: dict[str, Any], out_scores: str | os.PathLike, out_assignments: str | os.PathLike,
                 out_samples: str | os.PathLike, out_model: str | os.PathLike,
@@ -73,6 +96,12 @@ def run_classes(*, train_store: str | os.PathLike, test_store: str | os.PathLike
         results[name] = cluster_scores(y_test[known], mapped, class_names, n_boot=int(cfg["bootstrap"]), seed=seed)
         rows[f"{name}_cluster"], rows[f"{name}_class"] = pred[known], mapped
     table = scores_table(results)
+    table["accuracy"] = [results[m]["accuracy"] for m in table["method"]]
+    correct = {m: rows[f"{m}_class"] == rows["label"] for m in assigned}
+    diff = paired_accuracy_difference(correct, "infogan", n_boot=int(cfg["bootstrap"]), seed=seed)
+    for col, name in (("diff", "infogan_minus_acc"), ("diff_ci_low", "infogan_minus_acc_ci_low"),
+                      ("diff_ci_high", "infogan_minus_acc_ci_high")):
+        table[name] = [diff.get(m, {}).get(col, float("nan")) for m in table["method"]]
     table.insert(0, "n_test_crops", int(known.sum()))
     table.insert(0, "n_train_crops", len(x_train))
     table["encoder"] = [enc_name if m == "kmeans_features" else "" for m in table["method"]]

@@ -67,18 +67,56 @@ def classes_markdown(scores: pd.DataFrame) -> str:
     """Seed 004's clustering tables: per-class precision / sensitivity / F1 and accuracy, Hungarian-matched."""
     if scores.empty:
         return ""
-    cols = [c for c in scores.columns if c not in ("n_train_crops", "n_test_crops", "encoder")]
+    cols = [c for c in scores.columns if c not in ("n_train_crops", "n_test_crops", "encoder", "accuracy")
+            and not c.startswith("infogan_minus")]
     rows = []
-    for r in scores.itertuples(index=False):
-        d = r._asdict()
+    for d in scores.to_dict("records"):
         rows.append([f"`{d[c]}`" if c == "method" else (f"{d[c]:.3f}" if isinstance(d[c], float) else str(d[c]))
                      for c in cols])
     return _md(cols, rows)
 
 
-def nuclei_section(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> str:
+def classes_verdict(scores: pd.DataFrame) -> str:
+    """One sentence: InfoGAN's accuracy minus each k-means baseline's, paired bootstrap CI (points)."""
+    if "infogan_minus_acc" not in scores or "infogan" not in set(scores["method"]):
+        return ""
+    parts = []
+    for r in scores[scores["method"] != "infogan"].to_dict("records"):
+        d, lo, hi = (100 * float(r[c]) for c in ("infogan_minus_acc", "infogan_minus_acc_ci_low",
+                                                  "infogan_minus_acc_ci_high"))
+        word = "beats" if lo > 0 else ("loses to" if hi < 0 else "is within the CI of")
+        parts.append(f"{word} `{r['method']}` ({d:+.1f} points [{lo:+.1f}, {hi:+.1f}])")
+    return "InfoGAN " + "; ".join(parts) + " — accuracy difference, paired bootstrap over test nuclei."
+
+
+def segmentation_verdict(table: pd.DataFrame) -> str:
+    """One sentence per normalization: U-Net minus threshold pooled Dice on unseen centers."""
+    if "domain" not in table:
+        return ""
+    dom = table[(table["domain"] == "unseen")]
+    parts = []
+    for norm, g in dom.groupby("normalization", sort=False):
+        u, t = g[g["model"] == "unet"], g[g["model"] == "threshold"]
+        if u.empty or t.empty:
+            continue
+        u, t = u.iloc[0], t.iloc[0]
+        word = ("above" if u["dice_ci_low"] > t["dice_ci_high"] else
+                "below" if u["dice_ci_high"] < t["dice_ci_low"] else "level with")
+        parts.append(f"`{norm}`: U-Net {_ci(u['dice'], u['dice_ci_low'], u['dice_ci_high'])} vs threshold "
+                     f"{_ci(t['dice'], t['dice_ci_low'], t['dice_ci_high'])} ({word})")
+    if not parts:
+        return ""
+    return "Unseen-center Dice, " + "; ".join(parts) + " (CIs that do not overlap decide *above* / *below*)."
+
+
+def _figure(res: Mapping, name: str, caption: str) -> list[str]:
+    """An embedded image (``res["figure_dir"]``: the dataset's folder relative to the report), else nothing."""
+    return [f"![{caption}]({res['figure_dir']}/{name})", ""] if res.get("figure_dir") else []
+
+
+def nuclei_section(results: Mapping[str, Mapping]) -> str:
     """Markdown of every dataset's nuclei results: ``results[dataset]`` has ``transfer``, ``segmentation``,
-    ``classes`` tables and ``train_center``."""
+    ``classes`` tables, ``train_center`` and optionally ``figure_dir`` (figures embedded from there)."""
     parts = ["## Nuclei: stain transfer, segmentation and nucleus classes (seed 004)", "",
              "Seed 004's pipeline: a grayscale → colour CNN re-colours every field into the train center's stain "
              "style (*neural*), a U-Net segments nuclei, and an InfoGAN sorts nuclei into classes without labels. "
@@ -91,7 +129,8 @@ def nuclei_section(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> str:
                   "(per-channel, mean over R, G, B): L2 distance and Hellinger distance (0 = identical), correlation "
                   "(1 = identical). *glass coloured*: share of the field's white-glass pixels (min channel ≥ 220 as "
                   "scanned) a method turned darker than 200 — seed 004's failure mode of the SVD (Macenko) method. "
-                  "Figure: `transfer_montage.png`.", ""]
+                  "Figure: `transfer_montage.png`.", "",
+                  *_figure(res, "transfer_montage.png", f"{dataset}: test fields as scanned and normalized")]
         seg = segmentation_markdown(res["segmentation"])
         if seg:
             parts += [f"### {dataset}: nuclei segmentation (train and test under the same normalization)", "", seg, "",
@@ -99,6 +138,10 @@ def nuclei_section(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> str:
                       "Jaccard (seed 004's table), Dice with a bootstrap CI over fields; *seen* = test fields of the "
                       "train center, *unseen* = the other centers'. AJI and PQ: object-level, mean over unseen "
                       "fields. Figure: `segmentation.png`.", ""]
+            verdict = segmentation_verdict(res["segmentation"])
+            if verdict:
+                parts += [verdict, ""]
+            parts += _figure(res, "segmentation.png", f"{dataset}: ground truth (green) and predicted nuclei (magenta)")
         cls = classes_markdown(res["classes"])
         if cls:
             n_tr = int(res["classes"]["n_train_crops"].iloc[0]) if "n_train_crops" in res["classes"] else 0
@@ -108,4 +151,8 @@ def nuclei_section(results: Mapping[str, Mapping[str, pd.DataFrame]]) -> str:
                       "matched to the true classes by the Hungarian algorithm (clustering accuracy, seed 004 Sec. 4.2); "
                       "CIs: bootstrap over test nuclei. Figure: `classes/samples.png` (generated nuclei per code, "
                       "real nuclei per class).", ""]
+            verdict = classes_verdict(res["classes"])
+            if verdict:
+                parts += [verdict, ""]
+            parts += _figure(res, "classes/samples.png", f"{dataset}: generated nuclei per code, real nuclei per class")
     return "\n".join(parts)
