@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 #: outline colours: ground truth, prediction
 GT_RGB = (0, 200, 0)
-PRED_RGB = (255, 0, 255)
+PRED_RGB = (255, 230, 0)  # yellow: visible on haematoxylin and eosin alike
 
 
 def _show_fields(fields: "Fields", k: int = 3) -> list[int]:
@@ -25,6 +25,9 @@ def _show_fields(fields: "Fields", k: int = 3) -> list[int]:
             picked.append(i)
             seen.add(fields.centers[i])
     return picked[:k]
+
+
+SEGMENTATION_VIEW = 256  # px of a field shown per segmentation panel
 
 
 def _crop(img: np.ndarray, side: int = 512) -> np.ndarray:
@@ -67,7 +70,8 @@ def _outline(img: np.ndarray, inst: np.ndarray, rgb: tuple[int, int, int]) -> np
 def segmentation_figure(fields_by_norm: Sequence["Fields"], model_paths: Sequence[str | os.PathLike],
                         path: str | os.PathLike, *, patch: int) -> Path:
     """One unseen test field under each normalization: ground-truth outlines (green) and the U-Net's
-    instances (magenta), and the threshold baseline's on the un-normalized field."""
+    instances (yellow), and the threshold baseline's on the un-normalized field; the top-left
+    ``SEGMENTATION_VIEW`` px, so one-pixel outlines stay visible on large fields."""
     from stainshift.nuclei.segmentation import (instances_from_probability, load_unet, predict_foreground,
                                                 threshold_baseline)
 
@@ -83,13 +87,13 @@ def segmentation_figure(fields_by_norm: Sequence["Fields"], model_paths: Sequenc
     _, th_inst = threshold_baseline(first.images[i])
     panels.append((f"threshold, {first.meta.get('normalization', '?')}",
                    _outline(_outline(first.images[i], first.instances[i], GT_RGB), th_inst, PRED_RGB)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0), squeeze=False)
     for ax, (title, img) in zip(axes[0], panels):
-        ax.imshow(_crop(img))
+        ax.imshow(_crop(img, SEGMENTATION_VIEW), interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(f"{first.names[i]} ({first.centers[i]}, trained on {first.train_center}): "
-                 "green = ground truth, magenta = predicted nuclei", fontsize=9)
+                 "green = ground truth, yellow = predicted nuclei", fontsize=9)
     return save_figure(fig, path)
 
 

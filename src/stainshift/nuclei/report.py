@@ -141,7 +141,7 @@ def nuclei_section(results: Mapping[str, Mapping]) -> str:
             verdict = segmentation_verdict(res["segmentation"])
             if verdict:
                 parts += [verdict, ""]
-            parts += _figure(res, "segmentation.png", f"{dataset}: ground truth (green) and predicted nuclei (magenta)")
+            parts += _figure(res, "segmentation.png", f"{dataset}: ground truth (green) and predicted nuclei (yellow)")
         cls = classes_markdown(res["classes"])
         if cls:
             n_tr = int(res["classes"]["n_train_crops"].iloc[0]) if "n_train_crops" in res["classes"] else 0
