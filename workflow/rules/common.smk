@@ -377,3 +377,66 @@ def train_targets():
 RUN_CONSTRAINTS = {"method": _alternatives(METHODS), "source": _alternatives(list(SOURCES)), "seed": r"\d+"}
 TRAINED_RUN_CONSTRAINTS = {**RUN_CONSTRAINTS, "method": _alternatives(TRAINED_METHODS)}
 EXTERNAL_RUN_CONSTRAINTS = {**RUN_CONSTRAINTS, "method": _alternatives(list(EXTERNAL))}
+
+
+def stain_transfer_model(target):
+    """The stain-transfer CNN of a `neural` normalization target (rule train_stain_transfer, rules/normalize.smk)."""
+    return f"{RESULTS}/normalize/stain_transfer/{target}.pt"
+
+
+# --- Seed 004's nuclei stages (rules/nuclei.smk): config checks at parse time, input functions ----------
+NUC = config["nuclei"]
+NUC_DIR = f"{RESULTS}/nuclei"
+NUC_DATASETS = list(NUC.get("datasets") or [])
+NUC_SEG_NORMS = list(NUC["segmentation"]["normalizations"])
+NUC_CLASS_NORM = NUC["classes"]["normalization"]
+NUC_NORMS = NUC_SEG_NORMS + [n for n in [NUC_CLASS_NORM] if n not in NUC_SEG_NORMS]
+# synthetic nuclei fields: the configured centers, else the study's synthetic centers (the training center first)
+NUC_SYNTH_CENTERS = list(NUC["synthetic"].get("centers") or [c for c in CENTERS if c in SYNTH_CENTERS])
+if "synthetic" in NUC_DATASETS:
+    _bad = [c for c in NUC_SYNTH_CENTERS if c not in SYNTH_CENTERS]
+    if _bad or not NUC_SYNTH_CENTERS:
+        raise ValueError(
+            f"config nuclei.synthetic.centers: {_bad or 'none'} — synthetic nuclei fields need synthetic centers "
+            f"({', '.join(sorted(SYNTH_CENTERS))})"
+        )
+    _tc = NUC["synthetic"].get("train_center")
+    if _tc is not None and _tc not in NUC_SYNTH_CENTERS:
+        raise ValueError(f"config nuclei.synthetic.train_center: {_tc!r} is not one of {NUC_SYNTH_CENTERS}")
+NUC_ENCODER = NUC["classes"]["encoder"]
+if NUC_DATASETS and NUC_ENCODER != "random" and NUC_ENCODER not in METHODS:
+    raise ValueError(
+        f"config nuclei.classes.encoder: {NUC_ENCODER!r} is neither 'random' nor a method of this config "
+        f"({', '.join(METHODS)})"
+    )
+if "hgsc" in NUC_DATASETS and not Path(NUC["hgsc"]["path"]).is_dir():
+    raise ValueError(
+        f"config nuclei.hgsc.path: {NUC['hgsc']['path']!r} is not a folder (nuclei_hgsc of ../shared/data); "
+        "drop 'hgsc' from nuclei.datasets or point the path at it"
+    )
+
+
+def nuclei_train_center(dataset):
+    """The center whose train fields the dataset's models learn from."""
+    if dataset == "hgsc":
+        return "hgsc"
+    return NUC["synthetic"].get("train_center") or NUC_SYNTH_CENTERS[0]
+
+
+def nuclei_encoder(wildcards):
+    """The encoder.pt whose features feed the k-means baseline (the method's first run), or none."""
+    if NUC_ENCODER == "random":
+        return []
+    return [f"{run_dir(NUC_ENCODER, next(iter(SOURCES)), SEEDS[0])}/encoder.pt"]
+
+
+def nuclei_targets():
+    out = []
+    for d in NUC_DATASETS:
+        out += [
+            f"{NUC_DIR}/{d}/segmentation.csv",
+            f"{NUC_DIR}/{d}/segmentation.png",
+            f"{NUC_DIR}/{d}/transfer_scores.csv",
+            f"{NUC_DIR}/{d}/classes/scores.csv",
+        ]
+    return out

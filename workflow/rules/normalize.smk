@@ -21,10 +21,6 @@ variant_stores = NORM_PLAN.variant_stores  # (store, method, target) of every va
 NEURAL_TARGETS = [t for t, m in NORM_PLAN.plan if m == "neural"]
 
 
-def stain_transfer_model(target):
-    return f"{NORM_DIR}/stain_transfer/{target}.pt"
-
-
 rule select_targets:
     input:
         stores=[tile_manifest(c["slide_id"]) for c in NORM_PLAN.candidates()],

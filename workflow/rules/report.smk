@@ -20,7 +20,9 @@ rule report:
         nuclei_segmentation=[f"{NUC_DIR}/{d}/segmentation.csv" for d in NUC_DATASETS],
         nuclei_classes=[f"{NUC_DIR}/{d}/classes/scores.csv" for d in NUC_DATASETS],
         nuclei_figures=[
-            f"{NUC_DIR}/{d}/{f}.png" for d in NUC_DATASETS for f in ("transfer_montage", "segmentation", "classes/samples")
+            f"{NUC_DIR}/{d}/{f}.png"
+            for d in NUC_DATASETS
+            for f in ("transfer_montage", "segmentation", "classes/samples")
         ],
     output:
         summary_md=report(f"{RESULTS}/report/summary.md", caption="../report/summary_md.rst", category="Summary"),
