@@ -531,6 +531,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; white-space
 th { background: #f2f2f2; white-space: normal; } tr:nth-child(even) td { background: #fafafa; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1.05em; } code { background: #f4f4f4; padding: 0 3px; }
+img { max-width: 100%; height: auto; }
 """
 
 
