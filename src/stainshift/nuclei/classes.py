@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,10 +53,20 @@ def run_classes(*, train_store: str | os.PathLike, test_store: str | os.PathLike
     import torch
 
     from stainshift.models import build_encoder
-    from stainshift.nuclei.cluster import (cluster_scores, encoder_features, hungarian_match, kmeans_fit_predict,
-                                           scores_table)
+    from stainshift.nuclei.cluster import (
+        cluster_scores,
+        encoder_features,
+        hungarian_match,
+        kmeans_fit_predict,
+        scores_table,
+    )
     from stainshift.nuclei.figures import class_samples_figure
-    from stainshift.nuclei.infogan import predict_codes, sample_grid, save_infogan, train_infogan
+    from stainshift.nuclei.infogan import (
+        predict_codes,
+        sample_grid,
+        save_infogan,
+        train_infogan,
+    )
     from stainshift.store import PatchStore
     from stainshift.train import load_encoder, select_device
 
@@ -114,5 +125,6 @@ def run_classes(*, train_store: str | os.PathLike, test_store: str | os.PathLike
     for c in range(k):
         cls = infogan_map.get(c)
         code_names.append(f"code {c}" + (f"\n→ {class_names[cls]}" if cls is not None and cls < len(class_names) else ""))
-    class_samples_figure(sample_grid(model, 6, seed=seed), real, out_samples, code_names=code_names)
+    class_samples_figure(sample_grid(model, 6, seed=seed), real, out_samples, code_names=code_names,
+                         iterations=int(cfg["iterations"]))
     return table

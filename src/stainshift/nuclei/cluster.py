@@ -10,7 +10,8 @@ scores measure how well the clusters align with the classes, not a held-out clas
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,17 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from torch import nn
 
-__all__ = ["pixel_vectors", "kmeans_pixels", "kmeans_features", "kmeans_fit_predict", "encoder_features",
-           "hungarian_match", "apply_mapping", "cluster_scores", "scores_table"]
+__all__ = [
+    "apply_mapping",
+    "cluster_scores",
+    "encoder_features",
+    "hungarian_match",
+    "kmeans_features",
+    "kmeans_fit_predict",
+    "kmeans_pixels",
+    "pixel_vectors",
+    "scores_table",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NucleusCrops", "nucleus_crops", "concat_crops"]
+__all__ = ["NucleusCrops", "concat_crops", "nucleus_crops"]
 
 log = logging.getLogger(__name__)
 

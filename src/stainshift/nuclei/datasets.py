@@ -11,14 +11,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["HGSC_IMAGES", "NucleiImage", "load_hgsc", "tile_pairs", "random_crops"]
+__all__ = ["HGSC_IMAGES", "NucleiImage", "load_hgsc", "random_crops", "tile_pairs"]
 
 log = logging.getLogger(__name__)
 

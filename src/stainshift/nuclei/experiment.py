@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,7 @@ class Fields:
         return [i for i in range(len(self)) if (split is None or self.splits[i] == split)
                 and (center is None or self.centers[i] == center)]
 
-    def with_images(self, images: list[np.ndarray], **meta: Any) -> "Fields":
+    def with_images(self, images: list[np.ndarray], **meta: Any) -> Fields:
         return replace(self, images=images, meta={**self.meta, **meta})
 
 
@@ -256,7 +257,11 @@ def train_segmenter(fields: Fields, cfg: dict[str, Any], log_fn: Callable[[str],
 def segmentation_rows(fields: Fields, model: Any, *, patch: int) -> pd.DataFrame:
     """Per test field: pixel counts and scores, object scores, for the U-Net and the threshold baseline."""
     from stainshift.nuclei.seg_metrics import object_scores, pixel_counts, pixel_scores
-    from stainshift.nuclei.segmentation import instances_from_probability, predict_foreground, threshold_baseline
+    from stainshift.nuclei.segmentation import (
+        instances_from_probability,
+        predict_foreground,
+        threshold_baseline,
+    )
 
     rows = []
     for i in fields.where("test"):

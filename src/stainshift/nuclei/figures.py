@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,7 +18,7 @@ GT_RGB = (0, 200, 0)
 PRED_RGB = (255, 230, 0)  # yellow: visible on haematoxylin and eosin alike
 
 
-def _show_fields(fields: "Fields", k: int = 3) -> list[int]:
+def _show_fields(fields: Fields, k: int = 3) -> list[int]:
     """Up to ``k`` test fields, one per center, unseen centers first (the shift the figure is about)."""
     picked, seen = [], set()
     for i in sorted(fields.where("test"), key=lambda i: fields.centers[i] == fields.train_center):
@@ -34,7 +35,7 @@ def _crop(img: np.ndarray, side: int = 512) -> np.ndarray:
     return img[:side, :side]
 
 
-def transfer_montage(fields: "Fields", normalized: dict[str, "Fields"], path: str | os.PathLike) -> Path:
+def transfer_montage(fields: Fields, normalized: dict[str, Fields], path: str | os.PathLike) -> Path:
     """Rows: test fields (one per center); columns: each normalization (``none`` = as scanned), then
     the train center's reference field. Near-white glass that a method coloured is what seed 004's
     Fig. 3 shows for the SVD method."""
@@ -67,13 +68,17 @@ def _outline(img: np.ndarray, inst: np.ndarray, rgb: tuple[int, int, int]) -> np
     return out
 
 
-def segmentation_figure(fields_by_norm: Sequence["Fields"], model_paths: Sequence[str | os.PathLike],
+def segmentation_figure(fields_by_norm: Sequence[Fields], model_paths: Sequence[str | os.PathLike],
                         path: str | os.PathLike, *, patch: int) -> Path:
     """One unseen test field under each normalization: ground-truth outlines (green) and the U-Net's
     instances (yellow), and the threshold baseline's on the un-normalized field; the top-left
     ``SEGMENTATION_VIEW`` px, so one-pixel outlines stay visible on large fields."""
-    from stainshift.nuclei.segmentation import (instances_from_probability, load_unet, predict_foreground,
-                                                threshold_baseline)
+    from stainshift.nuclei.segmentation import (
+        instances_from_probability,
+        load_unet,
+        predict_foreground,
+        threshold_baseline,
+    )
 
     first = fields_by_norm[0]
     i = _show_fields(first, 1)[0]
@@ -98,7 +103,7 @@ def segmentation_figure(fields_by_norm: Sequence["Fields"], model_paths: Sequenc
 
 
 def class_samples_figure(generated: np.ndarray, real_by_class: dict[str, np.ndarray], path: str | os.PathLike,
-                         code_names: Sequence[str] | None = None) -> Path:
+                         code_names: Sequence[str] | None = None, iterations: int | None = None) -> Path:
     """Left: InfoGAN samples, one column per code c (rows share z, seed 004 Fig. 7); right: real
     crops of each ground-truth class (seed 004 Fig. 8)."""
     n_codes, n = generated.shape[:2]
@@ -121,5 +126,6 @@ def class_samples_figure(generated: np.ndarray, real_by_class: dict[str, np.ndar
                     ax.imshow(crops[r])
                 if r == 0:
                     ax.set_title(f"real:\n{name}", fontsize=7)
-    fig.suptitle("InfoGAN samples per code (rows share z) | real nuclei per class", fontsize=9)
+    trained = f" after {iterations:,} iterations (seed 004: 70,000)" if iterations else ""
+    fig.suptitle(f"InfoGAN samples per code{trained} (rows share z) | real nuclei per class", fontsize=9)
     return save_figure(fig, path)

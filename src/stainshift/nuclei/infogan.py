@@ -36,8 +36,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -46,8 +46,20 @@ from torch import nn
 
 from stainshift.atomic import atomic_path
 
-__all__ = ["Generator", "Discriminator", "InfoGAN", "gradient_penalty", "info_loss", "train_infogan",
-           "predict_codes", "sample_grid", "save_infogan", "load_infogan", "to_unit", "from_unit"]
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "InfoGAN",
+    "from_unit",
+    "gradient_penalty",
+    "info_loss",
+    "load_infogan",
+    "predict_codes",
+    "sample_grid",
+    "save_infogan",
+    "to_unit",
+    "train_infogan",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -36,12 +36,20 @@ Empty cases: both images without objects score 1 everywhere; objects on one side
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["pixel_counts", "pixel_scores", "sum_counts", "object_counts", "object_scores_from_counts",
-           "object_scores", "PIXEL_SCORES", "OBJECT_SCORES"]
+__all__ = [
+    "OBJECT_SCORES",
+    "PIXEL_SCORES",
+    "object_counts",
+    "object_scores",
+    "object_scores_from_counts",
+    "pixel_counts",
+    "pixel_scores",
+    "sum_counts",
+]
 
 PIXEL_SCORES = ("sensitivity", "specificity", "dice", "jaccard")
 OBJECT_SCORES = ("aji", "pq", "dq", "sq", "object_dice")

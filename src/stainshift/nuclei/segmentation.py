@@ -40,8 +40,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,17 @@ import stainshift
 from stainshift.atomic import atomic_path
 from stainshift.nuclei.seg_metrics import pixel_counts, pixel_scores, sum_counts
 
-__all__ = ["ARCHS", "build_unet", "train_unet", "predict_foreground", "split_touching", "instances_from_probability",
-           "threshold_baseline", "save_unet", "load_unet"]
+__all__ = [
+    "ARCHS",
+    "build_unet",
+    "instances_from_probability",
+    "load_unet",
+    "predict_foreground",
+    "save_unet",
+    "split_touching",
+    "threshold_baseline",
+    "train_unet",
+]
 
 logger = logging.getLogger(__name__)
 
