@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
+# pytest workers (pytest-xdist); test files stay whole on one worker, so module fixtures run once
+TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv demo test report lint bench lock clean
@@ -26,7 +28,7 @@ report: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint
