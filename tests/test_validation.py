@@ -117,32 +117,7 @@ def test_missing_required_column_value(tmp_path: Path) -> None:
         load_sample_sheet(sheet, SCHEMAS / "samples.schema.yaml", base_dir=tmp_path)
 
 
-@pytest.mark.parametrize(
-    "mutate, expected",
-    [
-        (lambda cfg, sheet: cfg["tiling"].update(filter="magic"), "tiling.filter"),
-        (lambda cfg, sheet: sheet.loc.__setitem__((1, "split"), "holdout"), "column 'split'"),
-        (lambda cfg, sheet: sheet.loc.__setitem__((2, "slide_id"), "a_train1"), "duplicate slide_id 'a_train1'"),
-        (lambda cfg, sheet: cfg["pretrain"].update(sources=["each", "center_x"]), "center_x"),
-        (lambda cfg, sheet: cfg["finetune"].update(mode="full"), "finetune"),
-        (lambda cfg, sheet: cfg["pretrain"]["defaults"].update(epoch=3),
-         "key 'pretrain.defaults.epoch': not a setting of any method (did you mean 'epochs'?)"),
-        (lambda cfg, sheet: cfg["external"].append({"name": "uni", "file": "missing.pt2"}),
-         "external[0] ('uni'): file 'missing.pt2' does not exist"),
-    ],
-    ids=["bad-key", "unknown-split", "duplicate-id", "unknown-source-center", "unknown-finetune-key",
-         "method-setting-typo", "external-file-missing"],
-)
-def test_snakemake_fails_at_parse_time(tmp_path: Path, mutate, expected: str) -> None:
-    work = make_workdir(tmp_path)
-    cfg = yaml.safe_load((work / "config" / "config.yaml").read_text())
-    sheet = pd.read_csv(work / "config" / "slides.tsv", sep="\t", dtype=str, keep_default_na=False)
-    mutate(cfg, sheet)
-    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    sheet.to_csv(work / "config" / "slides.tsv", sep="\t", index=False)
-    proc = run_snakemake(work, "--dry-run", check=False)
-    assert proc.returncode != 0
-    assert expected in proc.stdout + proc.stderr
+# Bad config / sheet through `snakemake --dry-run`: tests/test_bad_inputs.py.
 
 
 def test_fusion_method_not_pretrained_is_skipped_with_a_note(tmp_path: Path) -> None:

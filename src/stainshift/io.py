@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["SlideReader", "SlideReadError", "open_slide", "PLAIN_IMAGE_SUFFIXES", "CHANNEL_ORDERS", "rgb_view",
+__all__ = ["SlideReader", "SlideReadError", "open_slide", "native_pixel_size", "PLAIN_IMAGE_SUFFIXES", "CHANNEL_ORDERS", "rgb_view",
            "rgb_array", "pil_rgb"]
 
 CHANNEL_ORDERS = ("RGB", "BGRX")
@@ -550,6 +550,17 @@ class PlainImageReader(SlideReader):
     def _read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
         H, W = self._rgb.shape[:2]
         return _paste(h, w, x0, y0, W, H, lambda xa, ya, xb, yb: self._rgb[ya:yb, xa:xb])
+
+
+def native_pixel_size(path: str | os.PathLike) -> float | None:
+    """Level-0 µm/px recorded in the file's header, or None when it records none; reads no pixels.
+    Plain images (PNG, JPEG, ...) carry no microscope pixel size. Unreadable files raise
+    :class:`SlideReadError` naming the file."""
+    path = Path(path)
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        return None
+    with open_slide(path) as reader:
+        return reader.native_mpp
 
 
 def open_slide(path: str | os.PathLike, mpp: float | None = None) -> SlideReader:

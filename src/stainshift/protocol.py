@@ -50,7 +50,8 @@ class Source:
         return {"id": self.id, "kind": self.kind, "centers": list(self.centers), "held_out": self.held_out}
 
 
-def parse_sources(entries: Sequence[str] | None, train_centers: Iterable[str]) -> dict[str, Source]:
+def parse_sources(entries: Sequence[str] | None, train_centers: Iterable[str],
+                  train_split: str = "train") -> dict[str, Source]:
     """Expand ``pretrain.sources`` entries into sources (id → Source), in entry order.
 
     ``train_centers``: the centers that have training stores. Raises ValueError naming the entry
@@ -58,7 +59,8 @@ def parse_sources(entries: Sequence[str] | None, train_centers: Iterable[str]) -
     """
     centers = sorted(dict.fromkeys(train_centers))
     if not centers:
-        raise ValueError("pretrain.sources: no center has training stores")
+        raise ValueError(f"pretrain.sources: no center has training stores (no sample-sheet row or crop set has "
+                         f"split {train_split!r}, the pretrain.train_split); every model learns from those")
     out: dict[str, Source] = {}
 
     def add(src: Source, entry: str) -> None:

@@ -4,6 +4,7 @@ The Snakefile calls these at parse time so a bad config or sheet fails before an
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -202,6 +203,64 @@ def check_slide_label_classes(samples: pd.DataFrame, sheet: str | Path, train_sp
     if len(labels) == len(train) and labels.nunique() < 2:
         raise ConfigError(f"sample sheet '{sheet}': every '{train_split}' slide has label {labels.iloc[0]!r} (column "
                           "'label', no annotations); a classifier needs at least two classes to learn from")
+
+
+def check_slide_pixel_sizes(
+    samples: pd.DataFrame,
+    sheet: str | Path,
+    base_dir: str | Path = ".",
+    generated_prefixes: Iterable[str] = (),
+    cache_file: str | Path | None = None,
+) -> None:
+    """Every slide needs a level-0 pixel size: the sheet's ``mpp`` cell or its file's header.
+
+    For rows without an ``mpp`` cell the slide's header is read here, at parse time (no pixels;
+    ~6 ms per SVS, remembered in ``cache_file`` by path, size and modification time), so a slide
+    without a pixel size — or one that cannot be opened — is named by row before any job runs.
+    Slides another rule generates (``generated_prefixes``) are skipped: they do not exist yet.
+    """
+    from stainshift.atomic import write_json
+    from stainshift.io import SlideReadError, native_pixel_size
+
+    base_dir = Path(base_dir)
+    prefixes = tuple(str(Path(p)) + "/" for p in generated_prefixes)
+    cache: dict[str, list] = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (OSError, ValueError):
+            cache = {}
+    changed = False
+    problems: list[str] = []
+    for i, rec in enumerate(samples.to_dict("records")):
+        path = rec.get("path")
+        if rec.get("mpp") is not None or not path or str(path).startswith(prefixes):
+            continue
+        full = Path(path) if Path(path).is_absolute() else base_dir / path
+        where = f"  - row {i + 2} (slide_id={rec.get('slide_id')!r}), column 'mpp'"
+        try:
+            st = full.stat()
+            key = str(full.resolve())
+            hit = cache.get(key)
+            if hit is not None and hit[:2] == [st.st_size, st.st_mtime_ns]:
+                mpp = hit[2]
+            else:
+                mpp = native_pixel_size(full)
+                cache[key] = [st.st_size, st.st_mtime_ns, mpp]
+                changed = True
+        except (OSError, SlideReadError) as exc:
+            problems.append(f"{where}: empty, and the slide's header cannot be read: {exc}")
+            continue
+        if mpp is None:
+            problems.append(f"{where}: empty, and '{path}' records no pixel size (µm/px) in its header; "
+                            "give the level-0 µm/px in the sheet's 'mpp' column")
+    if changed and cache_file is not None:
+        try:
+            write_json(cache_file, cache)
+        except OSError:
+            pass  # a cache only: a read-only working dir reads the headers again next time
+    if problems:
+        raise ConfigError(f"sample sheet '{sheet}': slides without a pixel size:\n" + "\n".join(problems))
 
 
 def load_sample_sheet(

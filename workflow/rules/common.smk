@@ -31,9 +31,16 @@ SAMPLES = load_sample_sheet(
     results=RESULTS,
 )
 SLIDES = list(SAMPLES["slide_id"])
-from stainshift.validation import check_slide_label_classes
+from stainshift.validation import check_slide_label_classes, check_slide_pixel_sizes
 
 check_slide_label_classes(SAMPLES, config["samples"], config["pretrain"]["train_split"])
+# slides without an 'mpp' cell: their headers are read now (cached in .snakemake/), not at tile time
+check_slide_pixel_sizes(
+    SAMPLES,
+    config["samples"],
+    generated_prefixes=[SYNTH_DIR] if config["synth"]["enabled"] else [],
+    cache_file=Path(".snakemake") / "stainshift" / "slide_headers.json",
+)
 
 # --- Patch stores (issue 3) -----------------------------------------------------------------------
 # STORES: one row per patch store {RESULTS}/tiles/{store_id}.zarr, indexed by store_id, columns
@@ -200,8 +207,9 @@ def _alternatives(ids):
 def tile_inputs(wildcards):
     row = SAMPLES.loc[wildcards.slide]
     inputs = {"slide": row["path"]}
-    if row.get("annotation"):
-        inputs["annotation"] = row["annotation"]
+    annotation = row.get("annotation")
+    if isinstance(annotation, str) and annotation:  # an empty cell reads as None or NaN
+        inputs["annotation"] = annotation
     return inputs
 
 
@@ -250,7 +258,9 @@ if _missing_init:
 TRAIN_SPLIT = config["pretrain"]["train_split"]
 VAL_SPLIT = config["finetune"]["val_split"]
 SOURCES = parse_sources(
-    config["pretrain"]["sources"], [c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)]
+    config["pretrain"]["sources"],
+    [c for c in CENTERS if stores_where(split=TRAIN_SPLIT, center=c)],
+    TRAIN_SPLIT,
 )
 SEEDS = [int(s) for s in config["pretrain"]["seeds"]]
 RUNS = [(m, s, k) for m in METHODS for s in SOURCES for k in SEEDS]
