@@ -7,18 +7,14 @@ import torch
 from torch import nn
 
 from stainshift.methods.base import StepContext, build_method
-from stainshift.methods.sassl import (
-    SASSLConfig,
-    SASSLModel,
-    SSLBase,
-    StainDiscriminator,
+from stainshift.methods.losses import (
     affinity_matrix,
     discriminator_loss,
     generator_adversarial_loss,
     pair_means,
     relation_matrix,
-    sassl_step,
 )
+from stainshift.methods.sassl import SASSLConfig, SASSLModel, SSLBase, StainDiscriminator, sassl_step
 
 torch.set_num_threads(1)
 

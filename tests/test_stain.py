@@ -14,13 +14,12 @@ from skimage.color import rgb2lab
 
 from stainshift.stain import (
     Macenko,
-    Reinhard,
     Vahadane,
     concentrations,
     get_normalizer,
-    he_augment,
     stain_matrix,
 )
+from stainshift.augment import he_augment
 from stainshift.stain.quality import hellinger_distance
 from stainshift.stain.reinhard import rgb_to_lab_np
 from stainshift.synth import CENTERS, render_he

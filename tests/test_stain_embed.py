@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from stainshift.methods.base import StepContext, build_method
-from stainshift.methods.stain_embed import (
-    LayerTap,
-    StainBatchNormalizer,
+from stainshift.methods.losses import (
     latent_embedding_chance,
     latent_embedding_loss,
     latent_positive_accuracy,
     negative_indices,
     paired_ce_loss,
 )
+from stainshift.methods.stain_embed import LayerTap, StainBatchNormalizer
 
 torch.set_num_threads(1)
 

@@ -60,23 +60,20 @@ from stainshift.augment import build_views
 from stainshift.methods.base import (COLLAPSE_THRESHOLD, CONTRASTIVE_CHANCE_MARGIN, Method, StepContext, check_chance,
                                      check_collapse, register_method)
 from stainshift.methods import fusion as _fusion  # noqa: F401  (registers the "fused" encoder arch)
-from stainshift.methods.losses import embedding_spread, gather, nt_xent, nt_xent_chance
+from stainshift.methods.losses import (ADV_MODES, AFFINITY_SATURATION, affinity_matrix, discriminator_loss,
+                                       embedding_spread, gather, generator_adversarial_loss, has_both_pair_sets,
+                                       negative_cosine, nt_xent, nt_xent_chance, pair_means, relation_matrix,
+                                       slide_codes)
 from stainshift.models import build_encoder, mlp
 
 __all__ = [
     "StainDiscriminator",
-    "relation_matrix",
-    "affinity_matrix",
-    "pair_means",
-    "discriminator_loss",
-    "generator_adversarial_loss",
     "SSLBase",
     "SASSLModel",
     "SASSLConfig",
     "sassl_step",
     "sassl_update",
     "SASSL",
-    "slide_codes",
     "SSL_BASES",
 ]
 
@@ -84,7 +81,7 @@ SSL_BASES = ("simsiam", "simclr", "byol", "moco")
 
 
 # --------------------------------------------------------------------------------------------
-# Stain discriminator and the affinity / relation matrices
+# Stain discriminator (its losses: stainshift.methods.losses.adversarial)
 # --------------------------------------------------------------------------------------------
 class StainDiscriminator(nn.Module):
     """D (seed 002, Fig. 1): ``depth`` × (Linear → LeakyReLU) with a shortcut after the last one.
@@ -108,77 +105,9 @@ class StainDiscriminator(nn.Module):
         return s + self.body(s)
 
 
-def slide_codes(slide_ids: Sequence[str] | Tensor) -> Tensor:
-    """Map slide ids (strings or ints) to int64 codes 0..K−1 (first-seen order)."""
-    if isinstance(slide_ids, Tensor):
-        return torch.unique(slide_ids, return_inverse=True)[1].long()
-    seen: dict = {}
-    return torch.tensor([seen.setdefault(s, len(seen)) for s in slide_ids], dtype=torch.long)
-
-
-def relation_matrix(slide_ids: Sequence[str] | Tensor, device: torch.device | str | None = None) -> Tensor:
-    """R (seed 002): r_ij = 1 if patches i and j come from the same WSI, else 0 (float, N × N)."""
-    c = slide_codes(slide_ids).to(device)
-    return (c[:, None] == c[None, :]).float()
-
-
-def affinity_matrix(l1: Tensor, l2: Tensor, normalize: bool = True) -> Tensor:
-    """A = l1 l2ᵀ (N × N); with ``normalize`` the rows are L2-normalised first (cosine)."""
-    if normalize:
-        l1, l2 = F.normalize(l1.float(), dim=1), F.normalize(l2.float(), dim=1)
-    return l1 @ l2.T
-
-
-def pair_means(a: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-    """(a_diff, a_same) = (Σ(1−R)⊙A / Σ(1−R), ΣR⊙A / ΣR); an empty set gives 0."""
-    inv = 1.0 - r
-    a_diff = (inv * a).sum() / inv.sum().clamp_min(1.0)
-    a_same = (r * a).sum() / r.sum().clamp_min(1.0)
-    return a_diff, a_same
-
-
-def discriminator_loss(a: Tensor, r: Tensor) -> Tensor:
-    """Seed 002 Eq. 6: L_D = ||(1−R)A||₁/||1−R||₁ − ||RA||₁/||R||₁ (minimised by D)."""
-    a_diff, a_same = pair_means(a, r)
-    return a_diff - a_same
-
-
-ADV_MODES = ("paper", "reversal", "gap")
-#: a mean cosine affinity of different-slide pairs at or above this = the affinities saturated
-AFFINITY_SATURATION = 0.9
-
-
-def generator_adversarial_loss(a: Tensor, r: Tensor, mode: str = "paper") -> Tensor:
-    """Adversarial part of seed 002 Eq. 5 for the encoder (added to L_ssl).
-
-    ``paper``: −(a_diff + a_same) — raise every affinity so D cannot tell slides apart.
-    ``reversal``: −L_D = a_same − a_diff — the textbook GAN min–max reading of Eq. 4.
-    ``gap``: (a_same − a_diff)² — equal pair means, whatever their level.
-    """
-    a_diff, a_same = pair_means(a, r)
-    if mode == "paper":
-        return -(a_diff + a_same)
-    if mode == "reversal":
-        return a_same - a_diff
-    if mode == "gap":
-        return (a_same - a_diff).pow(2)
-    raise ValueError(f"adv_mode must be one of {ADV_MODES}, got {mode!r}")
-
-
-def has_both_pair_sets(r: Tensor) -> bool:
-    """Whether R holds both same-slide pairs off the diagonal and different-slide pairs."""
-    n = r.shape[0]
-    return bool(r.sum() > n) and bool(r.sum() < n * n)
-
-
 # --------------------------------------------------------------------------------------------
 # SSL bases
 # --------------------------------------------------------------------------------------------
-def _neg_cos(p: Tensor, z: Tensor) -> Tensor:
-    """Seed 002 Eq. 3 / SimSiam: 1 − ⟨p, sg(z)⟩ / (‖p‖‖z‖), batch mean."""
-    return 1.0 - F.cosine_similarity(p, z.detach(), dim=1).mean()
-
-
 class SSLBase(nn.Module):
     """The SSL framework under SASSL: projections S1, S2 of two views and the SSL loss.
 
@@ -276,13 +205,13 @@ class SSLBase(nn.Module):
         z1, z2 = self.projector(h1), self.projector(self.encoder(v2))
         if self.base == "simsiam":
             p1, p2 = self.predictor(z1), self.predictor(z2)
-            loss = 0.5 * (_neg_cos(p1, z2) + _neg_cos(p2, z1))
+            loss = 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
         elif self.base == "simclr":
             loss = nt_xent(z1, z2, self.tau)
         elif self.base == "byol":
             p1, p2 = self.predictor(z1), self.predictor(z2)
             t1, t2 = self._targets(v1), self._targets(v2)
-            loss = 0.5 * (_neg_cos(p1, t2) + _neg_cos(p2, t1))
+            loss = 0.5 * (negative_cosine(p1, t2) + negative_cosine(p2, t1))
         else:  # moco v2
             k1, k2 = self._targets(v1), self._targets(v2)
             loss = 0.5 * (self._moco_infonce(z1, k2) + self._moco_infonce(z2, k1))

@@ -1,4 +1,4 @@
-"""Stain normalization and augmentation for H&E: Reinhard, Macenko, Vahadane, H&E-space scaling.
+"""Stain normalization for H&E: Reinhard, Macenko, Vahadane (H&E-space scaling: :mod:`stainshift.augment`).
 
 All tools take uint8 RGB images ``(H, W, 3)`` or batches ``(N, H, W, 3)`` as numpy arrays or torch
 tensors (any device) and return the same type, device and shape; inputs are never modified.
@@ -8,7 +8,6 @@ usable estimate fall back to the identity and are flagged in ``normalizer.last_f
 >>> n = get_normalizer("macenko").fit(target)      # target (H,W,3) uint8
 >>> out = n.transform(batch)                        # (N,H,W,3) uint8, same type/device
 >>> out = n.fit_transform_torch(batch_t, ref_t)     # all in torch (GPU when the tensors are)
->>> aug = he_augment(batch, (0.5, 2.0), (0.5, 2.0), rng=np.random.default_rng(0))
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import numpy as np
 import torch
 
 from ._common import LabParams, Normalizer, StainParams, as_batch, is_torch
-from .augment import he_augment
 from .macenko import Macenko, od_torch
 from .reinhard import Reinhard
 from .vahadane import Vahadane, nn_lasso2_np, nn_lasso2_torch
@@ -35,7 +33,6 @@ __all__ = [
     "Vahadane",
     "concentrations",
     "get_normalizer",
-    "he_augment",
     "stain_matrix",
 ]
 

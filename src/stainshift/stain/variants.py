@@ -126,7 +126,7 @@ def restain_store(store_path: str | os.PathLike, out_path: str | os.PathLike, st
 
     from stainshift.store import PatchStore, write_store
 
-    from .augment import he_augment
+    from stainshift.augment.he import he_augment
 
     src = PatchStore.open(store_path)
     n = len(src)

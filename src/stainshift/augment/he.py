@@ -9,13 +9,13 @@ input (white stays white); tiles without a two-stain estimate are returned uncha
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ._common import as_batch, blas_single_thread, blend_torch, is_torch, unbatch, weight_torch
-from .macenko import Macenko, od_torch
+from stainshift.stain._common import as_batch, blas_single_thread, blend_torch, is_torch, unbatch, weight_torch
+from stainshift.stain.macenko import Macenko, od_torch
 
 
 def _draw_factors(
@@ -113,3 +113,25 @@ def _augment_torch(
     rec = torch.where(torch.isfinite(rec), rec, flat.float())
     weight = weight_torch(flat, est.io, est.beta) * ok[:, None].to(rec.dtype)
     return blend_torch(flat, rec, weight).reshape(x.shape), ~ok
+
+
+def he_scale(images: torch.Tensor, alpha_range: Sequence[float], beta_range: Sequence[float],
+             p: float = 1.0) -> torch.Tensor:
+    """Seed 003's H&E scaling of a uint8 (B, 3, H, W) batch (α, β per image), with probability ``p``.
+
+    The randomness comes from torch's RNG (reproducible under ``torch.manual_seed``). CPU batches
+    run the stain library's numpy path (0.19 s per 64 tiles of 128 px on 2 cores; its torch path
+    0.84 s), GPU batches its torch path.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError("H&E scaling expects uint8 (B, 3, H, W) images (H&E deconvolution works on uint8 RGB)")
+    gen = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+    hwc = images.permute(0, 2, 3, 1)
+    if hwc.device.type == "cpu":
+        hwc = hwc.contiguous().numpy()
+    aug = he_augment(hwc, alpha_range=tuple(alpha_range), beta_range=tuple(beta_range), rng=gen)
+    aug = torch.as_tensor(aug, device=images.device).permute(0, 3, 1, 2)
+    if p < 1:
+        keep = torch.rand(len(images), device=images.device) >= p
+        aug = torch.where(keep.view(-1, 1, 1, 1), images, aug)
+    return aug

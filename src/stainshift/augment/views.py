@@ -1,4 +1,4 @@
-"""The one augmentation module of every method: batched kornia views (on the batch's device).
+"""Training views of every method: batched kornia pipelines (on the batch's device).
 
 Inputs are uint8 (or float [0, 1]) (B, 3, H, W) batches from :mod:`stainshift.data`; outputs are
 float32 (B, 3, H, W) in [0, 1], the encoders' input convention (:mod:`stainshift.models`).
@@ -24,7 +24,7 @@ its seed adds (stain normalization for ``stain_embed``, H&E scaling for ``lmc``)
   ``crop_scale`` (0.15–1; square: side √0.15 = 0.39 to 1), rot90, flips, colour jitter
   light/medium/heavy with p = 0.8, blur p = 0.5 with σ ~ U[0.1, 2] and kernel 0.1 × side (odd).
 - :class:`HEViews` — seed 003 (``lmc``): H&E scaling α, β ~ U[0.5, 2] of each view
-  (:func:`stainshift.stain.he_augment`); optional flips, rot90 and crop (not in the seed).
+  (:func:`stainshift.augment.he_augment`); optional flips, rot90 and crop (not in the seed).
 Every transform can be switched off (``p: 0``), e.g. for deterministic tests.
 """
 from __future__ import annotations
@@ -33,9 +33,10 @@ import math
 from typing import Any, Sequence
 
 import kornia.augmentation as K
-import numpy as np
 import torch
 from torch import nn
+
+from stainshift.augment.he import he_scale
 
 JITTER = {
     "none": (0.0, 0.0, 0.0, 0.0),
@@ -55,30 +56,6 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def _odd(k: float) -> int:
     k = max(3, int(k))
     return k if k % 2 else k + 1
-
-
-def he_scale(images: torch.Tensor, alpha_range: Sequence[float], beta_range: Sequence[float],
-             p: float = 1.0) -> torch.Tensor:
-    """Seed 003's H&E scaling of a uint8 (B, 3, H, W) batch (α, β per image), with probability ``p``.
-
-    The randomness comes from torch's RNG (reproducible under ``torch.manual_seed``). CPU batches
-    run the stain library's numpy path (0.19 s per 64 tiles of 128 px on 2 cores; its torch path
-    0.84 s), GPU batches its torch path.
-    """
-    if images.dtype != torch.uint8:
-        raise TypeError("H&E scaling expects uint8 (B, 3, H, W) images (H&E deconvolution works on uint8 RGB)")
-    from stainshift.stain import he_augment
-
-    gen = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
-    hwc = images.permute(0, 2, 3, 1)
-    if hwc.device.type == "cpu":
-        hwc = hwc.contiguous().numpy()
-    aug = he_augment(hwc, alpha_range=tuple(alpha_range), beta_range=tuple(beta_range), rng=gen)
-    aug = torch.as_tensor(aug, device=images.device).permute(0, 3, 1, 2)
-    if p < 1:
-        keep = torch.rand(len(images), device=images.device) >= p
-        aug = torch.where(keep.view(-1, 1, 1, 1), images, aug)
-    return aug
 
 
 class ColorJitter(nn.Module):
