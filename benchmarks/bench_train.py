@@ -79,7 +79,8 @@ def method_cfgs(which: str, methods: list[str]) -> dict[str, dict]:
 def bench_method(name: str, cfg: dict, size: int, device: torch.device, steps: int, warmup: int,
                  batch: int | None) -> dict:
     from stainshift.methods import StepContext, build_method
-    from stainshift.train import _train_step, seed_everything
+    from stainshift.train import seed_everything
+    from stainshift.train.loop import _train_step
 
     cfg = dict(cfg, image_size=size)
     enc = dict(cfg["encoder"]) if isinstance(cfg["encoder"], dict) else {"arch": cfg["encoder"]}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stainshift.models import Classifier, build_encoder
-from stainshift.finetune import (LinearProbe, choose_threshold, finetune_classifier, finetune_linear, head_module,
+from stainshift.train.finetune import (LinearProbe, choose_threshold, finetune_classifier, finetune_linear, head_module,
                                  head_payload, load_heads, probabilities, save_heads)
 from stainshift.metrics.cross_center import balanced_accuracy
 from test_data import make_stores

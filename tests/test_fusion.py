@@ -93,7 +93,7 @@ def test_fused_encoder_through_full_finetuning_and_head_file(tmp_path) -> None: 
     """Full fine-tuning trains E_s + head only; the head payload rebuilds the fused model."""
     import numpy as np
 
-    from stainshift.finetune import finetune_classifier, head_module, head_payload
+    from stainshift.train.finetune import finetune_classifier, head_module, head_payload
     from stainshift.models import Classifier
     from test_data import make_stores
 

@@ -1,6 +1,6 @@
 """Rule `finetune_run`: one run's heads — the common linear probe and, where the method has one, its
 own seed downstream — and their predictions on every test store and test variant
-(stainshift.finetune). Writes heads.pt, finetune.csv and {R}/predictions/{method}/{source}/seed{k}.csv."""
+(stainshift.train.finetune). Writes heads.pt, finetune.csv and {R}/predictions/{method}/{source}/seed{k}.csv."""
 
 import logging
 
@@ -9,7 +9,7 @@ import torch
 
 from stainshift.atomic import write_csv
 from stainshift.embeddings import write_predictions
-from stainshift.finetune import fit_native, fit_probe, predict_run, save_heads
+from stainshift.train.finetune import fit_native, fit_probe, predict_run, save_heads
 from stainshift.train import load, select_device
 from stainshift.joblog import job_logging, job_name
 

@@ -33,7 +33,9 @@ from stainshift.embeddings import RAW, prediction_frame, read_embeddings
 from stainshift.metrics.cross_center import accuracy, balanced_accuracy
 from stainshift.models import Classifier, build_encoder, build_head
 from stainshift.store import PatchStore
-from stainshift.train import atomic_save, encode_images, load, load_encoder, seed_everything
+from stainshift.train.checkpoint import atomic_save, load, load_encoder
+from stainshift.train.predict import encode_images
+from stainshift.train.runtime import seed_everything
 
 log = logging.getLogger("stainshift.finetune")
 
