@@ -13,6 +13,7 @@ from PIL import Image
 from skimage.draw import polygon as draw_polygon
 
 from stainshift import synth
+from stainshift.synth import writer as synth_writer
 from stainshift.synth import CENTERS, derive_seed, generate_slide, render_he
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +129,8 @@ def test_generation_is_deterministic_and_seeded(tmp_path, monkeypatch):
     a = _make(tmp_path / "a", "x", seed=7, tile_size=64)
     # same seed, rendered in 16-row strips instead of one 512-row strip: identical files, so the
     # output is both reproducible and independent of how the slide is cut into strips
-    monkeypatch.setattr(synth, "_STRIP_PIXELS", 512 * 16)
-    assert synth._strip_rows(512, 64) == 16
+    monkeypatch.setattr(synth_writer, "_STRIP_PIXELS", 512 * 16)
+    assert synth_writer._strip_rows(512, 64) == 16
     b = _make(tmp_path / "b", "x", seed=7, tile_size=64)
     monkeypatch.undo()
     for attr in ("slide_path", "mask_path", "xml_path"):
