@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 import stainshift.tiling as tiling
+import stainshift.tiling.filters as tiling_filters
+import stainshift.tiling.reading as tiling_reading
 from stainshift.io import SlideReadError, SlideReader, open_slide
 from stainshift.store import PatchStore
 from stainshift.tiling import (
@@ -132,11 +134,11 @@ def test_numpy_otsu_percentile_saturation_match_skimage_numpy() -> None:
         sat = hsv_saturation(img)
         np.testing.assert_array_equal(sat, rgb_to_hsv(img)[1])
         if sat.min() < sat.max():
-            assert tiling._threshold_otsu(sat) == float(threshold_otsu(sat))
+            assert tiling_filters._threshold_otsu(sat) == float(threshold_otsu(sat))
             assert otsu_threshold(img) == max(0.05, float(threshold_otsu(sat)))
         for c in range(3):
             for q in (0, 1, 50, 99, 100):
-                assert tiling._percentile_u8(img[..., c], q) == pytest.approx(np.percentile(img[..., c], q), abs=1e-9)
+                assert tiling_filters._percentile_u8(img[..., c], q) == pytest.approx(np.percentile(img[..., c], q), abs=1e-9)
 
 
 def test_disk_dilate_matches_skimage() -> None:
@@ -262,7 +264,7 @@ def test_native_reads_reach_the_encoder_unconverted(synth_slide: SynthSlide, tmp
     monkeypatch.setattr(sio, "DIRECT_TIFF_TILES", direct)
     returned: dict[int, str] = {}
     encoded: list[tuple[bool, str]] = []
-    real_raw, real_encode = SlideReader.read_region_raw, tiling.encode_tile
+    real_raw, real_encode = SlideReader.read_region_raw, tiling_reading.encode_tile
 
     def raw_spy(self: SlideReader, *a: int) -> tuple[np.ndarray, str]:
         px, order = real_raw(self, *a)
@@ -274,7 +276,7 @@ def test_native_reads_reach_the_encoder_unconverted(synth_slide: SynthSlide, tmp
         return real_encode(tile, codec, order)
 
     monkeypatch.setattr(SlideReader, "read_region_raw", raw_spy)
-    monkeypatch.setattr(tiling, "encode_tile", enc_spy)
+    monkeypatch.setattr(tiling_reading, "encode_tile", enc_spy)
     res = tile_slide(synth_slide.tiff, tmp_path / f"d{direct}.zarr", dict(target_mpp=0.5, patch_size=64, max_tiles=None),
                      slide_id="d", progress=False)
     assert len(encoded) == res.n_kept > 0 and all(same for same, _ in encoded)
