@@ -60,6 +60,7 @@ class LabelRaster:
 
     @property
     def class_ids(self) -> list[int]:
+        """Class ids present in the raster (0 = unlabelled excluded)."""
         return [int(c) for c in np.unique(self.classes) if c != 0]
 
     def _table(self, cls: int) -> np.ndarray:

@@ -52,6 +52,7 @@ class CropSet:
     n_conflicts_dropped: int
 
     def store_ids(self) -> list[str]:
+        """The patch-store ids of this crop set: ``{set}-{domain}-{split}``, sorted."""
         keys = self.table[["domain", "split"]].drop_duplicates().itertuples(index=False)
         return sorted(f"{self.name}-{d}-{s}" for d, s in keys)
 

@@ -169,12 +169,15 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the next permutation."""
         self.epoch = int(epoch)
 
     def state_dict(self) -> dict[str, int]:
+        """Epoch and seed: all the sampler needs to resume."""
         return {"epoch": self.epoch, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore the epoch and seed of :meth:`state_dict`."""
         self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
 
     def __len__(self) -> int:

@@ -299,12 +299,14 @@ class ExternalEncoder(nn.Module):
         return int(feats.shape[1])
 
     def train(self, mode: bool = True) -> "ExternalEncoder":
+        """Set train / eval mode on the wrapped model (exported programs keep the mode they were exported in)."""
         self.training = mode
         if self.format != "pt2":  # exported programs have a fixed mode
             self.model.train(mode)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize to the model's input size if fixed, normalize with its mean / std, select its feature output."""
         if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=True)

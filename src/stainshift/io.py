@@ -81,10 +81,12 @@ class SlideReader:
     # ---- common -----------------------------------------------------------------------------
     @property
     def level_count(self) -> int:
+        """Number of pyramid levels."""
         return len(self.level_dimensions)
 
     @property
     def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
         return self.level_dimensions[0]
 
     @property
@@ -100,6 +102,7 @@ class SlideReader:
 
     @property
     def native_mpp(self) -> float | None:
+        """Level-0 µm/px recorded in the file, or None (the override is not applied)."""
         return self._native_mpp
 
     def read_region(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
@@ -177,6 +180,7 @@ class SlideReader:
         return level, factor
 
     def close(self) -> None:
+        """Release the file handles (no-op for backends that hold none)."""
         pass
 
     def __enter__(self) -> "SlideReader":
@@ -186,6 +190,7 @@ class SlideReader:
         self.close()
 
     def describe(self) -> dict[str, Any]:
+        """Path, backend, vendor, levels and pixel sizes as a JSON-ready dict (store provenance)."""
         return {
             "path": str(self.path), "backend": self.backend, "vendor": self.vendor,
             "level_dimensions": [list(d) for d in self.level_dimensions],
@@ -364,6 +369,8 @@ def _openslide_raw_reader() -> Any:
 
 
 class OpenSlideReader(SlideReader):
+    """Slides OpenSlide reads (SVS, NDPI, MRXS, generic TIFF, ...); Aperio / generic-TIFF JPEG tiles
+    are decoded directly."""
     backend = "openslide"
 
     def __init__(self, path: Path, mpp_override: float | None = None) -> None:
@@ -435,6 +442,7 @@ class OpenSlideReader(SlideReader):
         return np.clip(rgb, 0, 255).astype(np.uint8), "RGB"
 
     def close(self) -> None:
+        """Close the direct-tile reader and the OpenSlide handle."""
         if self._direct is not None:
             self._direct.close()
         self._slide.close()
@@ -445,6 +453,7 @@ _RES_UNIT_UM = {2: 25_400.0, 3: 10_000.0}  # inch, centimetre in µm
 
 
 class TiffReader(SlideReader):
+    """Pyramidal, OME and plain TIFFs through tifffile (also 16-bit and grey TIFFs OpenSlide cannot read)."""
     backend = "tifffile"
 
     def __init__(self, path: Path, mpp_override: float | None = None) -> None:
@@ -513,11 +522,13 @@ class TiffReader(SlideReader):
         return _paste(h, w, lx, ly, lw, lh, get)
 
     def close(self) -> None:
+        """Close the TIFF file."""
         self._tif.close()
 
 
 # ---- plain images -------------------------------------------------------------------------------
 class PlainImageReader(SlideReader):
+    """PNG / JPEG / BMP / GIF / WebP images, loaded whole as one level (16-bit grey scaled to 8 bits)."""
     backend = "pil"
 
     def __init__(self, path: Path, mpp_override: float | None = None) -> None:

@@ -82,6 +82,7 @@ class InputNorm(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(x − mean) / std per channel."""
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
@@ -94,6 +95,7 @@ def _act(name: str) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 convolutions with a shortcut (He et al. 2016)."""
     expansion = 1
 
     def __init__(self, cin: int, cout: int, stride: int, act: str) -> None:
@@ -108,6 +110,7 @@ class BasicBlock(nn.Module):
             self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """act(bn(conv(act(bn(conv(x))))) + shortcut(x))."""
         idt = x if self.down is None else self.down(x)
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -115,6 +118,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """ResNet bottleneck block: 1×1 → 3×3 → 1×1 convolutions with a shortcut, expansion 4."""
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int, act: str) -> None:
@@ -132,6 +136,7 @@ class Bottleneck(nn.Module):
             self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """act(1×1 → 3×3 → 1×1 convolutions + shortcut(x))."""
         idt = x if self.down is None else self.down(x)
         out = self.act(self.bn1(self.conv1(x)))
         out = self.act(self.bn2(self.conv2(out)))
@@ -185,6 +190,7 @@ class ResNet(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled features of the last stage, (N, C)."""
         return torch.flatten(F.adaptive_avg_pool2d(self.forward_features(x)[-1], 1), 1)
 
 
@@ -199,18 +205,21 @@ def _widths(default: list[int], width: float, widths: list[int] | None) -> list[
 @register_encoder("resnet18")
 def resnet18(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False,
              mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); ``width`` scales the stage widths."""
     return ResNet(BasicBlock, [2, 2, 2, 2], _widths([64, 64, 128, 256, 512], width, widths), act, small_input, mean, std)
 
 
 @register_encoder("resnet34")
 def resnet34(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False,
              mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); ``width`` scales the stage widths."""
     return ResNet(BasicBlock, [3, 4, 6, 3], _widths([64, 64, 128, 256, 512], width, widths), act, small_input, mean, std)
 
 
 @register_encoder("resnet50")
 def resnet50(width: float = 1.0, widths: list[int] | None = None, act: str = "relu", small_input: bool = False,
              mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> ResNet:
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3]); ``width`` scales the stage widths."""
     return ResNet(Bottleneck, [3, 4, 6, 3], _widths([64, 64, 128, 256, 512], width, widths), act, small_input, mean, std)
 
 
@@ -266,6 +275,7 @@ class ViT(nn.Module):
         return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS token after the transformer blocks (input square, sides a multiple of the patch)."""
         if x.shape[-1] % self.patch or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"vit: input {tuple(x.shape[-2:])} must be square and a multiple of patch {self.patch}")
         tokens = self.embed(self.norm_in(x)).flatten(2).transpose(1, 2)
@@ -344,6 +354,7 @@ class Classifier(nn.Module):
             {"kind": "linear", "in_dim": encoder.out_dim, "num_classes": num_classes})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """head(encoder(x)): class logits."""
         return self.head(self.encoder(x))
 
 

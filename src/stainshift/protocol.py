@@ -47,6 +47,7 @@ class Source:
         return center in self.centers
 
     def as_dict(self) -> dict:
+        """The source as a JSON-ready dict (provenance in predictions and summaries)."""
         return {"id": self.id, "kind": self.kind, "centers": list(self.centers), "held_out": self.held_out}
 
 

@@ -55,6 +55,7 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.Im
 
 
 def text_size(draw: ImageDraw.ImageDraw, text: str, fnt: Any) -> tuple[int, int]:
+    """(width, height) in pixels of ``text`` drawn with font ``fnt``."""
     _, _, x1, y1 = draw.textbbox((0, 0), text, font=fnt)
     return int(np.ceil(x1)), int(np.ceil(y1))
 

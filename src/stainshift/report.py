@@ -205,6 +205,7 @@ GLOSSARY = (
 
 
 def glossary_text() -> str:
+    """The report's glossary as a markdown list."""
     return "\n".join(f"- **{term}**: {text}." for term, text in GLOSSARY)
 
 

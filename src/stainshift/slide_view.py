@@ -75,6 +75,7 @@ class TileScores:
 
     @property
     def n_classes(self) -> int:
+        """Number of classes in the score table."""
         return len(_proba_columns(self.table))
 
     def describe(self) -> str:

@@ -130,13 +130,16 @@ class JpegCodec(ArrayBytesCodec):
 
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> "JpegCodec":
+        """The codec from its zarr metadata."""
         _, configuration = parse_named_configuration(data, JPEG_CODEC_NAME, require_configuration=False)
         return cls(**(configuration or {}))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
+        """The codec's zarr metadata (name and configuration)."""
         return {"name": JPEG_CODEC_NAME, "configuration": {"quality": self.quality, "subsampling": self.subsampling}}
 
     def validate(self, *, shape: tuple[int, ...], dtype: Any, chunk_grid: Any) -> None:
+        """Check that the array is uint8 with 1 or 3 channels last."""
         native = np.dtype(dtype.to_native_dtype()) if hasattr(dtype, "to_native_dtype") else np.dtype(dtype)
         if native != np.uint8:
             raise ValueError(f"{JPEG_CODEC_NAME} needs uint8 data, got {native}")
@@ -167,6 +170,7 @@ class JpegCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: Any) -> int:
+        """Not defined for JPEG (variable size): raises NotImplementedError."""
         raise NotImplementedError(f"{JPEG_CODEC_NAME} has no fixed encoded size")
 
 
@@ -225,6 +229,7 @@ class CodecSpec:
             return [BytesCodec(), ZarrLZ4()]
 
     def describe(self) -> dict[str, Any]:
+        """The codec and its settings as a JSON-ready dict (store attrs)."""
         if self.name == "jpeg":
             return {"name": "jpeg", "quality": self.jpeg_quality, "subsampling": self.jpeg_subsampling}
         if self.name == "zstd":
@@ -638,6 +643,7 @@ class PatchStore:
 
     @property
     def patch_size(self) -> int:
+        """Tile side in pixels."""
         return int(self.images.shape[1])
 
     def read(self, idx: int | Sequence[int] | slice | np.ndarray) -> np.ndarray:

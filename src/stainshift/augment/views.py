@@ -78,6 +78,7 @@ class ColorJitter(nn.Module):
         self.register_buffer("yuv2rgb", torch.linalg.inv(rgb2yuv), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Jitter brightness / contrast / saturation, then rotate hue per image; output clamped to [0, 1]."""
         n = x.shape[0]
         y = self.bcs(x).clamp(0.0, 1.0) if self.bcs is not None else x
         if self.hue > 0:
@@ -97,6 +98,7 @@ class RandomRot90(nn.Module):
     kornia's ``RandomRotation90`` resamples through a warp and took 10× longer on CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate each image by k × 90°, k ~ U{0, 1, 2, 3} per image."""
         k = torch.randint(0, 4, (x.shape[0],), device=x.device)
         out = x.clone()
         for turns in (1, 2, 3):

@@ -110,6 +110,7 @@ class StepContext:
 
     @property
     def distributed(self) -> bool:
+        """Whether the run spans more than one process (DDP)."""
         return self.world_size > 1
 
     def autocast(self) -> torch.autocast:
@@ -336,6 +337,8 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One LARS update: the per-layer trust ratio η‖w‖/‖∇w + λw‖ scales the momentum SGD step
+        (You et al. 2017)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

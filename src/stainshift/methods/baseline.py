@@ -39,6 +39,7 @@ class Baseline(Method):
         self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Cross-entropy of the encoder + head on one augmented view (seed 000's supervised baseline)."""
         x = self.views(batch["image"])
         labels = batch["label"]
         with ctx.autocast():

@@ -98,11 +98,13 @@ class FusionEncoder(nn.Module):
         return f_g, f_s
 
     def forward(self, x: Tensor) -> Tensor:
+        """Pooled fused map f = f_g ⊙ f_s + σ(f_s) of the general and special encoders (seed 002 Eq. 9)."""
         f_g, f_s = self.forward_maps(x)
         f = f_g * f_s + torch.sigmoid(f_s)  # Eq. 9
         return torch.flatten(F.adaptive_avg_pool2d(f, 1), 1)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that receive gradients (the special encoder; the general one too when not frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
 
 

@@ -49,6 +49,7 @@ class LMC(Method):
         self.lambd = float(cfg.get("lambd", 0.005))
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Barlow Twins loss between two H&E-scaled views (seed 003), with its terms and collapse statistics."""
         images = batch["image"]
         x1, x2 = self.views(images), self.views(images)
         with ctx.autocast():

@@ -102,6 +102,7 @@ class StainDiscriminator(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, s: Tensor) -> Tensor:
+        """l = s + body(s) (residual MLP of seed 002's stain discriminator D)."""
         return s + self.body(s)
 
 
@@ -244,6 +245,7 @@ class SASSLModel(nn.Module):
 
     @property
     def encoder(self) -> nn.Module:
+        """The online encoder of the SSL base (what is exported)."""
         return self.ssl.encoder
 
     def affinity(self, s1: Tensor, s2: Tensor, normalize: bool = True) -> Tensor:
@@ -437,9 +439,12 @@ class SASSL(Method):
         self.views = build_views("simclr", int(cfg["image_size"]), cfg.get("views"))
 
     def optimizer_params(self) -> dict[str, Any]:
+        """Two parameter groups: the encoder side and the stain discriminator (updated alternately)."""
         return {"encoder": self.model.ssl.online_parameters(), "disc": list(self.model.discriminator.parameters())}
 
     def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        """One SASSL step: discriminator update on the views' stain affinities, then the SSL +
+        adversarial encoder update."""
         images = batch["image"]
         v1, v2 = self.views(images), self.views(images)
 
@@ -454,6 +459,7 @@ class SASSL(Method):
                             autocast=ctx.autocast, gather_fn=_gather_any)
 
     def export_encoder(self) -> nn.Module:
+        """The online encoder (the exported feature extractor)."""
         return self.encoder
 
     @classmethod

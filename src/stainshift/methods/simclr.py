@@ -46,6 +46,7 @@ class SimCLR(Method):
         self.temperature = float(cfg.get("temperature", 0.1))
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """NT-Xent between the projections of two views of each image (seed 001), with positive accuracy and spread."""
         images = batch["image"]
         x1, x2 = self.views(images), self.views(images)
         with ctx.autocast():

@@ -297,6 +297,7 @@ class StainEmbedMethod(_StainEmbedBase):
     """Seed 000: ℓ = w_c ℓ_c(f^l(X), f^l(X̄)) + w_e ℓ_e, X̄ = g(X, x_r) per batch (see module doc)."""
 
     def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        """Seed 000: ℓ = ℓ_c(z, z̄) + ℓ_e on the raw batch and its stain-normalized copy x̄."""
         raw = batch["image"]
         _sync(raw.device)
         t0 = time.perf_counter()
@@ -319,6 +320,7 @@ class StainEmbedContrastiveMethod(_StainEmbedBase):
     ℓ = w_c NT-Xent(f^l(X̄¹), f^l(X̄²); τ) + w_e · 1/(2B)(Σ CE(f(x̄¹_i), y_i) + Σ CE(f(x̄²_i), y_i))."""
 
     def training_step(self, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        """Seed 000's Ours(c): NT-Xent between two differently normalized copies of the batch, plus ℓ_e."""
         raw = batch["image"]
         _sync(raw.device)
         t0 = time.perf_counter()

@@ -38,6 +38,7 @@ class RobustnessIndexResult:
     n: int
 
     def as_dict(self) -> dict:
+        """The result as a plain dict."""
         return asdict(self)
 
 

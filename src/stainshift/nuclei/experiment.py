@@ -65,6 +65,7 @@ class Fields:
                 and (center is None or self.centers[i] == center)]
 
     def with_images(self, images: list[np.ndarray], **meta: Any) -> Fields:
+        """A copy with ``images`` replaced (e.g. normalized) and ``meta`` extended."""
         return replace(self, images=images, meta={**self.meta, **meta})
 
 

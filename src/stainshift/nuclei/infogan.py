@@ -133,10 +133,12 @@ class InfoGAN(nn.Module):
 
     @property
     def z_dim(self) -> int:
+        """Length of the noise vector z."""
         return self.config["z_dim"]
 
     @property
     def n_codes(self) -> int:
+        """Number of categories of the latent code c (the nucleus classes to discover)."""
         return self.config["n_codes"]
 
 

@@ -48,6 +48,7 @@ def blas_single_thread() -> ContextManager[Any]:
 
 
 def is_torch(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor."""
     return isinstance(x, torch.Tensor)
 
 
@@ -71,6 +72,7 @@ def as_batch(x: Any, name: str = "batch") -> tuple[Any, bool]:
 
 
 def unbatch(x: Any, single: bool) -> Any:
+    """Drop the batch axis added by :func:`as_batch` for a single image."""
     return x[0] if single else x
 
 
@@ -106,10 +108,12 @@ def weight_torch(batch_flat: torch.Tensor, io: float, beta: float) -> torch.Tens
 
 
 def enough_tissue(n_tissue: int, n_pixels: int) -> bool:
+    """Whether ``n_tissue`` of ``n_pixels`` meets the minimum tissue for a stain estimate."""
     return n_tissue >= max(MIN_TISSUE_PIXELS, int(np.ceil(MIN_TISSUE_FRACTION * n_pixels)))
 
 
 def min_tissue_torch(n_pixels: int) -> int:
+    """Minimum tissue pixels for a stain estimate of an image of ``n_pixels``."""
     return max(MIN_TISSUE_PIXELS, int(np.ceil(MIN_TISSUE_FRACTION * n_pixels)))
 
 
@@ -142,12 +146,15 @@ class StainParams:
     max_conc: Any  # (2,) float
 
     def to_numpy(self) -> "StainParams":
+        """The parameters as numpy arrays."""
         return StainParams(*(_np(getattr(self, f.name)) for f in fields(self)))
 
     def to_torch(self, device: torch.device | str) -> "StainParams":
+        """The parameters as tensors on ``device``."""
         return StainParams(*(_t(getattr(self, f.name), device) for f in fields(self)))
 
     def as_dict(self) -> dict[str, list]:
+        """The parameters as JSON-ready lists."""
         return {f.name: _np(getattr(self, f.name)).tolist() for f in fields(self)}
 
 
@@ -159,12 +166,15 @@ class LabParams:
     std: Any  # (3,)
 
     def to_numpy(self) -> "LabParams":
+        """The parameters as numpy arrays."""
         return LabParams(*(_np(getattr(self, f.name)) for f in fields(self)))
 
     def to_torch(self, device: torch.device | str) -> "LabParams":
+        """The parameters as tensors on ``device``."""
         return LabParams(*(_t(getattr(self, f.name), device) for f in fields(self)))
 
     def as_dict(self) -> dict[str, list]:
+        """The parameters as JSON-ready lists."""
         return {f.name: _np(getattr(self, f.name)).tolist() for f in fields(self)}
 
 
@@ -241,6 +251,7 @@ class Normalizer:
 
 
 def target_error(name: str, n_tissue: int, n_pixels: int) -> ValueError:
+    """The ValueError for a target image with too little tissue to fit a normalizer."""
     return ValueError(
         f"{name}: target is mostly background ({n_tissue} of {n_pixels} pixels are tissue, need "
         f">= {max(MIN_TISSUE_PIXELS, int(np.ceil(MIN_TISSUE_FRACTION * n_pixels)))}); pick a tissue tile"

@@ -111,6 +111,7 @@ def macenko_vectors_torch(
 
 
 def valid_estimate_torch(he: torch.Tensor, max_c: torch.Tensor) -> torch.Tensor:
+    """Per image: the H/E vectors are finite, distinct (|cos| below the limit) and the max concentrations positive."""
     finite = torch.isfinite(he).all(dim=(1, 2)) & torch.isfinite(max_c).all(dim=1)
     distinct = (he[:, 0] * he[:, 1]).sum(dim=1).abs() < DEGENERATE_COS
     return finite & distinct & (max_c > 1e-6).all(dim=1)
@@ -135,6 +136,7 @@ def darkest_channel_np(flat: np.ndarray) -> np.ndarray:
 
 
 def brightest_channel_np(flat: np.ndarray) -> np.ndarray:
+    """max(R, G, B) per pixel."""
     return np.maximum(np.maximum(flat[..., 0], flat[..., 1]), flat[..., 2])
 
 

@@ -121,6 +121,7 @@ class ColorizationNet(nn.Module):
         )
 
     def forward(self, lightness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predict a*b* (and class logits when the class head is on) from L* (sides multiples of the stride)."""
         h, w = lightness.shape[-2:]
         if h % SIDE_MULTIPLE or w % SIDE_MULTIPLE:
             raise ValueError(f"ColorizationNet: input sides must be multiples of {SIDE_MULTIPLE}, got {h}x{w}")
@@ -347,6 +348,7 @@ class NeuralParams:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """Width, class count and provenance as a JSON-ready dict."""
         return {"width": self.width, "n_classes": self.n_classes, "meta": self.meta}
 
 
@@ -411,6 +413,7 @@ class NeuralStainTransfer(Normalizer):
         return self
 
     def transform(self, batch: Any) -> Any:
+        """Re-colour ``batch`` in the trained target style (a model must be loaded)."""
         if self.model is None:
             raise RuntimeError("neural: no model; load one with stainshift.stain.neural.load_stain_transfer(path)")
         return super().transform(batch)

@@ -45,6 +45,7 @@ _D3 = _DELTA**3
 
 
 def srgb_decode_lut() -> np.ndarray:
+    """sRGB → linear RGB for the 256 uint8 levels (IEC 61966-2-1), float32."""
     c = np.arange(256, dtype=np.float64) / 255.0
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 

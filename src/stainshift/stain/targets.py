@@ -342,6 +342,7 @@ class NormalizePlan:
         return [f"{self.results}/variants/{store}/{RESTAIN}/{t}{suffix}" for t in self.restain_levels()]
 
     def final_files(self) -> list[str]:
+        """The files the normalize stage must end with (variant manifests and montages)."""
         out = [f"{self.results}/variants/{s}/{m}/{t}.json" for s, m, t in self.variant_stores()]
         if self.store_ids():
             out += [f"{self.results}/normalize/montage/{t}.png" for t, _ in self.plan]

@@ -65,6 +65,7 @@ def dictionary_update_np(dictionary: np.ndarray, od: np.ndarray, codes: np.ndarr
 
 
 def order_rows(d: np.ndarray) -> np.ndarray:
+    """Unit-normalize the two stain rows and order them H first (larger red OD)."""
     d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
     return d if d[0, 0] >= d[1, 0] else d[::-1].copy()
 

@@ -323,9 +323,9 @@ def montage(
 
 
 def write_png_atomic(path: str | os.PathLike, img: np.ndarray) -> Path:
+    """Write ``img`` (uint8 RGB) to ``path`` as PNG atomically (:mod:`stainshift.atomic`)."""
     from PIL import Image
 
-    """Write ``img`` (uint8 RGB) to ``path`` as PNG atomically (:mod:`stainshift.atomic`)."""
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
     return Path(path)

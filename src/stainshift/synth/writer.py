@@ -58,6 +58,7 @@ class SlideInfo:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """The record as a plain dict."""
         return asdict(self)
 
 

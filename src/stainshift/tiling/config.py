@@ -83,6 +83,7 @@ class TilingConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> "TilingConfig":
+        """Settings from the config's ``tiling`` section; unknown keys raise TilingError naming them."""
         cfg = dict(cfg or {})
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(cfg) - known)
@@ -95,9 +96,11 @@ class TilingConfig:
 
     @property
     def step(self) -> int:
+        """Grid step in read pixels: the stride, else the patch size."""
         return int(self.stride or self.patch_size)
 
     def filter_params(self) -> dict[str, Any]:
+        """The foreground-filter settings (recorded in the store attrs)."""
         return {
             "filter": self.filter, "hue_convention": self.hue_convention, "hue": list(self.hue),
             "saturation_min": self.saturation_min, "value": list(self.value), "od_threshold": self.od_threshold,

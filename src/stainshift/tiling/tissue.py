@@ -81,6 +81,7 @@ class TissueMap:
 
     @property
     def downsample(self) -> float:
+        """Level-0 pixels per mask pixel."""
         return self.plan.downsample
 
     def fractions(self, coords0: np.ndarray, tile_size0: float) -> np.ndarray:

@@ -53,6 +53,7 @@ class LinearProbe(nn.Module):
         self.linear = nn.Linear(in_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """linear((x − mean) / std): logits from standardised features."""
         return self.linear((x - self.mean) / self.std)
 
 

@@ -46,6 +46,7 @@ class EvalConfig:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "EvalConfig":
+        """Settings from the config's ``evaluate`` section; unknown keys raise ValueError naming them."""
         section = dict(section or {})
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(section) - known
@@ -77,6 +78,7 @@ def row(**values: Any) -> dict[str, Any]:
 
 
 def frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """A long metric table (columns :data:`COLUMNS`) from row dicts."""
     return pd.DataFrame(list(rows), columns=COLUMNS)
 
 
@@ -87,6 +89,7 @@ def _nanmean(a: np.ndarray, axis: int | None = None) -> np.ndarray:
 
 
 def is_raw(df: pd.DataFrame) -> pd.Series:
+    """Rows of un-normalized (raw) test tiles."""
     return df["variant_method"].astype(str).isin([va.RAW, "", "nan", "none"])
 
 

@@ -32,6 +32,7 @@ class EmbeddingSet:
 
 
 def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
+    """Concatenate the HDF5 embeddings of ``paths`` (features + per-tile metadata)."""
     from stainshift.embeddings import read_embeddings
 
     feats, metas = [], []

@@ -25,6 +25,7 @@ def _centers_text(centers: str | Iterable[str] | None) -> str:
 
 
 def read_train_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``train_summary.json`` as a dict."""
     return json.loads(Path(path).read_text())
 
 

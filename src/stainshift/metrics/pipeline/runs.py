@@ -95,6 +95,7 @@ class RunScores:
 
     @property
     def n_classes(self) -> int:
+        """Number of classes (columns of the probabilities)."""
         return int(self.proba.shape[-1])
 
     def unseen(self) -> np.ndarray:
@@ -103,6 +104,7 @@ class RunScores:
                          for e, h in zip(self.encoder_centers, self.head_centers)], dtype=bool).reshape(-1, len(self.tests))
 
     def design(self, min_units: int) -> bs.ResamplingDesign:
+        """The bootstrap design of the test tiles: test center strata, patients, slides (:func:`resampling_design`)."""
         return bs.resampling_design(self.tiles["test"], self.tiles["patient"], self.tiles["slide_id"], min_units)
 
     def split(self, idx: np.ndarray) -> list[np.ndarray]:
