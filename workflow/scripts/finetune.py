@@ -15,7 +15,7 @@ from stainshift.joblog import job_logging, job_name
 
 smk = snakemake  # type: ignore[name-defined]  # noqa: F821
 job_logging(smk.log[0], job_name(smk.rule, smk.wildcards))
-log = logging.getLogger("stainshift.finetune")
+log = logging.getLogger("stainshift.train.finetune")
 torch.set_num_threads(max(1, smk.threads))
 meta = dict(smk.params.meta)
 cfg = {**smk.params.cfg, "seed": meta["seed"]}

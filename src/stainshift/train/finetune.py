@@ -37,7 +37,7 @@ from stainshift.train.checkpoint import atomic_save, load, load_encoder
 from stainshift.train.predict import encode_images
 from stainshift.train.runtime import seed_everything
 
-log = logging.getLogger("stainshift.finetune")
+log = logging.getLogger("stainshift.train.finetune")
 
 SELECT_METRICS = {"balanced_accuracy": balanced_accuracy, "accuracy": accuracy}
 DOWNSTREAMS = ("end_to_end", "fusion", "full")
