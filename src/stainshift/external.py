@@ -20,6 +20,10 @@ stainshift encoder, so ``embed`` / ``finetune`` / ``predict`` use it unchanged. 
 holds the spec — file, format, sha256 — and no weights: the file is read again, and its sha256
 checked, wherever the encoder is loaded. :func:`load_init` maps a state-dict file onto a model
 (``pretrain.<method>.init``: continue training from public weights).
+
+Why one module of this size: it owns one concept (an encoder from a foreign file) across four
+formats that share the input / output conventions, the checks and the provenance (sha256); a module
+per format would repeat them.
 """
 from __future__ import annotations
 

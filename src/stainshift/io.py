@@ -25,6 +25,10 @@ blue first, the 4th byte ignored):
   as that buffer (``BGRX``) and the JPEG encoder reads it directly (libjpeg-turbo's extended input
   colour spaces: the same bytes as encoding the RGB copy). Only a region with transparent pixels is
   composited onto white into RGB: premultiplied, so ``out = c + (255 - a)`` per channel.
+
+Why one module of this size: the reader interface and its three backends keep one ``read_region``
+contract, one mpp rule and one error style; the direct-JPEG path is checked against OpenSlide in the
+same place.
 """
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ exist, which runs did not learn, and a closing note.
 
 Every verdict follows a 95 % CI: an interval entirely above 0 is "above zero", entirely below 0
 "below zero", and only an interval containing 0 "includes zero" (:func:`ci_verdict`).
+
+Why one module of this size: ``summary.md`` is one document; its sections share the number
+formatting and the CI verdict rules, which must not drift apart between sections.
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ with more than one source): each source's P(positive), so disagreement between s
 **Crop sets** (no coordinates; :func:`crop_montage`): the crops ordered by score, each framed in
 its true label's colour and captioned with its score and a correct / wrong mark; a store larger
 than ``max_tiles`` shows ``max_tiles`` crops at evenly spaced ranks of that order.
+
+Why one module of this size: one figure family (a run's scores back on the slide: score table,
+heatmaps, crop-set montages) with shared layout helpers.
 """
 from __future__ import annotations
 

@@ -47,6 +47,10 @@ images (they normalise internally).
   (:func:`stainshift.train.method_config`: seed_defaults ← ``pretrain.defaults`` ← ``pretrain.<name>``).
 
 Register with ``@register_method("name")``; ``build_method(name, cfg, num_classes)`` instantiates.
+
+Why one module of this size: the method contract (``Method``, ``StepContext``), its learning checks,
+optimizers (LARS) and schedulers are used together by every method and by the loop; apart, each
+method would import four modules for one contract.
 """
 from __future__ import annotations
 

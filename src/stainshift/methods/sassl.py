@@ -42,6 +42,10 @@ the pair sets is empty and D cannot be trained: both adversarial terms are then 
 A = l1 l2ᵀ is unbounded for raw vectors (D could scale its output without limit), so by default
 l1, l2 are L2-normalised first (``affinity: cosine``, a_ij ∈ [−1, 1]); ``affinity: dot`` keeps
 the raw product.
+
+Why one module of this size: seed 002 is one method — its SSL bases (SimSiam, SimCLR, BYOL, MoCo),
+the stain discriminator and the alternating update — whose losses live in
+:mod:`stainshift.methods.losses`.
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ As a :class:`~stainshift.stain._common.Normalizer` (``name = "neural"``) the tra
 fitted state: ``fit(target)`` does not learn (see :meth:`NeuralStainTransfer.fit`). Near-white
 glass is blended back to the source by the same background weight as the other normalizers, so
 glass stays glass (seed 004 Fig. 3: the SVD method paints white glass with hematoxylin).
+
+Why one module of this size: seed 004's colorization CNN, its training loop and its ``Normalizer``
+share the L*a*b* conversion and the checkpoint format; the three are one method.
 """
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """The synthetic scene of one slide: tissue islands, stroma fibres, nuclei and tumours, rendered
 strip by strip to RGB and labels, and the nucleus instance / type masks (the physics is described
-in :mod:`stainshift.synth`)."""
+in :mod:`stainshift.synth`).
+
+Why one module of this size: one class whose methods share the scene's fields, polygons and nuclei;
+splitting it would pass a dozen arrays between modules.
+"""
 from __future__ import annotations
 
 import math
