@@ -381,3 +381,27 @@ def test_robustness_index_is_croma():
         ref = croma.RI.compute(feats, manifest, confounder_column="center", k_candidates=ks)
     assert (ours.k, ours.value, ours.support) == (ref.k, pytest.approx(ref.value), pytest.approx(ref.support))
     assert 0.0 < ours.value < 1.0
+
+
+def test_gaussian_w2_agrees_with_pot_and_stays_finite_where_pot_does_not() -> None:
+    """POT's Bures-Wasserstein distance on the same moments: equal on full-rank covariances; with
+    fewer samples than dimensions (rank-deficient Σ) POT gives NaN, ours a finite value."""
+    import warnings
+
+    import ot
+
+    from stainshift.metrics.batch_effect import gaussian_w2
+
+    rng = np.random.default_rng(0)
+    for n, d, full_rank in ((400, 16, True), (60, 128, False)):
+        x, y = rng.normal(size=(n, d)), rng.normal(size=(n, d)) + 0.3
+        ours = gaussian_w2(x, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pot = float(ot.gaussian.bures_wasserstein_distance(x.mean(0), y.mean(0), np.cov(x, rowvar=False),
+                                                               np.cov(y, rowvar=False)))
+        assert np.isfinite(ours)
+        if full_rank:
+            assert ours == pytest.approx(pot, rel=1e-10)
+        else:
+            assert np.isnan(pot)
