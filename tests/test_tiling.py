@@ -252,6 +252,14 @@ def test_deterministic_across_workers(synth_slide: SynthSlide, tmp_path: Path) -
     np.testing.assert_array_equal(a.read(slice(None)), b.read(slice(None)))
     tile_slide(synth_slide.tiff, tmp_path / "s8.zarr", dict(cfg, seed=8), slide_id="w", progress=False)
     assert not np.array_equal(PatchStore.open(tmp_path / "s8.zarr").coords, a.coords)
+    # every tile (batches of 16): the main process takes batches while the pool works; same store
+    every = dict(cfg, max_tiles=None)
+    tile_slide(synth_slide.tiff, tmp_path / "all1.zarr", every, slide_id="w", progress=False)
+    tile_slide(synth_slide.tiff, tmp_path / "all3.zarr", dict(every, workers=3), slide_id="w", progress=False)
+    d, e = PatchStore.open(tmp_path / "all1.zarr"), PatchStore.open(tmp_path / "all3.zarr")
+    assert len(d) > 20
+    np.testing.assert_array_equal(d.coords, e.coords)
+    np.testing.assert_array_equal(d.read(slice(None)), e.read(slice(None)))
 
 
 @pytest.mark.parametrize("direct", [True, False])

@@ -58,8 +58,11 @@ same read), so the pixel rule is unchanged. The QC picture is the decision image
 Selection: ``max_tiles`` random tiles per slide with ``seed`` (candidates visited in a seeded random
 order, the first ``max_tiles`` that pass are kept -- the same tiles for any worker count), or all.
 Parallelism: ``workers`` > 1 uses a process pool (``parallel: process``, default) or threads; each
-worker opens the slide once, reads, resizes, checks and JPEG/zstd-encodes its tiles, and the main
-process only appends the encoded bytes to the store.
+worker opens the slide once, reads, resizes, checks and JPEG/zstd-encodes its tiles. With processes
+the main process is one of the ``workers`` (a pool of ``workers − 1``): it appends the encoded bytes
+to the store and, whenever the oldest batch in flight is not ready, processes the next batch itself,
+so ``workers`` processes on ``workers`` cores never wait on each other. Batches are taken and written
+in order: the store does not depend on the worker count.
 
 Pixel path per tile: the reader's raw buffer (OpenSlide: opaque premultiplied BGRX, see
 :mod:`stainshift.io`) goes to the JPEG encoder as is -- no RGBA -> RGB copy; a pixel check looks at

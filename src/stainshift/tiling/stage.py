@@ -94,7 +94,9 @@ def _executor(cfg: TilingConfig, path: str, mpp: float | None) -> Executor | Non
     # Snakemake `script:` is the whole job (workers crashed). Workers only use openslide/tifffile,
     # numpy and imagecodecs and open their own reader, so forking the parent is safe here.
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    ex = ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(path, mpp))
+    # the main process is one of the ``workers``: it processes batches itself while it would otherwise
+    # wait (:func:`_run_batches`), so ``workers`` processes share the tile work and none idles
+    ex = ProcessPoolExecutor(cfg.workers - 1, mp_context=ctx, initializer=_worker_init, initargs=(path, mpp))
     ex.submit(int)  # start the workers now: they open the slide while the parent computes the mask
     return ex
 
@@ -104,38 +106,67 @@ BatchResult = tuple[list[tuple[float, bytes | None]], dict[str, float]]
 
 
 def _run_batches(batches: list[Batch], plan: ReadPlan, cfg: TilingConfig, stats: SlideStats,
-                 reader: SlideReader, executor: Executor | None) -> Iterator[BatchResult]:
-    """Results per batch, in batch order, with a bounded number of batches in flight."""
+                 reader: SlideReader, executor: Executor | None,
+                 main_seconds: list[float] | None = None) -> Iterator[BatchResult]:
+    """Results per batch, in batch order, with a bounded number of batches in flight.
+
+    With a process pool the main process works too: whenever the oldest batch in flight is not done,
+    it takes the next batch and processes it itself (its result waits in order), so the pool's
+    ``workers − 1`` processes and the main process share the tiles by how fast each is — the main
+    process, which also writes the store, takes fewer. Batches are taken in order and results
+    yielded in order, so the store is the same for any worker count. The pool holds two batches per
+    process (a short queue, so the main process's batches come up in order soon); the seconds the
+    main process spends on batches are added to ``main_seconds[0]``."""
     if executor is None:
         for b in batches:
             yield _process_batch(*b, plan, cfg, stats, reader)
         return
     thread = isinstance(executor, ThreadPoolExecutor)
-    window = max(2, 4 * cfg.workers)
-    pending: list[Future] = []
+    window = max(2, 4 * cfg.workers) if thread else 2 * max(1, cfg.workers - 1)
+    max_slots = window + 2  # results computed here but not yet in order
+    slots: list[Future | BatchResult] = []  # in batch order: a pool future or a result computed here
+    in_pool = 0
     it = iter(batches)
 
     def submit() -> bool:
+        nonlocal in_pool
         b = next(it, None)
         if b is None:
             return False
         if thread:
-            pending.append(executor.submit(_process_batch, *b, plan, cfg, stats, reader))
+            slots.append(executor.submit(_process_batch, *b, plan, cfg, stats, reader))
         else:
-            pending.append(executor.submit(_process_batch, *b, plan, cfg, stats))
+            slots.append(executor.submit(_process_batch, *b, plan, cfg, stats))
+        in_pool += 1
         return True
 
     for _ in range(window):
         if not submit():
             break
     try:
-        while pending:
-            result = pending.pop(0).result()
-            submit()
+        while slots:
+            head = slots[0]
+            if isinstance(head, Future):
+                if not thread and not head.done() and len(slots) < max_slots:
+                    b = next(it, None)
+                    if b is not None:
+                        t0 = time.perf_counter()
+                        slots.append(_process_batch(*b, plan, cfg, stats, reader))
+                        if main_seconds is not None:
+                            main_seconds[0] += time.perf_counter() - t0
+                        continue
+                result = head.result()
+                in_pool -= 1
+            else:
+                result = head
+            slots.pop(0)
+            while in_pool < window and submit():
+                pass
             yield result
     finally:
-        for f in pending:
-            f.cancel()
+        for f in slots:
+            if isinstance(f, Future):
+                f.cancel()
 
 
 def tile_slide(
@@ -271,10 +302,13 @@ def tile_slide(
             stages["write"] += clock() - tw
             try:
                 t_wait = clock()
-                for b_i, (results, t_batch) in enumerate(_run_batches(batches, plan, cfg, stats, reader, executor)):
+                main_work = [0.0]  # seconds the main process spent on batches inside _run_batches
+                for b_i, (results, t_batch) in enumerate(
+                        _run_batches(batches, plan, cfg, stats, reader, executor, main_work)):
                     t_got = clock()
                     if executor is not None:  # in-process batches: their time is in read/check/encode
-                        stages["wait"] += t_got - t_wait
+                        stages["wait"] += t_got - t_wait - main_work[0]
+                        main_work[0] = 0.0
                     for k, v in t_batch.items():
                         stages[k] += v
                     n_read += len(results)
