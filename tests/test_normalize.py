@@ -301,3 +301,25 @@ def test_more_targets_than_patients_is_refused_at_parse_time() -> None:
         NormalizePlan(cfg, stores, "results", ["center_a", "center_b"]).candidates()
     two = {**cfg, "methods": ["reinhard", "macenko"], "targets": {**cfg["targets"], "k": 2}}
     assert len(NormalizePlan(two, stores, "results", ["center_a", "center_b"]).candidates()) == 2
+
+
+def test_montage_row_of_a_method_that_cannot_fit_the_target(stores, monkeypatch) -> None:
+    """Another method's row on a target it cannot fit shows the raw tiles with a note (a random
+    target is checked only against its own method); the target's own method failing is an error."""
+    import stainshift.stain.variants as variants
+
+    real = variants.fitted_normalizer
+
+    def picky(method, target, model=None):
+        if method == "reinhard":
+            raise ValueError("reinhard: target tissue has no colour variation (flat image)")
+        return real(method, target, model)
+
+    monkeypatch.setattr(variants, "fitted_normalizer", picky)
+    tiles = sample_tiles([c.path for c in stores], 4, seed=0)
+    target = tissue_tiles("center_d", 1, size=48)[0]
+    entry = {"id": "t01", "kind": "store", "path": stores[0].path, "index": 0, "method": "macenko"}
+    img, flags = montage(tiles, target, ["reinhard", "macenko"], tile_px=40, target_entry=entry)
+    assert img.dtype == np.uint8 and flags["reinhard"].all()
+    with pytest.raises(ValueError, match="reinhard"):
+        montage(tiles, target, ["reinhard", "macenko"], tile_px=40, target_entry=dict(entry, method="reinhard"))

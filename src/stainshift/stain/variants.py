@@ -275,11 +275,23 @@ def montage(
         raise ValueError(f"montage: {len(sources)} sources for {len(tiles)} tiles")
     rows = [np.asarray(tiles)]
     flags = {}
+    unfit: list[str] = []
+    own = (target_entry or {}).get("method")
     for method in methods:
-        n = fitted_normalizer(method, target, (models or {}).get(method))
+        try:
+            n = fitted_normalizer(method, target, (models or {}).get(method))
+        except ValueError as err:
+            if method == own:  # the target was selected because its own method fits it
+                raise
+            # another method's row on this target: say it cannot fit, show the tiles unchanged
+            unfit.append(f"{method} cannot fit this target ({err}): its row shows the raw tiles")
+            rows.append(np.asarray(tiles))
+            flags[method] = np.ones(len(tiles), dtype=bool)
+            continue
         rows.append(n.transform(tiles))
         flags[method] = np.asarray(n.last_flags)
     labels = montage_labels(methods, sources, target_entry, n_tiles=len(tiles))
+    labels["notes"].extend(unfit)
     if any(f.any() for f in flags.values()):
         labels["notes"].append("grey frame: tile left unchanged by the method (blank, background or single stain)")
     lay = montage_layout(labels, tile_px)
