@@ -284,7 +284,9 @@ def montage(
             if method == own:  # the target was selected because its own method fits it
                 raise
             # another method's row on this target: say it cannot fit, show the tiles unchanged
-            unfit.append(f"{method} cannot fit this target ({err}): its row shows the raw tiles")
+            log.warning("montage: %s cannot fit target %s (%s); its row shows the raw tiles", method,
+                        (target_entry or {}).get("id", "?"), err)
+            unfit.append(f"{method} cannot fit this target: raw tiles shown")
             rows.append(np.asarray(tiles))
             flags[method] = np.ones(len(tiles), dtype=bool)
             continue
