@@ -134,7 +134,7 @@ def macenko_no_blend(macenko, tiles: np.ndarray) -> np.ndarray:
     out = tiles.copy()
     for i, t in enumerate(tiles):
         log1p = np.log1p(t.reshape(-1, 3), dtype=np.float32)
-        params, _ = macenko.estimate_np(t, log1p)
+        params, _ = macenko.estimate_np(t)
         if params is not None:
             rec = macenko._reconstruct_np(log1p, params, ref)  # the map Macenko.transform applies
             out[i] = (np.clip(rec, 0, 255) + 0.5).astype(np.uint8).reshape(t.shape)

@@ -82,7 +82,7 @@ def _augment_np(
     flags = np.zeros(len(x), dtype=bool)
     for i in range(len(x)):
         log1p = np.log1p(flat[i], dtype=np.float32)
-        params, _ = est.estimate_np(x[i], log1p)
+        params, _ = est.estimate_np(x[i])
         if params is None:
             out[i] = flat[i]
             flags[i] = True

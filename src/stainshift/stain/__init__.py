@@ -19,7 +19,8 @@ import torch
 from ._common import LabParams, Normalizer, StainParams, as_batch, is_torch
 from .macenko import Macenko, od_torch
 from .reinhard import Reinhard
-from .vahadane import Vahadane, nn_lasso2_np, nn_lasso2_torch
+from . import kernels
+from .vahadane import Vahadane, nn_lasso2_torch
 
 METHODS: dict[str, type[Normalizer]] = {"reinhard": Reinhard, "macenko": Macenko, "vahadane": Vahadane}
 
@@ -76,5 +77,8 @@ def concentrations(img: Any, S: Any, io: float = 240.0, lam: float | None = None
         return conc.reshape(h, w, 2)
     s = np.asarray(S, dtype=np.float64)
     od = (np.log(io) - np.log(x.reshape(-1, 3).astype(np.float32) + 1.0)).astype(np.float32)
-    conc = od @ np.linalg.pinv(s).astype(np.float32) if lam is None else nn_lasso2_np(od, s, lam)
-    return conc.reshape(h, w, 2)
+    if lam is None:
+        return (od @ np.linalg.pinv(s).astype(np.float32)).reshape(h, w, 2)
+    conc = np.empty((len(od), 2))
+    kernels.nn_lasso_codes(od, s, float(lam), conc)
+    return conc.astype(np.float32).reshape(h, w, 2)

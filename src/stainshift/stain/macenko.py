@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import kernels
 from ._common import (
     Normalizer,
     StainParams,
@@ -26,6 +27,7 @@ from ._common import (
     masked_percentile_torch,
     min_tissue_torch,
     od_lut,
+    percentiles_np,
     target_error,
     weight_torch,
 )
@@ -55,16 +57,20 @@ def _order_and_sign(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
     return he
 
 
-def macenko_vectors_np(od_tissue: np.ndarray, alpha: float) -> np.ndarray:
-    """H and E unit OD vectors (2,3) from tissue OD pixels (n,3) (float32/64)."""
-    mean = od_tissue.mean(axis=0, dtype=np.float64)
-    cen = od_tissue - mean.astype(od_tissue.dtype)
-    cov = (cen.T @ cen).astype(np.float64) / max(len(od_tissue) - 1, 1)
+def macenko_vectors_np(od_tissue: np.ndarray, alpha: float, cov: np.ndarray | None = None) -> np.ndarray:
+    """H and E unit OD vectors (2,3) from tissue OD pixels (n,3) (float32/64).
+
+    ``cov``: their covariance when already known (``kernels.tissue_od`` computes it on the fly).
+    """
+    if cov is None:
+        mean = od_tissue.mean(axis=0, dtype=np.float64)
+        cen = od_tissue - mean.astype(od_tissue.dtype)
+        cov = (cen.T @ cen).astype(np.float64) / max(len(od_tissue) - 1, 1)
     _, vecs = np.linalg.eigh(cov)
     plane = vecs[:, 1:3].astype(od_tissue.dtype)
     that = od_tissue @ plane
     phi = np.arctan2(that[:, 1], that[:, 0])
-    lo, hi = np.percentile(phi, [alpha, 100.0 - alpha])
+    lo, hi = percentiles_np(phi, [alpha, 100.0 - alpha])
     v_min = vecs[:, 1:3] @ np.array([np.cos(lo), np.sin(lo)])
     v_max = vecs[:, 1:3] @ np.array([np.cos(hi), np.sin(hi)])
     return _order_and_sign(v_min, v_max)
@@ -135,11 +141,6 @@ def darkest_channel_np(flat: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(flat[..., 0], flat[..., 1]), flat[..., 2])
 
 
-def brightest_channel_np(flat: np.ndarray) -> np.ndarray:
-    """max(R, G, B) per pixel."""
-    return np.maximum(np.maximum(flat[..., 0], flat[..., 1]), flat[..., 2])
-
-
 class StainNormalizer(Normalizer):
     """Shared fit/transform of the stain-matrix methods (Macenko, Vahadane).
 
@@ -170,11 +171,12 @@ class StainNormalizer(Normalizer):
         self._thr = tissue_threshold(self.io, self.beta)
         # sum of the three ODs >= 3*beta  <=>  (R+1)(G+1)(B+1) <= Io^3 exp(-3 beta)
         self._prod_thr = int(np.floor(self.io**3 * np.exp(-3.0 * self.beta)))
+        self._od_table = od_lut(self.io)
         # darkest channel above this value -> the pixel is in the background blend band
         self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
 
     # hooks ----------------------------------------------------------------------
-    def _vectors_np(self, od_tissue: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+    def _vectors_np(self, od_tissue: np.ndarray, cov: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _vectors_torch(self, od: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -190,9 +192,7 @@ class StainNormalizer(Normalizer):
         self, log1p: np.ndarray, params: StainParams, ref: StainParams
     ) -> np.ndarray:
         """Float RGB (P,3) of one image under the reference stains (log1p = log(I + 1))."""
-        mix = np.linalg.pinv(params.stain_matrix) * (ref.max_conc / params.max_conc)[None, :]
-        mix = mix @ ref.stain_matrix  # (3,3): OD_out = OD_in @ mix
-        bias = self._log_io * (1.0 - mix.sum(axis=0))
+        mix, bias = self._od_map(params, ref)
         rec = log1p @ mix.astype(np.float32)
         rec += bias.astype(np.float32)
         return np.exp(rec, out=rec)
@@ -207,42 +207,29 @@ class StainNormalizer(Normalizer):
         return self.io * torch.exp(-(od @ mix))
 
     # numpy ----------------------------------------------------------------------
-    def estimate_np(
-        self, img: np.ndarray, log1p: np.ndarray | None = None, subsample: bool = True
-    ) -> tuple[StainParams | None, int]:
+    def estimate_np(self, img: np.ndarray, subsample: bool = True) -> tuple[StainParams | None, int]:
         """(params or None when unusable, tissue pixels used) of one (H,W,3) image.
 
         ``subsample=False`` uses every pixel (``fit`` does: a target is estimated once).
         """
-        flat = img.reshape(-1, 3)
+        flat = np.ascontiguousarray(img).reshape(-1, 3)
         stride = sample_stride(len(flat), self.sample_pixels if subsample else None)
-        sub = flat[::stride]
-        tissue = self._tissue_np(sub)
-        n_tissue = int(np.count_nonzero(tissue))
-        if not enough_tissue(n_tissue, len(sub)):
+        od_t = np.empty((len(range(0, len(flat), stride)), 3), np.float32)
+        cov = np.empty((3, 3))
+        n_tissue = kernels.tissue_od(flat, stride, TISSUE_RULES.index(self.tissue_rule), self._thr,
+                                     self._prod_thr, self._od_table, od_t, np.empty(3), cov)
+        if not enough_tissue(n_tissue, len(od_t)):
             return None, n_tissue
-        if log1p is None:
-            od_t = self._log_io - np.log(sub[tissue].astype(np.float32) + 1.0)
-        else:
-            od_t = self._log_io - log1p.reshape(-1, 3)[::stride][tissue]
-        he = self._vectors_np(od_t)
+        od_t = od_t[:n_tissue]
+        he = self._vectors_np(od_t, cov)
         if not np.all(np.isfinite(he)):
             return None, n_tissue
-        max_c = np.percentile(self._concentrations_np(od_t, he), self.max_percentile, axis=0)
+        conc = self._concentrations_np(od_t, he)
+        max_c = np.array([percentiles_np(np.ascontiguousarray(conc[:, j]), [self.max_percentile])[0]
+                          for j in range(2)])
         if not valid_estimate(he, max_c):
             return None, n_tissue
         return StainParams(he, max_c), n_tissue
-
-    def _tissue_np(self, sub: np.ndarray) -> np.ndarray:
-        """Estimation pixels of uint8 (P,3) under ``tissue_rule`` (see :data:`TISSUE_RULES`)."""
-        if self.tissue_rule == "all":
-            return brightest_channel_np(sub) <= self._thr
-        if self.tissue_rule == "any":
-            return darkest_channel_np(sub) <= self._thr
-        prod = sub[:, 0].astype(np.int32) + 1
-        prod *= sub[:, 1].astype(np.int32) + 1
-        prod *= sub[:, 2].astype(np.int32) + 1
-        return prod <= self._prod_thr
 
     def _tissue_torch(self, sub: torch.Tensor) -> torch.Tensor:
         if self.tissue_rule == "all":
@@ -263,19 +250,27 @@ class StainNormalizer(Normalizer):
     def _transform_np(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ref = self.params.to_numpy()
         n_img = len(batch)
-        flat = batch.reshape(n_img, -1, 3)
+        flat = np.ascontiguousarray(batch).reshape(n_img, -1, 3)
         out = np.empty_like(flat)
         flags = np.zeros(n_img, dtype=bool)
         for i in range(n_img):  # per image: the working set stays in cache
-            log1p = np.log1p(flat[i], dtype=np.float32)
-            params, _ = self.estimate_np(batch[i], log1p)
+            params, _ = self.estimate_np(flat[i])
             if params is None:
                 out[i] = flat[i]
                 flags[i] = True
                 continue
-            rec = self._reconstruct_np(log1p, params, ref)
-            out[i] = self._finish_np(flat[i], rec)
+            self._map_np(flat[i], out[i], params, ref)
         return out.reshape(batch.shape), flags
+
+    def _od_map(self, params: StainParams, ref: StainParams) -> tuple[np.ndarray, np.ndarray]:
+        """(mix (3,3), bias (3,)) with log I' = log(I + 1) @ mix + bias: Macenko's map, linear in OD."""
+        mix = np.linalg.pinv(params.stain_matrix) * (ref.max_conc / params.max_conc)[None, :]
+        mix = mix @ ref.stain_matrix  # (3,3): OD_out = OD_in @ mix
+        return mix, self._log_io * (1.0 - mix.sum(axis=0))
+
+    def _map_np(self, u8: np.ndarray, out: np.ndarray, params: StainParams, ref: StainParams) -> None:
+        """Write the normalized, background-blended uint8 pixels of ``u8`` (P,3) to ``out``."""
+        kernels.linear_od_map(u8, out, kernels.power_table(*self._od_map(params, ref)), self._wlut, self._band_lo)
 
     def _finish_np(self, flat: np.ndarray, rec: np.ndarray) -> np.ndarray:
         """Blend the background band back to the input, clip and round to uint8 (P,3)."""
@@ -352,8 +347,8 @@ class Macenko(StainNormalizer):
                          tissue_rule=tissue_rule)
         self.alpha = float(alpha)
 
-    def _vectors_np(self, od_tissue: np.ndarray) -> np.ndarray:
-        return macenko_vectors_np(od_tissue, self.alpha)
+    def _vectors_np(self, od_tissue: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        return macenko_vectors_np(od_tissue, self.alpha, cov)
 
     def _vectors_torch(self, od: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
         return macenko_vectors_torch(od, tissue, self.alpha)

@@ -7,7 +7,7 @@ the statistics and blended back to the input.
 Fast path: with f = (fx, fy, fz) the CIELAB companding of XYZ, LAB is an affine map of f, so
 "standardise then rescale" in LAB is one 3x3 affine map in f-space. Per pixel that is: sRGB
 decoding (256-entry table), a 3x3 matrix, a cube root, a 3x3 affine map, a cube, a 3x3 matrix and
-sRGB encoding. The statistics of a transformed image use a fixed strided subsample of at most
+sRGB encoding — one fused numba pass per image (``kernels.reinhard_map``). The statistics of a transformed image use a fixed strided subsample of at most
 ``sample_pixels`` pixels; ``fit`` uses every pixel of the target.
 Conversions follow skimage.color.rgb2lab (D65, 2 degree observer); the tests check that.
 """
@@ -26,7 +26,8 @@ from ._common import (
     target_error,
     weight_torch,
 )
-from .macenko import darkest_channel_np, sample_stride, tissue_threshold
+from . import kernels
+from .macenko import sample_stride, tissue_threshold
 
 # sRGB (linear) -> XYZ, rows X, Y, Z; white point D65 (skimage's 'D65', '2').
 _RGB2XYZ = np.array(
@@ -53,50 +54,11 @@ def srgb_decode_lut() -> np.ndarray:
 _DECODE = srgb_decode_lut()
 
 
-def _f_np(t: np.ndarray) -> np.ndarray:
-    """CIELAB companding, vectorized; the linear branch only when some value needs it."""
-    f = np.cbrt(t)
-    if t.min() <= _D3:
-        f = np.where(t > _D3, f, t / (3 * _DELTA**2) + 4.0 / 29.0).astype(np.float32)
-    return f
-
-
-def _finv_np(f: np.ndarray) -> np.ndarray:
-    t = f * f
-    t *= f
-    if f.min() <= _DELTA:
-        t = np.where(f > _DELTA, t, 3 * _DELTA**2 * (f - 4.0 / 29.0)).astype(np.float32)
-    return t
-
-
-def _encode_np(lin: np.ndarray, offset: float = 0.0) -> np.ndarray:
-    """linear RGB -> sRGB in 0..255 (float32, plus ``offset``; 0.5 makes astype round)."""
-    low = lin.min() < 0.0031308
-    src = lin.copy() if low else lin
-    np.clip(lin, 0.0031308, 1.0, out=lin)
-    out = np.power(lin, np.float32(1 / 2.4), out=lin)
-    out *= np.float32(1.055 * 255)
-    out += np.float32(offset - 0.055 * 255)
-    if low:
-        dark = src < 0.0031308
-        out[dark] = np.maximum(src[dark], 0.0) * np.float32(12.92 * 255) + np.float32(offset)
-    return out
-
-
-def rgb_to_f_np(flat: np.ndarray) -> np.ndarray:
-    """uint8 (P,3) -> CIELAB companded coordinates f (P,3) float32."""
-    return _f_np(_DECODE[flat] @ RGB2XYZN.astype(np.float32))
-
-
 def rgb_to_lab_np(flat: np.ndarray) -> np.ndarray:
-    """uint8 (P,3) -> CIELAB (P,3) float32 (matches skimage.color.rgb2lab)."""
-    return rgb_to_f_np(flat) @ F2LAB.astype(np.float32) + LAB_OFFSET.astype(np.float32)
-
-
-def lab_to_rgb_np(lab: np.ndarray) -> np.ndarray:
-    """CIELAB (P,3) -> sRGB float (P,3) in 0..255 (before rounding)."""
-    f = (lab - LAB_OFFSET) @ LAB2F
-    return _encode_np(_finv_np(f.astype(np.float32)) @ XYZN2RGB.astype(np.float32))
+    """uint8 (P,3) -> CIELAB (P,3) float64 (matches skimage.color.rgb2lab; exact companding)."""
+    t = _DECODE[flat].astype(np.float64) @ RGB2XYZN
+    f = np.where(t > _D3, np.cbrt(t), t / (3 * _DELTA**2) + 4.0 / 29.0)
+    return f @ F2LAB + LAB_OFFSET
 
 
 # ----------------------------------------------------------------------------- torch
@@ -161,28 +123,31 @@ class Reinhard(Normalizer):
         self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
 
     # numpy ----------------------------------------------------------------------
-    def stats_np(self, img: np.ndarray, subsample: bool = True) -> tuple[LabParams | None, int, int]:
+    def stats_np(
+        self, img: np.ndarray, subsample: bool = True, f: np.ndarray | None = None
+    ) -> tuple[LabParams | None, int, int]:
         """(LAB mean/std of tissue pixels or None, tissue count, sampled pixels) of one image.
 
-        ``subsample=False`` uses every pixel (``fit`` does).
+        ``subsample=False`` uses every pixel (``fit`` does); ``f`` = the image's companded CIELAB
+        coordinates (3, P) when already computed (``kernels.lab_f``).
         """
-        flat = img.reshape(-1, 3)
-        sub = flat[:: sample_stride(len(flat), self.sample_pixels if subsample else None)]
-        tissue = darkest_channel_np(sub) <= self._thr
-        n_tissue = int(np.count_nonzero(tissue))
-        if not enough_tissue(n_tissue, len(sub)):
-            return None, n_tissue, len(sub)
+        flat = np.ascontiguousarray(img).reshape(-1, 3)
+        if f is None:
+            f = np.empty((3, len(flat)), np.float32)
+            kernels.lab_f(flat, _DECODE, RGB2XYZN, f)
+        stride = sample_stride(len(flat), self.sample_pixels if subsample else None)
+        n_sub = len(range(0, len(flat), stride))
+        mean_f = np.empty(3)
+        scatter = np.empty((3, 3))
+        n_tissue = kernels.tissue_f_moments(flat, f, stride, self._thr, mean_f, scatter)
+        if not enough_tissue(n_tissue, n_sub):
+            return None, n_tissue, n_sub
         # LAB is affine in f: mean_lab = mean_f @ F2LAB + offset, cov_lab = F2LAB^T cov_f F2LAB
-        # (one (3,n) @ (n,3) product instead of per-channel reductions over (n,3))
-        f = rgb_to_f_np(sub[tissue])
-        mean_f = (np.ones(n_tissue, np.float32) @ f).astype(np.float64) / n_tissue
-        f -= mean_f.astype(np.float32)
-        cov_f = (f.T @ f).astype(np.float64) / n_tissue
         mean = mean_f @ F2LAB + LAB_OFFSET
-        std = np.sqrt(np.clip(np.diag(F2LAB.T @ cov_f @ F2LAB), 0.0, None))
+        std = np.sqrt(np.clip(np.diag(F2LAB.T @ (scatter / n_tissue) @ F2LAB), 0.0, None))
         if not (np.all(np.isfinite(mean)) and np.all(std > 1e-3)):
-            return None, n_tissue, len(sub)
-        return LabParams(mean, std), n_tissue, len(sub)
+            return None, n_tissue, n_sub
+        return LabParams(mean, std), n_tissue, n_sub
 
     def _fit_np(self, img: np.ndarray) -> LabParams:
         params, n_tissue, n_sub = self.stats_np(img, subsample=False)
@@ -195,30 +160,19 @@ class Reinhard(Normalizer):
     def _transform_np(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ref = self.params.to_numpy()
         n_img = len(batch)
-        flat = batch.reshape(n_img, -1, 3)
+        flat = np.ascontiguousarray(batch).reshape(n_img, -1, 3)
         out = np.empty_like(flat)
         flags = np.zeros(n_img, dtype=bool)
-        m_in = RGB2XYZN.astype(np.float32)
-        m_out = XYZN2RGB.astype(np.float32)
+        f = np.empty((3, flat.shape[1]), np.float32)
         for i in range(n_img):
-            src, _, _ = self.stats_np(batch[i])
+            kernels.lab_f(flat[i], _DECODE, RGB2XYZN, f)
+            src, _, _ = self.stats_np(flat[i], f=f)
             if src is None:
                 out[i] = flat[i]
                 flags[i] = True
                 continue
             mat, const = affine_in_f(src, ref)
-            f = _f_np(_DECODE[flat[i]] @ m_in)
-            f = f @ mat.astype(np.float32)
-            f += const.astype(np.float32)
-            # values are in [0.5, 255.5) after encoding with offset 0.5: astype rounds them
-            rec = _encode_np(_finv_np(f) @ m_out, offset=0.5)
-            darkest = darkest_channel_np(flat[i])
-            band = np.nonzero(darkest > self._band_lo)[0]
-            if band.size:
-                px = flat[i, band].astype(np.float32) + np.float32(0.5)
-                w = self._wlut[darkest[band]][:, None]
-                rec[band] = px + w * (rec[band] - px)
-            out[i] = rec.astype(np.uint8)
+            kernels.reinhard_map(flat[i], f, out[i], mat, const, XYZN2RGB, self._wlut, self._band_lo)
         return out.reshape(batch.shape), flags
 
     # torch ----------------------------------------------------------------------

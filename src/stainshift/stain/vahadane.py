@@ -23,63 +23,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import kernels
 from ._common import StainParams
 from .macenko import StainNormalizer, macenko_vectors_np, macenko_vectors_torch
 
 
 # ----------------------------------------------------------------------------- numpy
-def nn_lasso2_np(od: np.ndarray, dictionary: np.ndarray, lam: float) -> np.ndarray:
-    """Exact codes (P,2) >= 0 of OD pixels (P,3) for a 2-atom dictionary (2,3), L1 weight lam."""
-    d = np.asarray(dictionary, dtype=np.float64)
-    gram = d @ d.T
-    det = gram[0, 0] * gram[1, 1] - gram[0, 1] ** 2
-    b = od @ d.T.astype(od.dtype)
-    b -= np.float32(lam)
-    b = b.astype(od.dtype, copy=False)
-    if det > 1e-12:
-        inv = (np.array([[gram[1, 1], -gram[0, 1]], [-gram[0, 1], gram[0, 0]]]) / det).astype(od.dtype)
-        both = b @ inv
-    else:
-        both = np.full_like(b, -1.0)
-    pos = np.maximum(b, 0)
-    c1 = pos[:, 0] / np.float32(max(gram[0, 0], 1e-12))
-    c2 = pos[:, 1] / np.float32(max(gram[1, 1], 1e-12))
-    take1 = pos[:, 0] * c1 >= pos[:, 1] * c2  # larger objective decrease b+^2 / G_jj
-    single = np.stack([np.where(take1, c1, 0), np.where(take1, 0, c2)], axis=1)
-    feasible = (both >= 0).all(axis=1)
-    return np.where(feasible[:, None], both, single).astype(od.dtype, copy=False)
-
-
-def dictionary_update_np(dictionary: np.ndarray, od: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """One block coordinate-descent sweep over the atoms, projected on {d >= 0, ||d|| <= 1}."""
-    d = dictionary.copy()
-    a = (codes.T @ codes).astype(np.float64)  # (2,2)
-    b = (od.T @ codes).astype(np.float64)  # (3,2)
-    for j in range(2):
-        if a[j, j] <= 1e-10:
-            continue
-        u = d[j] + (b[:, j] - d.T @ a[:, j]) / a[j, j]
-        u = np.maximum(u, 0.0)
-        d[j] = u / max(np.linalg.norm(u), 1.0)
-    return d
-
-
 def order_rows(d: np.ndarray) -> np.ndarray:
     """Unit-normalize the two stain rows and order them H first (larger red OD)."""
     d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
     return d if d[0, 0] >= d[1, 0] else d[::-1].copy()
 
 
-def vahadane_vectors_np(od_tissue: np.ndarray, lam: float, n_iter: int, dl_pixels: int) -> np.ndarray:
-    """H/E dictionary (2,3) from tissue OD pixels (n,3)."""
-    init = macenko_vectors_np(od_tissue, alpha=1.0)
+def vahadane_vectors_np(
+    od_tissue: np.ndarray, lam: float, n_iter: int, dl_pixels: int, cov: np.ndarray | None = None
+) -> np.ndarray:
+    """H/E dictionary (2,3) from tissue OD pixels (n,3): Macenko start, ``n_iter`` alternations
+    on at most ``dl_pixels`` of them (``kernels.dictionary_learning``)."""
+    init = macenko_vectors_np(od_tissue, alpha=1.0, cov=cov)
     k = max(1, -(-len(od_tissue) // dl_pixels))
-    sample = od_tissue[::k]
-    d = init.astype(np.float64)
-    for _ in range(n_iter):
-        codes = nn_lasso2_np(sample, d, lam)
-        d = dictionary_update_np(d, sample, codes)
-    return order_rows(d)
+    sample = np.ascontiguousarray(od_tissue[::k], dtype=np.float64)
+    return order_rows(kernels.dictionary_learning(sample, init, lam, n_iter))
 
 
 # ----------------------------------------------------------------------------- torch
@@ -161,26 +125,26 @@ class Vahadane(StainNormalizer):
         self.n_iter = int(n_iter)
         self.dl_pixels = int(dl_pixels)
 
-    def _vectors_np(self, od_tissue: np.ndarray) -> np.ndarray:
-        return vahadane_vectors_np(od_tissue, self.lambda_dl, self.n_iter, self.dl_pixels)
+    def _vectors_np(self, od_tissue: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        return vahadane_vectors_np(od_tissue, self.lambda_dl, self.n_iter, self.dl_pixels, cov)
 
     def _vectors_torch(self, od: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
         return vahadane_vectors_torch(od, tissue, self.lambda_dl, self.n_iter, self.dl_pixels)
 
     def _concentrations_np(self, od: np.ndarray, he: np.ndarray) -> np.ndarray:
-        return nn_lasso2_np(od, he, self.lambda_conc)
+        codes = np.empty((len(od), 2))
+        kernels.nn_lasso_codes(od, np.asarray(he, dtype=np.float64), self.lambda_conc, codes)
+        return codes
 
     def _concentrations_torch(self, od: torch.Tensor, he: torch.Tensor) -> torch.Tensor:
         return nn_lasso2_torch(od, he, self.lambda_conc)
 
-    def _reconstruct_np(self, log1p: np.ndarray, params: StainParams, ref: StainParams) -> np.ndarray:
-        od = np.float32(self._log_io) - log1p
-        conc = nn_lasso2_np(od, params.stain_matrix, self.lambda_conc)
-        conc *= (ref.max_conc / params.max_conc).astype(np.float32)
-        rec = conc @ (-ref.stain_matrix).astype(np.float32)
-        np.exp(rec, out=rec)
-        rec *= np.float32(self.io)
-        return rec
+    def _map_np(self, u8: np.ndarray, out: np.ndarray, params: StainParams, ref: StainParams) -> None:
+        kernels.nn_lasso_od_map(
+            u8, out, self._od_table, np.asarray(params.stain_matrix, dtype=np.float64), self.lambda_conc,
+            np.asarray(ref.max_conc, dtype=np.float64) / np.asarray(params.max_conc, dtype=np.float64),
+            np.asarray(ref.stain_matrix, dtype=np.float64), self.io, self._wlut, self._band_lo,
+        )
 
     def _reconstruct_torch(self, od: torch.Tensor, params: StainParams, ref: StainParams) -> torch.Tensor:
         conc = nn_lasso2_torch(od, params.stain_matrix, self.lambda_conc)
