@@ -403,6 +403,14 @@ NUC_CLASS_NORM = NUC["classes"]["normalization"]
 NUC_NORMS = NUC_SEG_NORMS + [n for n in [NUC_CLASS_NORM] if n not in NUC_SEG_NORMS]
 # synthetic nuclei fields: the configured centers, else the study's synthetic centers (the training center first)
 NUC_SYNTH_CENTERS = list(NUC["synthetic"].get("centers") or [c for c in CENTERS if c in SYNTH_CENTERS])
+if "synthetic" in NUC_DATASETS and not NUC["synthetic"].get("centers") and not NUC_SYNTH_CENTERS:
+    # the default (the study's synthetic centers) on a study without any, e.g. a real-data example
+    print(
+        "note: nuclei dataset 'synthetic' skipped: this study has no synthetic centers "
+        "(nuclei.datasets: [hgsc] runs seed 004 on the real nuclei crops)",
+        file=sys.stderr,
+    )
+    NUC_DATASETS = [d for d in NUC_DATASETS if d != "synthetic"]
 if "synthetic" in NUC_DATASETS:
     _bad = [c for c in NUC_SYNTH_CENTERS if c not in SYNTH_CENTERS]
     if _bad or not NUC_SYNTH_CENTERS:
