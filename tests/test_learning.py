@@ -8,6 +8,7 @@ import torch
 
 from stainshift.methods import get_method_class
 from stainshift.methods.base import MIN_JUDGED_IMAGES
+from stainshift.methods.base import class_weights
 from stainshift.methods.losses import embedding_spread, label_entropy, nt_xent, nt_xent_chance, positive_accuracy
 
 torch.set_num_threads(1)
@@ -123,3 +124,21 @@ def test_native_classifier_only_for_seed_000_models() -> None:
             assert isinstance(clf, Classifier) and clf.encoder is method.encoder and clf.head is method.head
             assert clf(torch.rand(2, 3, 16, 16)).shape == (2, 3)
             assert clf.head.spec["kind"] == ("linear" if name == "baseline" else "mlp")
+
+
+def test_label_entropy_with_balanced_weights_is_log_c() -> None:
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    w = class_weights({"class_weight": "balanced", "class_counts": [80, 20]}, 2)
+    assert float(label_entropy(labels, 2, weight=w)) == pytest.approx(math.log(2))
+
+
+def test_class_weights_balanced_none_and_errors() -> None:
+    w = class_weights({"class_weight": "balanced", "class_counts": [80, 20, 0]}, 3)
+    # n / (C_present n_c): 100 / (2 · 80), 100 / (2 · 20); a class absent from training weighs 0
+    assert w.tolist() == pytest.approx([0.625, 2.5, 0.0])
+    assert class_weights({"class_weight": None}, 2) is None
+    assert class_weights({}, 2) is None
+    with pytest.raises(ValueError, match="null or 'balanced'"):
+        class_weights({"class_weight": "inverse"}, 2)
+    with pytest.raises(ValueError, match="class_counts"):
+        class_weights({"class_weight": "balanced"}, 2)

@@ -242,3 +242,30 @@ def test_checkpoint_write_error_names_the_path(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(OSError, match=r"could not write .*last\.pt: basic_ios::clear: iostream error\. Check free space"):
         atomic_save({"x": 1}, tmp_path / "last.pt")
     assert (tmp_path / "last.pt").read_bytes() == b"previous" and list(tmp_path.iterdir()) == [tmp_path / "last.pt"]
+
+
+@pytest.mark.parametrize("method", ["baseline", "stain_embed"])
+def test_class_weight_balanced_weighs_the_ce_by_training_counts(stores: list[str], tmp_path: Path, method: str) -> None:
+    """pretrain counts the training labels, the method weighs its CE by n / (C n_c), the summary says so."""
+    extra = {"stain_methods": ["reinhard"]} if method == "stain_embed" else {}
+    cfg = method_config({"defaults": tiny_cfg(epochs=1, class_weight="balanced"), method: extra}, method)
+    pretrain(method, stores, cfg, tmp_path, progress=False)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    ds = TileDataset(stores, labelled_only=True)
+    counts = torch.bincount(torch.as_tensor(ds.labels[ds.labels >= 0]), minlength=2).tolist()
+    assert summary["class_counts"] == counts
+    from stainshift.methods import build_method
+
+    m = build_method(method, dict(cfg, image_size=16, class_counts=counts), 2)
+    n = sum(counts)
+    assert m.ce_weight.tolist() == pytest.approx([n / (2 * c) for c in counts])
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics["ce_chance"].iloc[0] > 0  # the weighted chance level is logged
+
+
+def test_class_weight_typo_fails_at_parse_time() -> None:
+    from stainshift.train.config import check_pretrain_config
+    from stainshift.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pretrain.baseline.class_weight.*null or 'balanced'"):
+        check_pretrain_config({"baseline": {"class_weight": "balance"}})

@@ -179,11 +179,12 @@ class Views(nn.Module):
 
 class BaselineAug(Views):
     """Seed 000's set (each with probability ``p``): h/v flips, rotation ±``rotation``° (reflection
-    padding), square crop of side ≥ ``crop_min`` resized back, Gaussian noise σ = ``noise_std``."""
+    padding), square crop of side ≥ ``crop_min`` resized back, Gaussian noise σ = ``noise_std``;
+    ``rot90`` (off in the seed) adds a random multiple of 90°."""
 
     def __init__(self, size: int, p: float = 0.5, rotation: float = 20.0, noise_std: float = 0.08,
-                 crop_min: float = 0.9) -> None:
-        super().__init__(size, flip_p=p, rotation=rotation, rotation_p=p, crop_min=crop_min, crop_p=p,
+                 crop_min: float = 0.9, rot90: bool = False) -> None:
+        super().__init__(size, flip_p=p, rot90=rot90, rotation=rotation, rotation_p=p, crop_min=crop_min, crop_p=p,
                          noise_std=noise_std, noise_p=p)
 
 

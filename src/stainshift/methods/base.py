@@ -283,6 +283,25 @@ def check_collapse(history: list[dict[str, Any]], key: str, threshold: float) ->
     return []
 
 
+def class_weights(cfg: dict[str, Any], num_classes: int) -> torch.Tensor | None:
+    """CE class weights of a supervised method: ``class_weight: balanced`` → w_c = n / (C · n_c)
+    (scikit-learn's "balanced") from ``class_counts`` (the training tiles' label counts, set by
+    ``train.pretrain``); ``null`` (the seeds' plain CE) → None. A class absent from training gets 0."""
+    mode = cfg.get("class_weight")
+    if mode in (None, "none"):
+        return None
+    if mode != "balanced":
+        raise ValueError(f"class_weight must be null or 'balanced', got {mode!r}")
+    counts = torch.as_tensor(cfg.get("class_counts") or [], dtype=torch.float64)
+    if counts.numel() < num_classes or counts.sum() <= 0:
+        raise ValueError(f"class_weight: balanced needs class_counts for {num_classes} classes, got {counts.tolist()}")
+    counts = counts[:num_classes]
+    present = counts > 0
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    w[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return w.float()
+
+
 def check_chance(history: list[dict[str, Any]], key: str, chance_key: str, fraction: float) -> list[str]:
     """``[reason]`` when the last epoch's loss ``key`` ≥ ``fraction`` × its chance level ``chance_key``."""
     value, chance = _last(history, key), _last(history, chance_key)

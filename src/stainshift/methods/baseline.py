@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stainshift.augment import build_views
-from stainshift.methods.base import CE_CHANCE_FRACTION, Method, StepContext, check_chance, register_method
+from stainshift.methods.base import (CE_CHANCE_FRACTION, Method, StepContext, check_chance, class_weights,
+                                     register_method)
 from stainshift.methods.losses import embedding_spread, label_entropy
 from stainshift.models import Classifier, build_encoder, build_head
 
@@ -29,6 +30,7 @@ class Baseline(Method):
         "encoder": {"arch": "resnet18_narrow"}, "epochs": 60, "batch_size": 20, "optimizer": "adam",
         "lr": 1e-4, "schedule": "step", "milestones": [35], "gamma": 0.1, "weight_decay": 0.0,
         "views": {"p": 0.5, "rotation": 20.0, "noise_std": 0.08, "crop_min": 0.9}, "label_smoothing": 0.0,
+        "class_weight": None,
     }
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
@@ -37,6 +39,7 @@ class Baseline(Method):
         self.head = build_head({"kind": "linear", "in_dim": self.encoder.out_dim, "num_classes": num_classes})
         self.views = build_views("baseline", int(cfg["image_size"]), cfg.get("views"))
         self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
+        self.ce_weight = class_weights(cfg, num_classes)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         """Cross-entropy of the encoder + head on one augmented view (seed 000's supervised baseline)."""
@@ -45,13 +48,15 @@ class Baseline(Method):
         with ctx.autocast():
             h = self.encoder(x)
             logits = self.head(h)
-        stats = {"ce_chance": label_entropy(labels, self.num_classes), "emb_std": embedding_spread(h)}
+        weight = None if self.ce_weight is None else self.ce_weight.to(logits.device)
+        stats = {"ce_chance": label_entropy(labels, self.num_classes, weight=weight), "emb_std": embedding_spread(h)}
         valid = labels >= 0
         if not bool(valid.any()):
             # keep every parameter in the graph (DDP) while contributing nothing
             loss = logits.float().sum() * 0.0
             return {"loss": loss, "acc": torch.zeros((), device=loss.device), **stats}
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=-1, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=-1,
+                               label_smoothing=self.label_smoothing)
         acc = (logits.argmax(1)[valid] == labels[valid]).float().mean()
         return {"loss": loss, "acc": acc.detach(), **stats}
 

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from stainshift.augment import build_views
 from stainshift.methods.base import (CE_CHANCE_FRACTION, CONTRASTIVE_CHANCE_MARGIN, Method, StepContext, check_chance,
-                                     register_method)
+                                     class_weights, register_method)
 from stainshift.methods.losses import (embedding_spread, gather, label_entropy, latent_embedding_chance,
                                        latent_embedding_loss, latent_positive_accuracy, nt_xent, nt_xent_chance,
                                        paired_ce_loss, positive_accuracy)
@@ -232,6 +232,7 @@ class _StainEmbedBase(Method):
         "head_hidden": 512, "tau": 0.70, "w_c": 1.0, "w_e": 1.0, "embed_layer": "encoder.stages.3",
         "num_negatives": None, "contrastive_reduction": "mean",
         "stain_methods": ["macenko", "reinhard", "vahadane"], "stain_probs": None, "stain_backend": "auto",
+        "class_weight": None,
     }
 
     def __init__(self, cfg: dict, num_classes: int) -> None:
@@ -243,6 +244,7 @@ class _StainEmbedBase(Method):
         self.tau = float(cfg.get("tau", 0.70))
         self.w_c = float(cfg.get("w_c", 1.0))
         self.w_e = float(cfg.get("w_e", 1.0))
+        self.ce_weight = class_weights(cfg, num_classes)
         self.embed_layer = str(cfg.get("embed_layer", "encoder.stages.3"))
         self.num_negatives = cfg.get("num_negatives")
         self.reduction = str(cfg.get("contrastive_reduction", "mean"))
@@ -275,9 +277,13 @@ class _StainEmbedBase(Method):
     def _log(self, loss: Tensor, l_c: Tensor, l_c_chance: float, l_e: Tensor, labels: Tensor, pos_acc: Tensor,
              h: Tensor, z: Tensor, t_norm: float) -> dict[str, Tensor]:
         return {"loss": loss, "loss_c": l_c.detach(), "loss_c_chance": torch.tensor(l_c_chance),
-                "loss_e": l_e.detach(), "ce_chance": label_entropy(labels, self.num_classes), "pos_acc": pos_acc,
+                "loss_e": l_e.detach(), "ce_chance": label_entropy(labels, self.num_classes, weight=self._weight(h)), "pos_acc": pos_acc,
                 "emb_std": embedding_spread(h), "proj_std": embedding_spread(z), "norm_s": torch.tensor(t_norm),
                 "norm_failed": torch.tensor(float(self.normalizer.last_failed))}
+
+    def _weight(self, like: Tensor) -> Tensor | None:
+        """ℓ_e's class weights (``class_weight``) on ``like``'s device, or None."""
+        return None if self.ce_weight is None else self.ce_weight.to(like.device)
 
     def native_classifier(self) -> nn.Module:
         """Seed 000's downstream: the encoder with the FC head trained end to end by ℓ_e."""
@@ -308,7 +314,7 @@ class StainEmbedMethod(_StainEmbedBase):
         logits, logits_bar, z, z_bar, h = self._forward_pair(x, x_bar, ctx)
         z, z_bar = gather(z.float()), gather(z_bar.float())
         l_c = latent_embedding_loss(z, z_bar, self.tau, self.num_negatives, reduction=self.reduction)
-        l_e = paired_ce_loss(logits, logits_bar, batch["label"])
+        l_e = paired_ce_loss(logits, logits_bar, batch["label"], weight=self._weight(logits))
         loss = self.w_c * l_c + self.w_e * l_e
         chance = latent_embedding_chance(z.shape[0], self.num_negatives, self.reduction)
         return self._log(loss, l_c, chance, l_e, batch["label"], latent_positive_accuracy(z, z_bar), h, z, t_norm)
@@ -332,7 +338,7 @@ class StainEmbedContrastiveMethod(_StainEmbedBase):
         logits1, logits2, z1, z2, h = self._forward_pair(x1, x2, ctx)
         z1, z2 = gather(z1.float()), gather(z2.float())
         l_c = nt_xent(z1, z2, self.tau)
-        l_e = paired_ce_loss(logits1, logits2, batch["label"])
+        l_e = paired_ce_loss(logits1, logits2, batch["label"], weight=self._weight(logits1))
         loss = self.w_c * l_c + self.w_e * l_e
         return self._log(loss, l_c, nt_xent_chance(z1.shape[0]), l_e, batch["label"], positive_accuracy(z1, z2)[0],
                          h, z1, t_norm)

@@ -62,6 +62,8 @@ def method_settings(method: str) -> dict[str, Any]:
 
 def _type_problem(key: str, value: Any, default: Any) -> str | None:
     """Why ``value`` cannot stand where ``default`` is (None if it can)."""
+    if key == "class_weight" and value is not None:
+        return None if value in ("none", "balanced") else "null or 'balanced'"
     if value is None or default is None:
         return None
     if key == "encoder":

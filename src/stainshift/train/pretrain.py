@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -67,6 +68,11 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
     if cfg["image_size"] != dataset.tile_size:
         log.info("image_size %s ≠ tile size %d: views resize crops to image_size", cfg["image_size"], dataset.tile_size)
     num_classes = int(cfg.get("num_classes") or dataset.num_classes())
+    if cls.supervised and cfg.get("class_weight") not in (None, "none"):
+        # the training tiles' label counts: class_weight: balanced weighs the CE by n / (C n_c)
+        labelled = dataset.labels[dataset.labels >= 0]
+        cfg["class_counts"] = np.bincount(labelled, minlength=num_classes)[:num_classes].tolist()
+        meta["class_counts"] = cfg["class_counts"]
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)  # identical initial weights on every rank
     method = build_method(method_name, cfg, num_classes)

@@ -22,12 +22,20 @@ def embedding_spread(z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def label_entropy(labels: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:
+def label_entropy(labels: torch.Tensor, num_classes: int, ignore_index: int = -1,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Chance level of a cross-entropy: H(p̂) = −Σ_c p̂_c log p̂_c (nats), p̂ the label frequencies
-    of the batch — the CE of the best constant predictor (≤ log C; 0 for a one-class batch)."""
+    of the batch — the CE of the best constant predictor (≤ log C; 0 for a one-class batch).
+
+    With class weights w (``F.cross_entropy(weight=w)``), p̂_c ∝ w_c n_c: the weighted CE of the
+    best constant predictor (log C for balanced weights on a batch with the training frequencies).
+    """
     y = labels[labels != ignore_index]
     if y.numel() == 0:
         return torch.zeros((), device=labels.device)
-    p = torch.bincount(y, minlength=num_classes).float() / y.numel()
+    p = torch.bincount(y, minlength=num_classes).float()
+    if weight is not None:
+        p = p * weight.to(p.device, torch.float32)
+    p = p / p.sum()
     p = p[p > 0]
     return -(p * p.log()).sum()

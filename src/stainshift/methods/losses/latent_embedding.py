@@ -91,14 +91,16 @@ def latent_positive_accuracy(z: Tensor, z_bar: Tensor) -> Tensor:
     return (pos > neg.max(1).values).float().mean()
 
 
-def paired_ce_loss(logits: Tensor, logits_bar: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+def paired_ce_loss(logits: Tensor, logits_bar: Tensor, labels: Tensor, ignore_index: int = -1,
+                   weight: Tensor | None = None) -> Tensor:
     """Seed 000 Eq. 3: ℓ_e = 1/(2B) (Σ CE(f(x_i), y_i) + Σ CE(f(x̄_i), y_i)).
 
     Tiles with label ``ignore_index`` (−1 = unknown in the patch store) are left out of the mean;
-    a batch with no labelled tile gives 0 (kept in the graph).
+    a batch with no labelled tile gives 0 (kept in the graph). ``weight``: class weights (the mean
+    becomes the weighted mean, as ``F.cross_entropy``).
     """
     both = torch.cat([logits, logits_bar], dim=0)
     y = torch.cat([labels, labels], dim=0)
     if not bool((y != ignore_index).any()):
         return both.sum() * 0.0
-    return F.cross_entropy(both.float(), y, ignore_index=ignore_index)
+    return F.cross_entropy(both.float(), y, weight=weight, ignore_index=ignore_index)
