@@ -521,3 +521,17 @@ def test_mpp_source_file_or_sheet(synth_slide: SynthSlide, tmp_path: Path) -> No
     tile_slide(tmp_path / "roi.png", tmp_path / "r.zarr", dict(cfg, target_mpp=0.5), slide_id="r", mpp=0.5,
                progress=False)
     assert PatchStore.open(tmp_path / "r.zarr").attrs["mpp_source"] == "sheet"
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 63, 64, 65, 1000])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_batch_bounds_cover_every_tile_once_in_order(n: int, workers: int) -> None:
+    from stainshift.tiling.stage import BATCH_TILES, TAIL_BATCH_TILES, batch_bounds
+
+    bounds = batch_bounds(n, workers)
+    covered = [i for a, b in bounds for i in range(a, b)]
+    assert covered == list(range(n)) and all(b > a for a, b in bounds)
+    sizes = [b - a for a, b in bounds]
+    assert max(sizes, default=0) <= BATCH_TILES
+    if workers > 1 and n >= 2 * workers * BATCH_TILES:
+        assert sizes[-1] <= TAIL_BATCH_TILES and sizes.count(TAIL_BATCH_TILES) >= 2 * workers

@@ -102,6 +102,20 @@ def _executor(cfg: TilingConfig, path: str, mpp: float | None) -> Executor | Non
 
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # level-0 coords, mask fractions, check flags
+#: tiles per batch handed to a worker; the last batches are smaller (:func:`batch_bounds`)
+BATCH_TILES = 16
+TAIL_BATCH_TILES = 4
+
+
+def batch_bounds(n: int, workers: int) -> list[tuple[int, int]]:
+    """[start, end) of each batch over ``n`` tiles: BATCH_TILES each, then TAIL_BATCH_TILES for the
+    last ~2 batches per worker, so the workers finish together (the tail a process waits for at the
+    end of the slide is a quarter batch instead of a whole one). One worker: equal batches."""
+    tail = 0 if workers <= 1 else min(n, 2 * workers * BATCH_TILES)
+    cut = n - tail
+    bounds = [(a, min(a + BATCH_TILES, cut)) for a in range(0, cut, BATCH_TILES)]
+    bounds += [(a, min(a + TAIL_BATCH_TILES, n)) for a in range(cut, n, TAIL_BATCH_TILES)]
+    return bounds
 BatchResult = tuple[list[tuple[float, bytes | None]], dict[str, float]]
 
 
@@ -284,8 +298,8 @@ def tile_slide(
             "label_threshold": cfg.label_threshold, "max_tiles": cfg.max_tiles,
             "n_grid": int(len(grid)), "n_candidates": int(len(cand_idx)), "tissue_decision": decision,
         }
-        batch = 16
-        batches = [(grid[idx], mfrac[idx], check[idx]) for idx in (order[i : i + batch] for i in range(0, len(order), batch))]
+        bounds = batch_bounds(len(order), cfg.workers)
+        batches = [(grid[order[a:b]], mfrac[order[a:b]], check[order[a:b]]) for a, b in bounds]
         sampled: list[tuple[int, float, bytes]] = []  # max_tiles mode: held until the sample is complete
         out_coords: list[np.ndarray] = []
         out_labels: list[np.ndarray] = []
@@ -315,9 +329,10 @@ def tile_slide(
                     n_checked += int(batches[b_i][2].sum())
                     if bar is not None:
                         bar.update(len(results))
-                    hits = [(int(order[b_i * batch + j]), frac, data) for j, (frac, data) in enumerate(results)
+                    first = bounds[b_i][0]
+                    hits = [(int(order[first + j]), frac, data) for j, (frac, data) in enumerate(results)
                             if data is not None]
-                    rejected.extend(int(order[b_i * batch + j]) for j, (_, d) in enumerate(results) if d is None)
+                    rejected.extend(int(order[first + j]) for j, (_, d) in enumerate(results) if d is None)
                     if cfg.max_tiles is not None:
                         sampled.extend(hits)
                         if len(sampled) >= cfg.max_tiles:
