@@ -134,8 +134,8 @@ def test_label_entropy_with_balanced_weights_is_log_c() -> None:
 
 def test_class_weights_balanced_none_and_errors() -> None:
     w = class_weights({"class_weight": "balanced", "class_counts": [80, 20, 0]}, 3)
-    # n / (C_present n_c): 100 / (2 · 80), 100 / (2 · 20); a class absent from training weighs 0
-    assert w.tolist() == pytest.approx([0.625, 2.5, 0.0])
+    # N / (C N_c): 100 / (3 · 80), 100 / (3 · 20); a class absent from training weighs 0
+    assert w.tolist() == pytest.approx([100 / 240, 100 / 60, 0.0])
     assert class_weights({"class_weight": None}, 2) is None
     assert class_weights({}, 2) is None
     with pytest.raises(ValueError, match="null or 'balanced'"):

@@ -284,22 +284,20 @@ def check_collapse(history: list[dict[str, Any]], key: str, threshold: float) ->
 
 
 def class_weights(cfg: dict[str, Any], num_classes: int) -> torch.Tensor | None:
-    """CE class weights of a supervised method: ``class_weight: balanced`` → w_c = n / (C · n_c)
-    (scikit-learn's "balanced") from ``class_counts`` (the training tiles' label counts, set by
-    ``train.pretrain``); ``null`` (the seeds' plain CE) → None. A class absent from training gets 0."""
+    """CE class weights of a supervised method: ``class_weight: balanced`` → w_c = N / (C · N_c)
+    (:func:`losses.balanced_class_weights`) from ``class_counts`` (the training tiles' label counts,
+    set by ``train.pretrain``); ``null`` (the seeds' plain CE) → None."""
+    from stainshift.methods.losses import balanced_class_weights
+
     mode = cfg.get("class_weight")
     if mode in (None, "none"):
         return None
     if mode != "balanced":
         raise ValueError(f"class_weight must be null or 'balanced', got {mode!r}")
-    counts = torch.as_tensor(cfg.get("class_counts") or [], dtype=torch.float64)
-    if counts.numel() < num_classes or counts.sum() <= 0:
-        raise ValueError(f"class_weight: balanced needs class_counts for {num_classes} classes, got {counts.tolist()}")
-    counts = counts[:num_classes]
-    present = counts > 0
-    w = torch.zeros(num_classes, dtype=torch.float64)
-    w[present] = counts.sum() / (int(present.sum()) * counts[present])
-    return w.float()
+    counts = cfg.get("class_counts") or []
+    if len(counts) < num_classes or sum(counts) <= 0:
+        raise ValueError(f"class_weight: balanced needs class_counts for {num_classes} classes, got {list(counts)}")
+    return balanced_class_weights(torch.as_tensor(counts), num_classes)
 
 
 def check_chance(history: list[dict[str, Any]], key: str, chance_key: str, fraction: float) -> list[str]:

@@ -30,6 +30,7 @@ from torch import nn
 from stainshift.cropsets import tile_groups
 from stainshift.data import EpochBatchSampler, TileDataset, make_loader
 from stainshift.embeddings import RAW, prediction_frame, read_embeddings
+from stainshift.methods.losses import balanced_class_weights
 from stainshift.metrics.cross_center import accuracy, balanced_accuracy
 from stainshift.models import Classifier, build_encoder, build_head
 from stainshift.store import PatchStore
@@ -55,12 +56,6 @@ class LinearProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """linear((x − mean) / std): logits from standardised features."""
         return self.linear((x - self.mean) / self.std)
-
-
-def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """"Balanced" class weights w_c = N / (C · N_c) (0 for classes absent from ``y``)."""
-    counts = torch.bincount(y, minlength=num_classes).float()
-    return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp_min(1)), torch.zeros_like(counts))
 
 
 def choose_threshold(y: np.ndarray, p1: np.ndarray) -> float:
@@ -116,7 +111,7 @@ def finetune_linear(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     probe = LinearProbe(x.shape[1], num_classes)
     probe.mean.copy_(x.mean(0))
     probe.std.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
-    weight = class_weights(y, num_classes) if cfg.get("class_weight") == "balanced" else None
+    weight = balanced_class_weights(torch.bincount(y, minlength=num_classes), num_classes) if cfg.get("class_weight") == "balanced" else None
     opt = torch.optim.Adam(probe.parameters(), lr=float(cfg.get("lr", 1e-3)), weight_decay=float(cfg.get("weight_decay", 0.0)))
     metric = SELECT_METRICS[cfg.get("select", "balanced_accuracy")]
     bs = int(cfg.get("batch_size", 256))
@@ -176,8 +171,10 @@ def finetune_classifier(model: Classifier, train_stores: Sequence[str], val_stor
     loader = make_loader(train, sampler, int(cfg.get("num_workers", 0)))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=float(cfg.get("lr", 1e-4)), weight_decay=float(cfg.get("weight_decay", 0.0)))
-    weight = (class_weights(torch.as_tensor(train.labels), num_classes).to(device)
-              if cfg.get("class_weight") == "balanced" else None)
+    weight = None
+    if cfg.get("class_weight") == "balanced":
+        labels = torch.as_tensor(train.labels)
+        weight = balanced_class_weights(torch.bincount(labels[labels >= 0], minlength=num_classes), num_classes).to(device)
     vimg, vlab = stack_tiles(val_stores) if val_stores else (None, None)
     if vimg is None or len(vimg) == 0:
         log.warning("no labelled validation tiles: selecting the epoch on the training metric")

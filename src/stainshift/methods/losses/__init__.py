@@ -9,6 +9,7 @@ module                     loss                                                 
 ``negative_cosine``        SimSiam negative cosine with stop-gradient (Eq. 3)     002
 ``barlow_twins``           Barlow Twins cross-correlation loss                   003
 ``diagnostics``            collapse statistic, cross-entropy chance level        —
+``class_weights``          balanced class weights of a cross-entropy             —
 ``distributed``            differentiable all-gather: losses on the global batch  —
 =========================  ====================================================  ==========
 """
@@ -26,6 +27,7 @@ from stainshift.methods.losses.adversarial import (
     slide_codes,
 )
 from stainshift.methods.losses.barlow_twins import barlow_twins, barlow_twins_terms
+from stainshift.methods.losses.class_weights import balanced_class_weights
 from stainshift.methods.losses.diagnostics import embedding_spread, label_entropy
 from stainshift.methods.losses.distributed import gather
 from stainshift.methods.losses.latent_embedding import (
