@@ -194,7 +194,7 @@ def test_cluster_bootstrap_is_wider_than_tile_bootstrap_for_clustered_data():
 def test_paired_comparison_pairs_by_seed():
     """Δ_s = θ^A_s − θ^B_s on the same units and seeds: a seed effect shared by A and B cancels."""
     rng = np.random.default_rng(2)
-    y = rng.integers(0, 2, 400)
+    _labels = rng.integers(0, 2, 400)  # unused; keeps the random stream of the draws below
     right_a, right_b = rng.random(400) < 0.85, rng.random(400) < 0.75
     seed_effect = np.array([-0.1, 0.0, 0.1])
     d = bs.resampling_design(np.zeros(400), None, np.repeat(np.arange(40), 10))

@@ -18,7 +18,6 @@ from stainshift.tiling import (
     MASK_MIN_PX,
     TilingConfig,
     TilingError,
-    box_fractions,
     disk_dilate,
     foreground_mask,
     hsv_mask,

@@ -183,7 +183,7 @@ def _jpeg_encode(chunk: np.ndarray, quality: int, subsampling: str, order: str =
     ignored) straight from a slide reader (libjpeg-turbo's extended input colour space: the same
     bytes as encoding the RGB copy, without making it)."""
     arr = np.ascontiguousarray(chunk, dtype=np.uint8)
-    h, w, c = arr.shape[-3], arr.shape[-2], arr.shape[-1]
+    w, c = arr.shape[-2], arr.shape[-1]
     img = arr.reshape(-1, w, c)
     if c == 1:
         img = img[..., 0]

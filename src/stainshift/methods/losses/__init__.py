@@ -44,6 +44,7 @@ __all__ = [
     "ADV_MODES",
     "AFFINITY_SATURATION",
     "affinity_matrix",
+    "balanced_class_weights",
     "barlow_twins",
     "barlow_twins_terms",
     "discriminator_loss",
