@@ -325,3 +325,33 @@ def test_per_test_center_rows_and_a_test_only_center(run_dir):
     assert not rows.loc["ca", "note"].startswith("test-only") and rows.loc["ca", "note"].endswith("cb")
     cells = table[(table["kind"] == "cell") & (table["protocol"] == "probe") & (table["metric"] == "balanced_accuracy")]
     assert rows.loc["ca", "value"] == pytest.approx(cells[(cells["source"] == "cb") & (cells["test"] == "ca")]["value"].iloc[0])
+
+
+def test_latent_subsample_bounds_tiles_and_keeps_a_stores_tiles_across_variants(tmp_path: Path) -> None:
+    """evaluate.latent_max_tiles: each store gives ceil(max / S) tiles, its variants the same tiles,
+    seeded (same draw twice), the rows record it; None reads everything."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for store, n in (("a_test", 300), ("b_test", 40)):
+        feats = rng.normal(size=(n, 4)).astype(np.float32)
+        for rel, vm in ((f"{store}.h5", "raw"), (f"variants/{store}/reinhard/t0.h5", "reinhard")):
+            p = tmp_path / "stores" / rel
+            emb_io.write_embeddings(p, feats, coords=np.full((n, 2), -1), label=np.arange(n) % 2,
+                                    index=np.arange(n), attrs={"store": store, "center": store[0], "split": "test",
+                                                               "variant_method": vm, "variant_target": "t0"})
+            paths.append(str(p))
+    full = pl.load_embedding_set(paths)
+    assert len(full.features) == 680 and full.subsample_note == ""
+    sub = pl.load_embedding_set(paths, max_tiles=100, seed=3)
+    per = sub.meta.groupby(["store", "variant_method"]).size().to_dict()
+    # ceil(100 / 2 stores) = 50 from a_test, all 40 of b_test, the same in the variant
+    assert per == {("a_test", "raw"): 50, ("a_test", "reinhard"): 50, ("b_test", "raw"): 40, ("b_test", "reinhard"): 40}
+    a = sub.meta[sub.meta.store == "a_test"]
+    assert (a[a.variant_method == "raw"]["index"].to_numpy() == a[a.variant_method == "reinhard"]["index"].to_numpy()).all()
+    again = pl.load_embedding_set(paths, max_tiles=100, seed=3)
+    assert np.array_equal(again.meta["index"], sub.meta["index"]) and np.array_equal(again.features, sub.features)
+    assert sub.n_total == 680 and "180 of 680" in sub.subsample_note
+    # the rows read are the rows of the full file
+    key = full.meta.set_index(["store", "variant_method", "index"]).index
+    pos = key.get_indexer(sub.meta.set_index(["store", "variant_method", "index"]).index)
+    assert np.array_equal(full.features[pos], sub.features)

@@ -88,8 +88,15 @@ def write_embeddings(path: str | os.PathLike, features: np.ndarray, *, coords: n
     return path
 
 
-def read_embeddings(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"features", "coords", "label", "index", "attrs"}`` of an embeddings file."""
+def embeddings_count(path: str | os.PathLike) -> int:
+    """Number of tiles (rows) of an embeddings file, without reading them."""
+    with h5py.File(path, "r") as fh:
+        return int(fh["features"].shape[0])
+
+
+def read_embeddings(path: str | os.PathLike, rows: np.ndarray | None = None) -> dict[str, Any]:
+    """``{"features", "coords", "label", "index", "attrs"}`` of an embeddings file; ``rows``
+    (increasing row numbers) reads only those tiles (HDF5 selection: the rest is never loaded)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embeddings file not found: {path}")
@@ -97,7 +104,8 @@ def read_embeddings(path: str | os.PathLike) -> dict[str, Any]:
         missing = [k for k in ("features", "coords", "label", "index") if k not in fh]
         if missing:
             raise KeyError(f"{path}: missing dataset(s) {', '.join(missing)}")
-        out = {k: fh[k][...] for k in ("features", "coords", "label", "index")}
+        sel = slice(None) if rows is None else np.asarray(rows, dtype=np.int64)
+        out = {k: fh[k][sel] for k in ("features", "coords", "label", "index")}
         out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
     return out
 

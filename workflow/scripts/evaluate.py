@@ -40,7 +40,8 @@ for src in dict.fromkeys(s for s, _ in runs):
     embs = {}
     for seed in [k for s, k in runs if s == src]:
         paths = pl.evaluation_embedding_paths(pd.read_csv(manifests[(src, seed)], dtype=str))
-        embs[(src, seed)] = pl.attach_tile_groups(pl.load_embedding_set(paths), tile_groups)
+        embs[(src, seed)] = pl.attach_tile_groups(pl.load_embedding_set(paths, cfg.latent_max_tiles, cfg.seed),
+                                                  tile_groups)
     log.info("%s/%s: embeddings of %d seeds", method, src, len(embs))
     batch.append(pl.batch_effect(embs, method, cfg, sources))
 pl.write_csv_atomic(pd.concat(batch, ignore_index=True), sm.output.batch_effect)
@@ -51,7 +52,8 @@ raw = preds[pl.is_raw(preds)]
 plots.roc_curves(raw[~pl.mark_seen(raw)], sm.output.roc, class_names=sm.params.class_names,
                  title=f"{method}: ROC per test center, sources that never saw it (pooled over seeds)")
 map_source, map_seed = runs[0]
-emb = pl.load_embedding_set(pl.evaluation_embedding_paths(pd.read_csv(manifests[runs[0]], dtype=str)))
+emb = pl.load_embedding_set(pl.evaluation_embedding_paths(pd.read_csv(manifests[runs[0]], dtype=str)),
+                            cfg.latent_max_tiles, cfg.seed)
 f, m = pl.subsample_for_map(emb, cfg.map_max_points, cfg.seed)
 plots.embedding_map(f, m["center"], m["label"], sm.output.embedding_map, kind=cfg.embedding_map, seed=cfg.seed,
                     class_names=sm.params.class_names,

@@ -38,6 +38,7 @@ class EvalConfig:
     reference: str = "baseline"        # paired tests compare every method with this one
     consistency_share: float = 0.9     # k = ceil(share * V) for "consistent in >= k variants"
     w2_max_samples: int = 500
+    latent_max_tiles: int | None = None  # W2 / RI / tightness read at most ~this many tiles per run (None: all)
     l2_normalize: bool = True
     ri_k: Sequence[int] = (1, 3, 5, 7, 9, 11, 15, 21, 31)
     embedding_map: str = "umap"        # umap | tsne | pca

@@ -2,6 +2,7 @@
 stain-variant cluster tightness, and the point subsample of the embedding map."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -29,15 +30,59 @@ class EmbeddingSet:
 
     features: np.ndarray
     meta: pd.DataFrame
+    n_total: int = -1   # tiles in the files before the latent subsample (-1: not subsampled)
+
+    @property
+    def subsample_note(self) -> str:
+        """Report note when the rows are a subsample (``evaluate.latent_max_tiles``), else ""."""
+        if self.n_total < 0 or self.n_total == len(self.features):
+            return ""
+        return (f"latent subsample: {len(self.features)} of {self.n_total} tiles, the same tiles of a store in "
+                f"every variant (evaluate.latent_max_tiles)")
 
 
-def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
-    """Concatenate the HDF5 embeddings of ``paths`` (features + per-tile metadata)."""
-    from stainshift.embeddings import read_embeddings
+def latent_rows(paths: Sequence[str | os.PathLike], max_tiles: int | None, seed: int) -> dict[str, np.ndarray | None]:
+    """Rows to read per file so that at most ~``max_tiles`` tiles are held: ceil(max_tiles / S) per
+    store (S = distinct stores; a store and its variants share the draw, seeded by (seed, store)),
+    all of a smaller store. ``None`` = every row. Memory of the latent metrics is then bounded by
+    the key, not by the study size."""
+    from stainshift.embeddings import embeddings_count
 
+    if not max_tiles:
+        return {str(p): None for p in paths}
+    stores = {str(p): _store_of(p) for p in paths}
+    per_store = -(-int(max_tiles) // max(1, len(set(stores.values()))))
+    out: dict[str, np.ndarray | None] = {}
+    for p, store in stores.items():
+        n = embeddings_count(p)
+        if n <= per_store:
+            out[p] = None
+            continue
+        key = int.from_bytes(hashlib.sha256(f"{seed}:{store}".encode()).digest()[:8], "little")
+        out[p] = np.sort(np.random.default_rng(key).choice(n, per_store, replace=False))
+    return out
+
+
+def _store_of(path: str | os.PathLike) -> str:
+    """The base store of an embeddings file: ``stores/{store}.h5`` or ``stores/variants/{store}/…``."""
+    parts = Path(path).parts
+    if "variants" in parts:
+        return parts[parts.index("variants") + 1]
+    return Path(path).stem
+
+
+def load_embedding_set(paths: Sequence[str | os.PathLike], max_tiles: int | None = None,
+                       seed: int = 0) -> EmbeddingSet:
+    """Concatenate the HDF5 embeddings of ``paths`` (features + per-tile metadata); with
+    ``max_tiles`` a seeded per-store subsample (:func:`latent_rows`), ``n_total`` recording the
+    tiles before it."""
+    from stainshift.embeddings import embeddings_count, read_embeddings
+
+    rows_of = latent_rows(paths, max_tiles, seed)
+    n_total = sum(embeddings_count(p) for p in paths) if max_tiles else -1
     feats, metas = [], []
     for p in paths:
-        e = read_embeddings(p)
+        e = read_embeddings(p, rows_of[str(p)])
         a = e["attrs"]
         n = len(e["features"])
         feats.append(np.asarray(e["features"], dtype=np.float32))
@@ -49,7 +94,7 @@ def load_embedding_set(paths: Sequence[str | os.PathLike]) -> EmbeddingSet:
             "index": np.asarray(e["index"], np.int64), "label": np.asarray(e["label"], np.int64)}, index=range(n)))
     if not feats:
         return EmbeddingSet(np.zeros((0, 0), np.float32), pd.DataFrame())
-    return EmbeddingSet(np.concatenate(feats), pd.concat(metas, ignore_index=True))
+    return EmbeddingSet(np.concatenate(feats), pd.concat(metas, ignore_index=True), n_total)
 
 
 def evaluation_embedding_paths(manifest: pd.DataFrame, split: str = "test") -> list[str]:
@@ -74,7 +119,7 @@ def attach_tile_groups(emb: EmbeddingSet, preds: pd.DataFrame | None) -> Embeddi
         if col in tiles:
             found = tiles[col].astype(str).reindex(idx).to_numpy()
             meta[col] = np.where(pd.isna(found), meta[col].to_numpy(), found)
-    return EmbeddingSet(emb.features, meta)
+    return EmbeddingSet(emb.features, meta, emb.n_total)
 
 
 def raw_labelled(emb: EmbeddingSet) -> tuple[np.ndarray, pd.DataFrame]:
@@ -177,6 +222,7 @@ def batch_effect(runs: Mapping[tuple[str, int], EmbeddingSet], method: str, cfg:
         return frame([])
     df = pd.DataFrame(per_run)
     kinds = {sid: str(s["kind"]) for sid, s in (sources or {}).items()}
+    notes = {src: emb.subsample_note for (src, _), emb in runs.items() if emb.subsample_note}
     rows = []
     for (src, test, metric, kind, unit), sub in df.groupby(["source", "test", "metric", "kind", "unit"], sort=False):
         v = sub["value"].to_numpy(float)
@@ -184,7 +230,8 @@ def batch_effect(runs: Mapping[tuple[str, int], EmbeddingSet], method: str, cfg:
         rows.append(row(method=method, protocol=ENCODER, source=src, source_kind=kinds.get(src, ""), test=test,
                         metric=metric, value=float(v.mean()), ci_low=ci[0], ci_high=ci[1],
                         seed_sd=float(v.std(ddof=1)) if len(v) > 1 else np.nan, n=int(sub["n"].max()),
-                        n_seeds=len(v), kind=kind, unit=f"{unit}; bootstrap {ci[2]}" if ci[2] else unit))
+                        n_seeds=len(v), kind=kind, unit=f"{unit}; bootstrap {ci[2]}" if ci[2] else unit,
+                        note=notes.get(src, "")))
     return frame(rows)
 
 
