@@ -96,11 +96,9 @@ def kernel_map(method: str, img: np.ndarray, target: np.ndarray, params=None) ->
     flat = np.ascontiguousarray(img).reshape(-1, 3)
     out = np.empty_like(flat)
     if method == "reinhard":
-        f = np.empty((3, len(flat)), np.float32)
-        kernels.lab_f(flat, srgb_decode_lut(), RGB2XYZN, f)
-        src = params or n.stats_np(flat, f=f)[0]
+        src = params or n.stats_np(flat)[0]
         mat, const = affine_in_f(src, n.params.to_numpy())
-        kernels.reinhard_map(flat, f, out, mat, const, XYZN2RGB, n._wlut, n._band_lo)
+        kernels.reinhard_map(flat, out, srgb_decode_lut(), RGB2XYZN, mat, const, XYZN2RGB, n._wlut, n._band_lo)
         return out.reshape(img.shape), reinhard_reference(img, n, src)
     params = params or n.estimate_np(img)[0]
     n._map_np(flat, out, params, n.params.to_numpy())

@@ -14,9 +14,9 @@ Kernels (``u8`` = uint8 ``(P, 3)`` pixels, ``out`` = uint8 ``(P, 3)``):
   their mean and covariance (Macenko's and Vahadane's estimation input).
 * :func:`nn_lasso_codes`, :func:`dictionary_learning` — Vahadane's two-atom non-negative lasso and
   its fixed-iteration dictionary learning.
-* :func:`lab_f`, :func:`tissue_f_moments` — CIELAB's companded coordinates f of every pixel and
-  Reinhard's statistics over the tissue pixels of a subsample.
-* :func:`reinhard_map` — affine map in f → XYZ → sRGB → background blend → uint8.
+* :func:`lab_f`, :func:`tissue_f_moments` — CIELAB's companded coordinates f and Reinhard's
+  statistics over the tissue pixels (of the estimation subsample).
+* :func:`reinhard_map` — sRGB → f → affine map in f → XYZ → sRGB → background blend → uint8, one pass.
 * :func:`linear_od_map` — Macenko's map, linear in OD: ``out_c = Π_k P[c, k, I_k]`` with a per-image
   power table ``P[c, k, v] = (v + 1)^{M_kc}`` (the OD transform ``OD' = OD M + b`` in exp form) →
   blend → uint8; no exp or log per pixel.
@@ -243,9 +243,8 @@ def lab_f(u8: np.ndarray, decode: np.ndarray, m_in: np.ndarray, f_out: np.ndarra
 
 
 @numba.njit(**_JIT)
-def tissue_f_moments(u8: np.ndarray, f: np.ndarray, stride: int, thr: int,
-                     mean: np.ndarray, scatter: np.ndarray) -> int:
-    """Mean (3,) and scatter Σ(f − mean)(f − mean)ᵀ (3,3) of f (3, P) over tissue pixels of ::stride.
+def tissue_f_moments(u8: np.ndarray, f: np.ndarray, thr: int, mean: np.ndarray, scatter: np.ndarray) -> int:
+    """Mean (3,) and scatter Σ(f − mean)(f − mean)ᵀ (3,3) of f (3, P) over the tissue pixels of u8.
 
     Tissue: darkest channel ≤ ``thr``. Sums in float64, shifted by the first tissue pixel so the
     one-pass scatter does not cancel. Returns the tissue count; ``mean``/``scatter`` in place.
@@ -254,7 +253,7 @@ def tissue_f_moments(u8: np.ndarray, f: np.ndarray, stride: int, thr: int,
     s = np.zeros(3)
     ss = np.zeros((3, 3))
     shift = np.zeros(3)
-    for p in range(0, u8.shape[0], stride):
+    for p in range(u8.shape[0]):
         if _darkest(u8, p) > thr:
             continue
         if n == 0:
@@ -286,57 +285,72 @@ def tissue_f_moments(u8: np.ndarray, f: np.ndarray, stride: int, thr: int,
 
 
 @numba.njit(**_JIT)
-def reinhard_map(u8: np.ndarray, f: np.ndarray, out: np.ndarray, mat: np.ndarray, const: np.ndarray,
-                 m_out: np.ndarray, weight: np.ndarray, band_lo: int) -> None:
-    """out = Reinhard(u8) from its f (3, P): f' = f @ mat + const → XYZ → linear RGB → sRGB, blended.
+def reinhard_map(u8: np.ndarray, out: np.ndarray, decode: np.ndarray, m_in: np.ndarray, mat: np.ndarray,
+                 const: np.ndarray, m_out: np.ndarray, weight: np.ndarray, band_lo: int) -> None:
+    """out = Reinhard(u8) in one pass per block of pixels: f = companding(sRGB⁻¹(u8) @ m_in) (as
+    :func:`lab_f`) → f' = f @ mat + const → XYZ → linear RGB → sRGB → background blend → uint8.
 
     sRGB encoding 1.055 l^(1/2.4) − 0.055 is computed as 1.055 c √√c − 0.055 with c = l^(1/3)
-    (5/12 = 1/3 · 5/4). Planar per block, so every loop vectorises.
+    (5/12 = 1/3 · 5/4). Planar float32 rows per block (in L1), so every loop but the de-interleave
+    vectorises; nothing per pixel is written to memory but the output.
     """
     n_px = u8.shape[0]
-    src = np.empty((3, BLOCK), np.float32)
-    g = np.empty((3, BLOCK), np.float32)
-    lin = np.empty((3, BLOCK), np.float32)
+    chan = np.empty((3, BLOCK), np.int32)
+    a = np.empty((3, BLOCK), np.float32)
     t = np.empty((3, BLOCK), np.float32)
     y = np.empty((3, BLOCK), np.float32)
+    f = np.empty((3, BLOCK), np.float32)
     w = np.empty(BLOCK, np.float32)
     tb = t.view(np.uint32)
     yb = y.view(np.uint32)
+    mi = m_in.astype(np.float32)
     mt = mat.astype(np.float32)
     ct = const.astype(np.float32)
     mo = m_out.astype(np.float32)
-    lo = np.float32(band_lo)
+    lo = np.int32(band_lo)
     for start in range(0, n_px, BLOCK):
         m = min(BLOCK, n_px - start)
         for i in range(m):
-            src[0, i] = u8[start + i, 0]
-            src[1, i] = u8[start + i, 1]
-            src[2, i] = u8[start + i, 2]
+            chan[0, i] = u8[start + i, 0]
+            chan[1, i] = u8[start + i, 1]
+            chan[2, i] = u8[start + i, 2]
         for i in range(m):
-            d = min(src[0, i], min(src[1, i], src[2, i]))
-            w[i] = weight[np.int32(d)] if d > lo else np.float32(1.0)
+            d = min(chan[0, i], min(chan[1, i], chan[2, i]))
+            w[i] = weight[d] if d > lo else np.float32(1.0)
         for c in range(3):
+            for i in range(m):
+                a[c, i] = decode[chan[c, i]]
+        for c in range(3):  # sRGB -> white-normalised XYZ -> f
+            a0 = mi[0, c]
+            a1 = mi[1, c]
+            a2 = mi[2, c]
+            for i in range(m):
+                t[c, i] = max(a[0, i] * a0 + a[1, i] * a1 + a[2, i] * a2, np.float32(1e-12))
+            _cbrt(t[c], tb[c], y[c], yb[c], m)
+            for i in range(m):
+                f[c, i] = y[c, i] if t[c, i] > _KNEE_T else t[c, i] / _LIN_K + _LIN_C
+        for c in range(3):  # f' = f @ mat + const -> XYZ (inverse companding)
             a0 = mt[0, c]
             a1 = mt[1, c]
             a2 = mt[2, c]
             cc = ct[c]
             for i in range(m):
-                h = f[0, start + i] * a0 + f[1, start + i] * a1 + f[2, start + i] * a2 + cc
-                g[c, i] = h * h * h if h > _KNEE_F else _LIN_K * (h - _LIN_C)
-        for c in range(3):
+                h = f[0, i] * a0 + f[1, i] * a1 + f[2, i] * a2 + cc
+                a[c, i] = h * h * h if h > _KNEE_F else _LIN_K * (h - _LIN_C)
+        for c in range(3):  # XYZ -> linear RGB -> sRGB, blended and rounded
             a0 = mo[0, c]
             a1 = mo[1, c]
             a2 = mo[2, c]
             for i in range(m):
-                v = min(max(g[0, i] * a0 + g[1, i] * a1 + g[2, i] * a2, np.float32(0.0)), np.float32(1.0))
-                lin[c, i] = v
+                v = min(max(a[0, i] * a0 + a[1, i] * a1 + a[2, i] * a2, np.float32(0.0)), np.float32(1.0))
+                f[c, i] = v
                 t[c, i] = max(v, _ENC_KNEE)
             _cbrt(t[c], tb[c], y[c], yb[c], m)
             for i in range(m):
                 cr = y[c, i]
                 enc = np.float32(1.055 * 255) * cr * np.sqrt(np.sqrt(cr)) - np.float32(0.055 * 255)
-                enc = enc if lin[c, i] > _ENC_KNEE else np.float32(12.92 * 255) * lin[c, i]
-                sv = src[c, i]
+                enc = enc if f[c, i] > _ENC_KNEE else np.float32(12.92 * 255) * f[c, i]
+                sv = np.float32(chan[c, i])
                 y[c, i] = min(sv + w[i] * (enc - sv), np.float32(255.0)) + np.float32(0.5)
         for i in range(m):
             out[start + i, 0] = np.uint8(np.int32(y[0, i]))

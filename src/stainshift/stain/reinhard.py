@@ -123,23 +123,20 @@ class Reinhard(Normalizer):
         self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
 
     # numpy ----------------------------------------------------------------------
-    def stats_np(
-        self, img: np.ndarray, subsample: bool = True, f: np.ndarray | None = None
-    ) -> tuple[LabParams | None, int, int]:
+    def stats_np(self, img: np.ndarray, subsample: bool = True) -> tuple[LabParams | None, int, int]:
         """(LAB mean/std of tissue pixels or None, tissue count, sampled pixels) of one image.
 
-        ``subsample=False`` uses every pixel (``fit`` does); ``f`` = the image's companded CIELAB
-        coordinates (3, P) when already computed (``kernels.lab_f``).
+        ``subsample=False`` uses every pixel (``fit`` does); else the strided ``sample_pixels`` subsample.
         """
         flat = np.ascontiguousarray(img).reshape(-1, 3)
-        if f is None:
-            f = np.empty((3, len(flat)), np.float32)
-            kernels.lab_f(flat, _DECODE, RGB2XYZN, f)
         stride = sample_stride(len(flat), self.sample_pixels if subsample else None)
-        n_sub = len(range(0, len(flat), stride))
+        sub = np.ascontiguousarray(flat[::stride]) if stride > 1 else flat
+        f = np.empty((3, len(sub)), np.float32)
+        kernels.lab_f(sub, _DECODE, RGB2XYZN, f)
         mean_f = np.empty(3)
         scatter = np.empty((3, 3))
-        n_tissue = kernels.tissue_f_moments(flat, f, stride, self._thr, mean_f, scatter)
+        n_tissue = kernels.tissue_f_moments(sub, f, self._thr, mean_f, scatter)
+        n_sub = len(sub)
         if not enough_tissue(n_tissue, n_sub):
             return None, n_tissue, n_sub
         # LAB is affine in f: mean_lab = mean_f @ F2LAB + offset, cov_lab = F2LAB^T cov_f F2LAB
@@ -163,16 +160,14 @@ class Reinhard(Normalizer):
         flat = np.ascontiguousarray(batch).reshape(n_img, -1, 3)
         out = np.empty_like(flat)
         flags = np.zeros(n_img, dtype=bool)
-        f = np.empty((3, flat.shape[1]), np.float32)
         for i in range(n_img):
-            kernels.lab_f(flat[i], _DECODE, RGB2XYZN, f)
-            src, _, _ = self.stats_np(flat[i], f=f)
+            src, _, _ = self.stats_np(flat[i])
             if src is None:
                 out[i] = flat[i]
                 flags[i] = True
                 continue
             mat, const = affine_in_f(src, ref)
-            kernels.reinhard_map(flat[i], f, out[i], mat, const, XYZN2RGB, self._wlut, self._band_lo)
+            kernels.reinhard_map(flat[i], out[i], _DECODE, RGB2XYZN, mat, const, XYZN2RGB, self._wlut, self._band_lo)
         return out.reshape(batch.shape), flags
 
     # torch ----------------------------------------------------------------------
