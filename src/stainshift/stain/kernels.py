@@ -60,53 +60,53 @@ def is_tissue(r: int, g: int, b: int, rule: int, thr: int, prod_thr: int) -> boo
 
 
 @numba.njit(**_JIT)
+def mean_scatter(x: np.ndarray, n: int, mean: np.ndarray, scatter: np.ndarray) -> None:
+    """Mean (3,) and scatter Σ(x − mean)(x − mean)ᵀ (3,3) of the rows x[:n] (float64, two passes)."""
+    mean[:] = 0.0
+    scatter[:] = 0.0
+    if n == 0:
+        return
+    for i in range(n):
+        for c in range(3):
+            mean[c] += x[i, c]
+    for c in range(3):
+        mean[c] /= n
+    for i in range(n):
+        d0 = x[i, 0] - mean[0]
+        d1 = x[i, 1] - mean[1]
+        d2 = x[i, 2] - mean[2]
+        scatter[0, 0] += d0 * d0
+        scatter[0, 1] += d0 * d1
+        scatter[0, 2] += d0 * d2
+        scatter[1, 1] += d1 * d1
+        scatter[1, 2] += d1 * d2
+        scatter[2, 2] += d2 * d2
+    scatter[1, 0] = scatter[0, 1]
+    scatter[2, 0] = scatter[0, 2]
+    scatter[2, 1] = scatter[1, 2]
+
+
+@numba.njit(**_JIT)
 def tissue_od(u8: np.ndarray, stride: int, rule: int, thr: int, prod_thr: int,
               od_table: np.ndarray, out: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> int:
     """OD of the tissue pixels among u8[::stride] → ``out`` (n, 3); their mean (3,) and covariance
-    (3,3, divisor n − 1, float64, shifted sums) → ``mean``/``cov``. Returns n.
+    (3,3, divisor n − 1, float64) → ``mean``/``cov``. Returns n.
     """
     n = 0
-    s = np.zeros(3)
-    ss = np.zeros((3, 3))
-    shift = np.zeros(3)
     for p in range(0, u8.shape[0], stride):
         r = u8[p, 0]
         g = u8[p, 1]
         b = u8[p, 2]
         if not is_tissue(r, g, b, rule, thr, prod_thr):
             continue
-        o0 = od_table[r]
-        o1 = od_table[g]
-        o2 = od_table[b]
-        out[n, 0] = o0
-        out[n, 1] = o1
-        out[n, 2] = o2
-        if n == 0:
-            shift[0] = o0
-            shift[1] = o1
-            shift[2] = o2
-        d0 = o0 - shift[0]
-        d1 = o1 - shift[1]
-        d2 = o2 - shift[2]
-        s[0] += d0
-        s[1] += d1
-        s[2] += d2
-        ss[0, 0] += d0 * d0
-        ss[0, 1] += d0 * d1
-        ss[0, 2] += d0 * d2
-        ss[1, 1] += d1 * d1
-        ss[1, 2] += d1 * d2
-        ss[2, 2] += d2 * d2
+        out[n, 0] = od_table[r]
+        out[n, 1] = od_table[g]
+        out[n, 2] = od_table[b]
         n += 1
-    mean[:] = 0.0
-    cov[:] = 0.0
-    if n == 0:
-        return 0
+    mean_scatter(out, n, mean, cov)
     for a in range(3):
-        mean[a] = shift[a] + s[a] / n
-        for b2 in range(a, 3):
-            cov[a, b2] = (ss[a, b2] - s[a] * s[b2] / n) / max(n - 1, 1)
-            cov[b2, a] = cov[a, b2]
+        for c in range(3):
+            cov[a, c] /= max(n - 1, 1)
     return n
 
 
@@ -207,6 +207,27 @@ def _cbrt(x: np.ndarray, bits: np.ndarray, y: np.ndarray, ybits: np.ndarray, m: 
         y[i] = _TWO_THIRDS * a + x[i] / (np.float32(3.0) * a * a)
 
 
+@numba.njit(inline="always", **_JIT)
+def _f_block(chan: np.ndarray, m: int, decode: np.ndarray, mi: np.ndarray, lin: np.ndarray, t: np.ndarray,
+             y: np.ndarray, f: np.ndarray) -> None:
+    """CIELAB companding f (3, BLOCK) of the planar uint8 block ``chan``: decode table → 3×3 ``mi``
+    → cube root (linear below (6/29)^3); ``lin``, ``t``, ``y`` are scratch rows."""
+    tb = t.view(np.uint32)
+    yb = y.view(np.uint32)
+    for c in range(3):
+        for i in range(m):
+            lin[c, i] = decode[chan[c, i]]
+    for c in range(3):
+        a0 = mi[0, c]
+        a1 = mi[1, c]
+        a2 = mi[2, c]
+        for i in range(m):
+            t[c, i] = max(lin[0, i] * a0 + lin[1, i] * a1 + lin[2, i] * a2, np.float32(1e-12))
+        _cbrt(t[c], tb[c], y[c], yb[c], m)
+        for i in range(m):
+            f[c, i] = y[c, i] if t[c, i] > _KNEE_T else t[c, i] / _LIN_K + _LIN_C
+
+
 @numba.njit(**_JIT)
 def lab_f(u8: np.ndarray, decode: np.ndarray, m_in: np.ndarray, f_out: np.ndarray) -> None:
     """CIELAB companded coordinates f (3, P) float32 of uint8 sRGB pixels (P, 3) (D65, as skimage).
@@ -219,69 +240,58 @@ def lab_f(u8: np.ndarray, decode: np.ndarray, m_in: np.ndarray, f_out: np.ndarra
     lin = np.empty((3, BLOCK), np.float32)
     t = np.empty((3, BLOCK), np.float32)
     y = np.empty((3, BLOCK), np.float32)
-    tb = t.view(np.uint32)
-    yb = y.view(np.uint32)
-    m32 = m_in.astype(np.float32)
+    f = np.empty((3, BLOCK), np.float32)
+    mi = m_in.astype(np.float32)
     for start in range(0, n_px, BLOCK):
         m = min(BLOCK, n_px - start)
         for i in range(m):
             chan[0, i] = u8[start + i, 0]
             chan[1, i] = u8[start + i, 1]
             chan[2, i] = u8[start + i, 2]
+        _f_block(chan, m, decode, mi, lin, t, y, f)
         for c in range(3):
             for i in range(m):
-                lin[c, i] = decode[chan[c, i]]
-        for c in range(3):
-            a0 = m32[0, c]
-            a1 = m32[1, c]
-            a2 = m32[2, c]
-            for i in range(m):
-                t[c, i] = max(lin[0, i] * a0 + lin[1, i] * a1 + lin[2, i] * a2, np.float32(1e-12))
-            _cbrt(t[c], tb[c], y[c], yb[c], m)
-            for i in range(m):
-                f_out[c, start + i] = y[c, i] if t[c, i] > _KNEE_T else t[c, i] / _LIN_K + _LIN_C
+                f_out[c, start + i] = f[c, i]
 
 
 @numba.njit(**_JIT)
 def tissue_f_moments(u8: np.ndarray, f: np.ndarray, thr: int, mean: np.ndarray, scatter: np.ndarray) -> int:
-    """Mean (3,) and scatter Σ(f − mean)(f − mean)ᵀ (3,3) of f (3, P) over the tissue pixels of u8.
-
-    Tissue: darkest channel ≤ ``thr``. Sums in float64, shifted by the first tissue pixel so the
-    one-pass scatter does not cancel. Returns the tissue count; ``mean``/``scatter`` in place.
-    """
+    """Mean (3,) and scatter (3,3) (:func:`mean_scatter`) of f (3, P) over the tissue pixels of u8
+    (darkest channel ≤ ``thr``). Returns the tissue count; ``mean``/``scatter`` in place."""
+    rows = np.empty((u8.shape[0], 3))
     n = 0
-    s = np.zeros(3)
-    ss = np.zeros((3, 3))
-    shift = np.zeros(3)
     for p in range(u8.shape[0]):
         if _darkest(u8, p) > thr:
             continue
-        if n == 0:
-            for c in range(3):
-                shift[c] = f[c, p]
-        d0 = f[0, p] - shift[0]
-        d1 = f[1, p] - shift[1]
-        d2 = f[2, p] - shift[2]
-        s[0] += d0
-        s[1] += d1
-        s[2] += d2
-        ss[0, 0] += d0 * d0
-        ss[0, 1] += d0 * d1
-        ss[0, 2] += d0 * d2
-        ss[1, 1] += d1 * d1
-        ss[1, 2] += d1 * d2
-        ss[2, 2] += d2 * d2
+        rows[n, 0] = f[0, p]
+        rows[n, 1] = f[1, p]
+        rows[n, 2] = f[2, p]
         n += 1
-    scatter[:] = 0.0
-    mean[:] = 0.0
-    if n == 0:
-        return 0
-    for a in range(3):
-        mean[a] = shift[a] + s[a] / n
-        for b in range(a, 3):
-            scatter[a, b] = ss[a, b] - s[a] * s[b] / n
-            scatter[b, a] = scatter[a, b]
+    mean_scatter(rows, n, mean, scatter)
     return n
+
+
+@numba.njit(inline="always", **_JIT)
+def _load_block(u8: np.ndarray, start: int, m: int, chan: np.ndarray, w: np.ndarray, weight: np.ndarray,
+                lo: int) -> None:
+    """De-interleave pixels [start, start + m) into planar ``chan`` (3, BLOCK) and their background
+    blend weights into ``w`` (``weight`` of the darkest channel above ``lo``, else 1)."""
+    for i in range(m):
+        chan[0, i] = u8[start + i, 0]
+        chan[1, i] = u8[start + i, 1]
+        chan[2, i] = u8[start + i, 2]
+    for i in range(m):
+        d = min(chan[0, i], min(chan[1, i], chan[2, i]))
+        w[i] = weight[d] if d > lo else np.float32(1.0)
+
+
+@numba.njit(inline="always", **_JIT)
+def _store_block(out: np.ndarray, start: int, m: int, y: np.ndarray) -> None:
+    """Interleave planar values y (3, BLOCK), already offset by 0.5, into uint8 out[start:start + m]."""
+    for i in range(m):
+        out[start + i, 0] = np.uint8(np.int32(y[0, i]))
+        out[start + i, 1] = np.uint8(np.int32(y[1, i]))
+        out[start + i, 2] = np.uint8(np.int32(y[2, i]))
 
 
 @numba.njit(**_JIT)
@@ -310,25 +320,8 @@ def reinhard_map(u8: np.ndarray, out: np.ndarray, decode: np.ndarray, m_in: np.n
     lo = np.int32(band_lo)
     for start in range(0, n_px, BLOCK):
         m = min(BLOCK, n_px - start)
-        for i in range(m):
-            chan[0, i] = u8[start + i, 0]
-            chan[1, i] = u8[start + i, 1]
-            chan[2, i] = u8[start + i, 2]
-        for i in range(m):
-            d = min(chan[0, i], min(chan[1, i], chan[2, i]))
-            w[i] = weight[d] if d > lo else np.float32(1.0)
-        for c in range(3):
-            for i in range(m):
-                a[c, i] = decode[chan[c, i]]
-        for c in range(3):  # sRGB -> white-normalised XYZ -> f
-            a0 = mi[0, c]
-            a1 = mi[1, c]
-            a2 = mi[2, c]
-            for i in range(m):
-                t[c, i] = max(a[0, i] * a0 + a[1, i] * a1 + a[2, i] * a2, np.float32(1e-12))
-            _cbrt(t[c], tb[c], y[c], yb[c], m)
-            for i in range(m):
-                f[c, i] = y[c, i] if t[c, i] > _KNEE_T else t[c, i] / _LIN_K + _LIN_C
+        _load_block(u8, start, m, chan, w, weight, lo)
+        _f_block(chan, m, decode, mi, a, t, y, f)  # sRGB -> white-normalised XYZ -> f
         for c in range(3):  # f' = f @ mat + const -> XYZ (inverse companding)
             a0 = mt[0, c]
             a1 = mt[1, c]
@@ -352,10 +345,7 @@ def reinhard_map(u8: np.ndarray, out: np.ndarray, decode: np.ndarray, m_in: np.n
                 enc = enc if f[c, i] > _ENC_KNEE else np.float32(12.92 * 255) * f[c, i]
                 sv = np.float32(chan[c, i])
                 y[c, i] = min(sv + w[i] * (enc - sv), np.float32(255.0)) + np.float32(0.5)
-        for i in range(m):
-            out[start + i, 0] = np.uint8(np.int32(y[0, i]))
-            out[start + i, 1] = np.uint8(np.int32(y[1, i]))
-            out[start + i, 2] = np.uint8(np.int32(y[2, i]))
+        _store_block(out, start, m, y)
 
 
 def power_table(mix: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -431,13 +421,8 @@ def nn_lasso_od_map(u8: np.ndarray, out: np.ndarray, od_table: np.ndarray, atoms
     iof = np.float32(io)
     for start in range(0, n_px, BLOCK):
         m = min(BLOCK, n_px - start)
+        _load_block(u8, start, m, chan, w, weight, lo)
         for i in range(m):
-            chan[0, i] = u8[start + i, 0]
-            chan[1, i] = u8[start + i, 1]
-            chan[2, i] = u8[start + i, 2]
-        for i in range(m):
-            d = min(chan[0, i], min(chan[1, i], chan[2, i]))
-            w[i] = weight[d] if d > lo else np.float32(1.0)
             od[i, 0] = od_table[chan[0, i]]
             od[i, 1] = od_table[chan[1, i]]
             od[i, 2] = od_table[chan[2, i]]
@@ -452,7 +437,4 @@ def nn_lasso_od_map(u8: np.ndarray, out: np.ndarray, od_table: np.ndarray, atoms
                 v = min(iof * y[c, i], np.float32(255.0))
                 sv = np.float32(chan[c, i])
                 y[c, i] = sv + w[i] * (v - sv) + np.float32(0.5)
-        for i in range(m):
-            out[start + i, 0] = np.uint8(np.int32(y[0, i]))
-            out[start + i, 1] = np.uint8(np.int32(y[1, i]))
-            out[start + i, 2] = np.uint8(np.int32(y[2, i]))
+        _store_block(out, start, m, y)
