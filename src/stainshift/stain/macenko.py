@@ -9,8 +9,9 @@ alpha / 100-alpha percentiles of the pixel angles in that plane give the H and E
 concentrations are taken over tissue pixels only, near-white pixels are blended back to the input
 (white stays white), and degenerate tiles fall back to the identity with a flag.
 
-numpy works per image (exact percentiles by partition); torch works on the whole batch at once
-(masked sort percentiles, batched eigh), on any device.
+numpy arrays and CPU tensors run per image through ``kernels`` (exact percentiles by partition,
+the map as a per-image power table); CUDA tensors run the whole batch at once in torch (masked
+sort percentiles, batched eigh).
 """
 from __future__ import annotations
 

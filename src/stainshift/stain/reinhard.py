@@ -108,7 +108,7 @@ def affine_in_f(src: LabParams, dst: LabParams) -> tuple[np.ndarray, np.ndarray]
 
 
 class Reinhard(Normalizer):
-    """Reinhard LAB mean/std transfer over tissue pixels (numpy per image, torch batched)."""
+    """Reinhard LAB mean/std transfer over tissue pixels (per image through ``kernels`` on CPU, batched torch ops on CUDA)."""
 
     name = "reinhard"
 

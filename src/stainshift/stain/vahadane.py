@@ -16,7 +16,8 @@ deterministic equivalent with a FIXED iteration count:
 
 Concentrations for the transform use the same closed-form non-negative lasso with
 ``lambda = 0.01`` (StainTools' ``get_concentrations``), max concentrations the 99th percentile
-over tissue. numpy works per image; torch runs the same iterations batched on any device.
+over tissue. On CPU the iterations and the map are numba kernels (``kernels.dictionary_learning``,
+``nn_lasso_od_map``); CUDA tensors run the same iterations batched in torch.
 """
 from __future__ import annotations
 
