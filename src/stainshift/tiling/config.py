@@ -60,7 +60,7 @@ class TilingConfig:
     codec: str = "jpeg"
     jpeg_quality: int = 90
     workers: int = 1
-    parallel: str = "process"
+    parallel: str = "thread"
     seed: int = 0
     allow_upsample: bool = False
     thumbnail_size: int | None = None
