@@ -19,7 +19,8 @@ PROFILES = REPO / "workflow" / "profiles"
 GPU_STAGES = ("pretrain", "finetune", "embed")
 # The resource entry (config resources.<stage>) each rule runs on.
 RESOURCE_STAGE = {"tile_slide": "tile", "import_crops": "tile", "normalize_store": "normalize", "pretrain_run": "pretrain",
-                  "import_encoder": "embed", "embed_run": "embed", "finetune_run": "finetune", "evaluate_method": "evaluate"}
+                  "import_encoder": "embed", "embed_run": "embed", "finetune_run": "finetune", "predict_store": "embed",
+                  "evaluate_method": "evaluate"}
 
 
 def _rules_of_workflow(workdir: Path) -> list[dict]:
@@ -132,27 +133,29 @@ def test_dry_run_plans_the_demo(workdir, rules):
                if re.match(r"^\w+\s+\d+$", ln.strip()) and ln.split()[0] not in ("total", "all")}
     # on an empty working directory every stage of the demo is planned
     expected = defined & {"synth", "tile_slide", "select_targets", "normalize_store", "restain_store", "pretrain_run",
-              "embed_run",
-                          "finetune_run", "evaluate_method", "summarize", "report"}
+                          "embed_run", "finetune_run", "predict_store", "evaluate_method", "summarize", "report"}
     assert expected <= planned, f"not planned: {sorted(expected - planned)}\n{proc.stdout}"
 
 
 # `snakemake <stage>`: the per-item rules of that stage and what they need, nothing downstream
-_UPSTREAM = {"synth", "tile_slide", "select_targets", "normalize_store", "restain_store", "pretrain_run", "embed_run"}
+_EMBED = {"synth", "tile_slide", "pretrain_run", "embed_run"}  # embed_run: the sources' train/val stores only
+_PREDICT = _EMBED | {"finetune_run", "select_targets", "normalize_store", "restain_store", "predict_store"}
 STAGE_TARGET_PLANS = {
     "tile": {"synth", "tile_slide"},
     "normalize": {"synth", "tile_slide", "select_targets", "normalize_store", "restain_store", "normalize_montage"},
     "pretrain": {"synth", "tile_slide", "pretrain_run"},
-    "embed": _UPSTREAM,
-    "finetune": _UPSTREAM | {"finetune_run"},
-    "evaluate": _UPSTREAM | {"finetune_run", "evaluate_method", "summarize"},
-    "slide_view": _UPSTREAM | {"finetune_run", "slide_view_method"},
+    "embed": _EMBED,
+    "finetune": _EMBED | {"finetune_run"},
+    "predict": _PREDICT,
+    "evaluate": _PREDICT | {"evaluate_method", "summarize"},
+    "slide_view": _PREDICT | {"slide_view_method"},
 }
 
 
 STAGE_OWN_RULES = {"tile": {"tile_slide"}, "normalize": {"select_targets", "normalize_store", "restain_store",
                                                          "normalize_montage"},
                    "pretrain": {"pretrain_run"}, "embed": {"embed_run"}, "finetune": {"finetune_run"},
+                   "predict": {"predict_store"},
                    "evaluate": {"evaluate_method", "summarize"}, "slide_view": {"slide_view_method"}}
 
 
@@ -281,7 +284,7 @@ def test_a_test_only_crop_set_is_never_used_for_training_validation_or_targets(t
             inputs_of.setdefault(rule, []).append(line.split(":", 1)[1])
     store = "results/tiles/ext-newscanner-test.json"
     users = {r for r, lines in inputs_of.items() if any(store in ln for ln in lines)} - {"all"}
-    assert users == {"normalize_store", "restain_store", "normalize_montage", "embed_run", "slide_view_method"}, users
+    assert users == {"normalize_store", "restain_store", "normalize_montage", "predict_store", "slide_view_method"}, users
     # no source is made of it: the runs are the three centers alone and leave-one-out
     runs = {m.group(1) for m in re.finditer(r"output: results/models/baseline/([^/]+)/seed0/encoder\.pt", proc.stdout)}
     assert runs == {"center_a", "center_b", "center_c", "loco-center_a", "loco-center_b", "loco-center_c"}, runs

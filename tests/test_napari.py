@@ -19,17 +19,17 @@ MANIFEST = Path(__file__).resolve().parents[1] / "src" / "stainshift" / "napari.
 
 @pytest.fixture()
 def results_tree(tmp_path: Path) -> Path:
-    """{R}/tiles/s0.zarr + {R}/predictions/{method}/{source}/seed0.csv for two methods."""
+    """{R}/tiles/s0.zarr + {R}/predictions/{method}/s0.csv for two methods (every source's rows)."""
     tiles = tmp_path / "results" / "tiles"
     tiles.mkdir(parents=True)
     store = slide_store(tmp_path)
     store.rename(tiles / "s0.zarr")
     preds = fake_predictions(tiles / "s0.zarr", seeds=(0,))
     for method in ("baseline", "simclr"):
-        for src, rows in preds.groupby("source"):
-            out = tmp_path / "results" / "predictions" / method / str(src) / "seed0.csv"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            rows.assign(method=method).to_csv(out, index=False)
+        out = tmp_path / "results" / "predictions" / method / "s0.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        preds.assign(method=method).to_csv(out, index=False)
+    (tmp_path / "results" / "predictions" / "baseline" / "other_store.csv").write_text("not this store's\n")
     return tiles / "s0.zarr"
 
 
@@ -38,7 +38,7 @@ def test_reader_hook_accepts_stores_only(tmp_path: Path, results_tree: Path) -> 
     assert napari_get_reader([str(results_tree)]) is read_store
     assert napari_get_reader([str(results_tree)] * 2) is None
     assert napari_get_reader(str(tmp_path)) is None and napari_get_reader(str(tmp_path / "x.zarr")) is None
-    assert len(find_predictions(results_tree)) == 8 and find_predictions(tmp_path / "slide.png") == []
+    assert len(find_predictions(results_tree)) == 2 and find_predictions(tmp_path / "slide.png") == []
 
 
 def test_layer_data_slide_store(results_tree: Path) -> None:

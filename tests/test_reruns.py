@@ -89,6 +89,24 @@ def test_evaluation_param_reruns_only_evaluation_and_report(work, graph):
     assert planned_rules(work) == {}
 
 
+def test_adding_a_test_slide_reruns_only_its_jobs_and_the_aggregates(work, graph):
+    sheet = work / "config" / "slides.tsv"
+    rows = sheet.read_text().splitlines()
+    new = next(r for r in rows if r.startswith("b_test\t")).replace("b_test", "b_test2").replace("b_p4", "b_p5")
+    sheet.write_text("\n".join(rows + [new]) + "\n")
+    planned = planned_rules(work)
+    methods = _count(work, "evaluate_method")
+    # the new slide's own jobs: made, tiled, normalized, and embedded + scored by every run of each method
+    assert {r: planned[r] for r in ("synth", "tile_slide", "normalize_store", "restain_store", "predict_store")} == \
+        {"synth": 1, "tile_slide": 1, "normalize_store": 1, "restain_store": 1, "predict_store": methods}, planned
+    # aggregates over the test stores; nothing that learns (its data did not change) and no other store
+    aggregates = {"normalize_montage", "evaluate_method", "summarize", "slide_view_method", "report"}
+    assert set(planned) - {"synth", "tile_slide", "normalize_store", "restain_store", "predict_store"} <= aggregates, \
+        planned
+    assert {"pretrain_run", "embed_run", "finetune_run", "select_targets"}.isdisjoint(planned), planned
+    assert planned["evaluate_method"] == methods
+
+
 def test_forcerun_normalize_reruns_normalize_and_downstream(work, graph):
     planned = planned_rules(work, "--forcerun", "normalize_store")
     expected = descendants(graph, "normalize_store")

@@ -36,8 +36,7 @@ def work(tmp_path_factory) -> Path:
         "pretrain": {"methods": ["baseline"], "sources": ["center_a", "loco"]},
         "normalize": {"methods": ["reinhard"], "targets": {"k": 1}},
     })
-    targets = [f"results/predictions/baseline/{s}/seed0.csv" for s in SOURCES]
-    run_snakemake(work, *targets)
+    run_snakemake(work, "predict")  # every run's heads, then every test store scored (rule predict_store)
     return work
 
 
@@ -53,14 +52,22 @@ def test_models_of_a_source_never_read_another_centers_store(work: Path, source:
     for protocol, payload in heads.items():
         assert _centers_of(payload["train_stores"] + payload["val_stores"], work) == allowed, protocol
         assert payload["head_centers"] == "+".join(sorted(allowed))
-    # the embeddings a probe may learn from (train/val splits) are the source's own stores only
+    # the embeddings a probe may learn from (the run's embed_run) are the source's own train/val stores only
     manifest = pd.read_csv(work / "results" / "embeddings" / "baseline" / source / "seed0" / "manifest.csv", dtype=str)
-    own = manifest[manifest["split"].isin(["train", "val"])]
-    assert set(own["center"]) == allowed
-    assert set(manifest.loc[manifest["split"] == "test", "center"]) == set(CENTERS)  # every center is scored
+    assert set(manifest["split"]) <= {"train", "val"} and set(manifest["center"]) == allowed
     with h5py.File(work / manifest["path"].iloc[0]) as fh:
         assert fh.attrs["source"] == source and fh["features"].shape[0] == len(fh["label"])
-    preds = read_predictions(work / "results" / "predictions" / "baseline" / source / "seed0.csv")
+    # every test store is embedded and scored by its own predict_store job, for every run of the method
+    by_store = sorted((work / "results" / "embeddings" / "baseline" / "by_store").glob("*.csv"))
+    tests = pd.concat([pd.read_csv(p, dtype=str) for p in by_store], ignore_index=True)
+    tests = tests[tests["run_source"] == source]
+    assert set(tests["split"]) == {"test"} and set(tests["center"]) == set(CENTERS)  # every center is scored
+    with h5py.File(work / tests["path"].iloc[0]) as fh:
+        assert fh.attrs["source"] == source and fh.attrs["split"] == "test"
+    preds = pd.concat([read_predictions(work / "results" / "predictions" / "baseline" / f"{p.stem}.csv")
+                       for p in by_store], ignore_index=True)
+    assert set(preds["source"]) == set(SOURCES)
+    preds = preds[preds["source"] == source]
     assert set(preds["protocol"]) == {"probe", "native"} and set(preds["split"]) == {"test"}
     assert set(preds["encoder_centers"]) == set(preds["head_centers"]) == {"+".join(sorted(allowed))}
     assert set(preds["test"]) == set(CENTERS)

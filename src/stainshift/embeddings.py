@@ -1,25 +1,23 @@
 """Embedding files (HDF5, CLAM-style) and the predictions table: the one module owning both formats.
 
-**Embeddings** — one folder per run (method, source, seed; :mod:`stainshift.protocol`):
-``{R}/embeddings/{method}/{source}/seed{seed}/stores/{store}.h5`` for every store the run embeds
-(the source's train/val stores and every test store) and
-``.../stores/variants/{store}/{stain_method}/{target}.h5`` for every normalized variant of a test
-store (mirroring ``{R}/variants/{store}/{stain_method}/{target}.zarr``), listed by
-``.../seed{seed}/manifest.csv`` (path, store, source, slide_id, patient, split, center,
-variant_method, variant_target, n). Datasets:
-
-- ``features`` (N, D) float32 — the pretrained encoder's pooled features, no augmentation;
-- ``coords``   (N, 2) int64   — level-0 x, y of the tile (from the store);
-- ``label``    (N,)   int64   — tile label (−1 unknown);
-- ``index``    (N,)   int64   — tile index in the store (row i of features = store tile index[i]).
+**Embeddings** — per run (method, source, seed; :mod:`stainshift.protocol`), the stores its heads
+learn from: ``{R}/embeddings/{method}/{source}/seed{seed}/stores/{store}.h5`` for the source's
+train/val stores, listed by ``.../seed{seed}/manifest.csv``; per (method, test store), every run's
+embeddings of the store and of each normalized variant of it:
+``{R}/embeddings/{method}/by_store/{store}/{source}/seed{seed}/{store}.h5`` and
+``.../seed{seed}/variants/{store}/{stain_method}/{target}.h5`` (mirroring
+``{R}/variants/{store}/{stain_method}/{target}.zarr``), listed by
+``{R}/embeddings/{method}/by_store/{store}.csv``. Manifest columns: path, store, source, slide_id,
+patient, split, center, variant_method, variant_target, n (the per-store manifest adds the run:
+method, run_source, seed). Datasets:
 
 attrs: ``method, source, seed, store, slide_id, center, split, patient, encoder, encoder_path,
 feature_dim, variant_method, variant_target, source_store, software_version``. For raw stores
 ``variant_method = variant_target = "raw"``; for variants they are the stain method and target id
 and ``store`` is the source (test) store id.
 
-**Predictions** — one CSV per run: ``{R}/predictions/{method}/{source}/seed{seed}.csv``, one row
-per (protocol head, tile of a test store or test variant store). Columns:
+**Predictions** — one CSV per (method, test store): ``{R}/predictions/{method}/{store}.csv``, one row
+per (run, protocol head, tile of the store or of one of its variant stores). Columns:
 
 ``method, source, source_kind, seed, protocol, encoder_centers, head_centers, store, slide_id,
 patient, test, split, variant_method, variant_target, index, label, p0 … p{C−1}, pred, threshold``
@@ -34,9 +32,10 @@ NaN otherwise). Raw test stores have ``variant_method = variant_target = "raw"``
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -178,3 +177,21 @@ def embed_store(encoder: Any, store_path: str | os.PathLike, out_path: str | os.
     write_embeddings(out_path, features, coords=store.coords, label=store.label, index=np.arange(len(store)),
                      attrs=merged)
     return {"path": str(out_path), "n": len(store), **merged}
+
+
+def embed_stores(encoder: Any, jobs: Sequence[tuple[str, str, str, str]], stores_dir: str, *,
+                 attrs: Mapping[str, Any], device: Any = "cpu", batch_size: int = 128,
+                 log: logging.Logger | None = None) -> list[dict[str, Any]]:
+    """Embed each ``(store id, store path, variant_method, variant_target)`` of ``jobs`` into
+    ``stores_dir`` (:func:`embedding_path`) and return the manifest rows (path, store, source,
+    slide_id, patient, split, center, variant_method, variant_target, n)."""
+    rows = []
+    for k, (store, path, vm, vt) in enumerate(jobs, 1):
+        out = embedding_path(stores_dir, store, vm, vt)
+        info = embed_store(encoder, path, out, attrs={**attrs, "store": store}, device=device, batch_size=batch_size)
+        rows.append({"path": out, "store": store, "source": path, "slide_id": info.get("slide_id"),
+                     "patient": info.get("patient"), "split": info.get("split"), "center": info.get("center"),
+                     "variant_method": vm, "variant_target": vt, "n": info["n"]})
+        if log is not None:
+            log.info("[%d/%d] %s: %d tiles -> %s", k, len(jobs), path, info["n"], out)
+    return rows

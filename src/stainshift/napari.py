@@ -15,7 +15,7 @@ manifest ``stainshift/napari.yaml``, entry point ``napari.manifest``). Layers:
    filled by the first method's score (else its label colour), outlined in its label colour.
 
 Scores: the predictions tables of the results tree the store sits in (``{R}/tiles/{store}.zarr`` →
-``{R}/predictions/{method}/{source}/seed{k}.csv``), per method the rule of
+``{R}/predictions/{method}/{store}.csv``), per method the rule of
 :func:`stainshift.slide_view.tile_scores` (probe, first seed, mean over the sources that never saw
 the store's center). :func:`store_layers` takes prediction CSVs explicitly.
 
@@ -59,11 +59,12 @@ def read_store(path: str | Sequence[str]) -> list[LayerData]:
 
 
 def find_predictions(store_path: str | os.PathLike) -> list[Path]:
-    """The prediction CSVs of the results tree a ``{R}/tiles/{store}.zarr`` lies in (else none)."""
-    tiles = Path(store_path).resolve().parent
-    if tiles.name != "tiles":
+    """The prediction CSVs of a ``{R}/tiles/{store}.zarr`` in its results tree, one per method
+    (``{R}/predictions/{method}/{store}.csv``; else none)."""
+    path = Path(store_path).resolve()
+    if path.parent.name != "tiles":
         return []
-    return sorted((tiles.parent / "predictions").glob("*/*/seed*.csv"))
+    return sorted((path.parent.parent / "predictions").glob(f"*/{path.name.removesuffix('.zarr')}.csv"))
 
 
 def _method_scores(store_id: str, predictions: Sequence[str | os.PathLike], protocol: str) -> dict[str, pd.Series]:

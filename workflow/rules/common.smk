@@ -3,6 +3,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -264,6 +265,14 @@ SOURCES = parse_sources(
 )
 SEEDS = [int(s) for s in config["pretrain"]["seeds"]]
 RUNS = [(m, s, k) for m in METHODS for s in SOURCES for k in SEEDS]
+# (source, seed) of every run of a method, in RUNS order
+METHOD_RUNS = {m: [(source, seed) for mm, source, seed in RUNS if mm == m] for m in METHODS}
+TEST_STORE_IDS = stores_where(split="test")
+if "by_store" in SOURCES:
+    raise ValueError(
+        "invalid config: a center (training source) may not be named 'by_store': "
+        "results/embeddings/<method>/by_store/ holds the per-test-store embeddings"
+    )
 
 
 def _fusion_methods():
@@ -313,8 +322,24 @@ def embed_manifest_path(method, source, seed):
     return f"{embed_dir(method, source, seed)}/manifest.csv"
 
 
-def prediction_path(method, source, seed):
-    return f"{RESULTS}/predictions/{method}/{source}/seed{seed}.csv"
+# Test stores are scored one job per (method, store) by rule predict_store; every run of the method
+# embeds the store and its variants and predicts, so a new test slide costs only its own jobs.
+# "by_store" cannot be a source id (SOURCES: center names, each/all/loco ids; checked below).
+BY_STORE = "by_store"
+
+
+def store_embed_dir(method, store):
+    """HDF5 embeddings of one test store and its variants, one subfolder per run ({source}/seed{k})."""
+    return f"{RESULTS}/embeddings/{method}/{BY_STORE}/{store}"
+
+
+def store_embed_manifest_path(method, store):
+    return f"{RESULTS}/embeddings/{method}/{BY_STORE}/{store}.csv"
+
+
+def store_prediction_path(method, store):
+    """Predictions of every run (source x seed) of the method on one test store and its variants."""
+    return f"{RESULTS}/predictions/{method}/{store}.csv"
 
 
 def train_summary_path(method, source, seed):
@@ -354,10 +379,14 @@ def variant_manifest_paths(wildcards=None):
 
 
 def embed_store_ids(source):
-    """Stores a run's encoder embeds: the source's train and val stores (probe, model selection) and
-    every test store (scored; test stores of the source's own centers give the seen cells)."""
-    own = source_stores(source, TRAIN_SPLIT) + source_stores(source, VAL_SPLIT)
-    return list(dict.fromkeys(own + stores_where(split="test")))
+    """Stores a run's embed_run job embeds: the source's train and val stores (the probe and its model
+    selection). Test stores are embedded per store (rule predict_store)."""
+    return list(dict.fromkeys(source_stores(source, TRAIN_SPLIT) + source_stores(source, VAL_SPLIT)))
+
+
+def store_variants(store):
+    """(stain_method, target) of every normalized variant of one store."""
+    return [(m, t) for s, m, t in variant_store_list() if s == store]
 
 
 def run_meta(wildcards):
@@ -372,6 +401,11 @@ def run_meta(wildcards):
     }
 
 
+def method_run_metas(method):
+    """run_meta of every run of a method, in METHOD_RUNS order."""
+    return [run_meta(SimpleNamespace(method=method, source=s, seed=str(k))) for s, k in METHOD_RUNS[method]]
+
+
 def pretrain_config_json(wildcards):
     from stainshift.train import method_config
 
@@ -381,7 +415,7 @@ def pretrain_config_json(wildcards):
 
 
 def train_targets():
-    return [prediction_path(m, s, k) for m, s, k in RUNS]
+    return [store_prediction_path(m, s) for m in METHODS for s in TEST_STORE_IDS]
 
 
 RUN_CONSTRAINTS = {"method": _alternatives(METHODS), "source": _alternatives(list(SOURCES)), "seed": r"\d+"}

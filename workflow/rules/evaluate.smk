@@ -1,22 +1,19 @@
 # Cross-center evaluation over runs (stainshift.metrics): one `evaluate_method` job per method reads every run
 # (source x replicate seed) of that method -- predictions, embeddings, training summary -- and writes
 # tidy long CSVs + figures; one `summarize` job puts all methods side by side and runs the seed-paired
-# comparisons against evaluate.reference. Uses from common.smk: METHODS, SOURCES, RUNS, prediction_path,
-# embed_manifest_path, train_summary_path.
+# comparisons against evaluate.reference. Uses from common.smk: METHODS, SOURCES, RUNS, METHOD_RUNS,
+# TEST_STORE_IDS, store_prediction_path, store_embed_manifest_path, train_summary_path.
 
 METRICS_DIR = f"{RESULTS}/metrics"
 PLOTS_DIR = f"{RESULTS}/plots"
 EVAL_TABLES = ["cross_center", "variants", "restain", "batch_effect", "learning"]
 SOURCE_DICTS = {sid: src.as_dict() for sid, src in SOURCES.items()}
 
-# (source, seed) of every run of a method, in RUNS order (the evaluate inputs and params.runs follow it)
-METHOD_RUNS = {m: [(source, seed) for mm, source, seed in RUNS if mm == m] for m in METHODS}
-
 
 rule evaluate_method:
     input:
-        predictions=lambda wc: [prediction_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
-        manifests=lambda wc: [embed_manifest_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
+        predictions=lambda wc: [store_prediction_path(wc.method, s) for s in TEST_STORE_IDS],
+        manifests=lambda wc: [store_embed_manifest_path(wc.method, s) for s in TEST_STORE_IDS],
         summaries=lambda wc: [train_summary_path(wc.method, s, k) for s, k in METHOD_RUNS[wc.method]],
     output:
         **{
@@ -73,7 +70,7 @@ rule evaluate_method:
 rule summarize:
     input:
         **{name: expand(f"{METRICS_DIR}/{{method}}/{name}.csv", method=METHODS) for name in EVAL_TABLES},
-        predictions=[prediction_path(m, s, k) for m, s, k in RUNS],
+        predictions=[store_prediction_path(m, s) for m in METHODS for s in TEST_STORE_IDS],
     output:
         summary=report(
             f"{METRICS_DIR}/summary.csv",

@@ -7,18 +7,15 @@
 #               scores and QuPath classification (File > Import objects).
 # Scores: protocol probe, the first replicate seed, the mean over the sources that never saw the store's center
 # (all sources, said in the title, where every source saw it). Uses from common.smk: RESULTS, RUNS, METHODS,
-# STORES, stores_where, prediction_path, log_path, bench_path, stage_resources, stage_threads, ENV_CPU,
+# STORES, TEST_STORE_IDS, store_prediction_path, log_path, bench_path, stage_resources, stage_threads, ENV_CPU,
 # TARGET_FUNCS, _alternatives.
 
 SLIDE_VIEW = {"protocol": "probe", "seed": RUNS[0][2] if RUNS else 0, "class_names": CLASS_NAMES}
-TEST_STORES = stores_where(split="test")
+TEST_STORES = TEST_STORE_IDS
 TEST_SLIDES = [s for s in TEST_STORES if STORES.loc[s, "kind"] == "slide"]
 
-# per method: the prediction CSVs of every source at the first replicate seed
-SLIDE_VIEW_PREDICTIONS = {
-    method: [prediction_path(m, s, k) for m, s, k in RUNS if m == method and k == SLIDE_VIEW["seed"]]
-    for method in METHODS
-}
+# per method: its prediction CSVs of every test store (every run; the view keeps SLIDE_VIEW's seed)
+SLIDE_VIEW_PREDICTIONS = {method: [store_prediction_path(method, s) for s in TEST_STORES] for method in METHODS}
 
 
 rule slide_view_method:

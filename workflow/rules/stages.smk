@@ -5,8 +5,9 @@
 #   snakemake tile        tile_slide (one job per sheet row) + import_crops (one per crop store)
 #   snakemake normalize   select_targets, normalize_store (one per test store), normalize_montage
 #   snakemake pretrain    pretrain_run (one per run = method x source x seed), import_encoder (externals)
-#   snakemake embed       embed_run (one per run)
-#   snakemake finetune    finetune_run (one per run: heads + predictions)
+#   snakemake embed       embed_run (one per run: the source's train/val stores)
+#   snakemake finetune    finetune_run (one per run: heads)
+#   snakemake predict     predict_store (one per method x test store: embeddings + predictions of every run)
 #   snakemake evaluate    evaluate_method (one per method) + summarize
 #   snakemake slide_view  slide_view_method (one per method: heatmaps on the slide, GeoJSON)
 #   snakemake nuclei      nuclei_* (seed 004: fields, stain transfer, segmentation, crops, classes per dataset)
@@ -38,7 +39,12 @@ rule embed:
 
 rule finetune:
     input:
-        [prediction_path(m, s, k) for m, s, k in RUNS],
+        [f"{run_dir(m, s, k)}/heads.pt" for m, s, k in RUNS],
+
+
+rule predict:
+    input:
+        [store_prediction_path(m, s) for m in METHODS for s in TEST_STORE_IDS],
 
 
 rule evaluate:

@@ -3,12 +3,17 @@
 #   pretrain_run     -> {R}/models/{m}/{src}/seed{k}/encoder.pt, metrics.csv, train_summary.json
 #   import_encoder   -> the same encoder.pt and train_summary.json for an `external` encoder (its file's
 #                       spec and sha256, no weights, nothing trained; stainshift.external)
-#   embed_run        -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 per store and test variant), manifest.csv
+#   embed_run        -> {R}/embeddings/{m}/{src}/seed{k}/stores/… (HDF5 of the source's train/val stores), manifest.csv
 #   finetune_run     -> {R}/models/{m}/{src}/seed{k}/heads.pt, finetune.csv: the linear probe on frozen
 #                       features (every method) and the method's own seed downstream (end-to-end
 #                       classifier of seed 000 / fusion fine-tuning of seed 002), chosen on the
-#                       source's val stores; and their predictions on every test store and variant:
-#                       {R}/predictions/{m}/{src}/seed{k}.csv (layout: stainshift.embeddings docstring)
+#                       source's val stores
+# and one job per (method, test store), so a new test slide is embedded and scored by its own jobs:
+#   predict_store    -> {R}/embeddings/{m}/by_store/{store}/{src}/seed{k}/… (HDF5 of the store and each
+#                       of its normalized variants, for every run of the method), {store}.csv (their
+#                       manifest), {R}/predictions/{m}/{store}.csv (every head of every run on them;
+#                       layout: stainshift.embeddings docstring). On SLURM the profile groups these
+#                       small jobs (workflow/profiles/slurm: groups / group-components).
 RUN = "{method}/{source}/seed{seed}"
 
 
@@ -73,7 +78,6 @@ rule embed_run:
     input:
         encoder=f"{RESULTS}/models/{RUN}/encoder.pt",
         stores=lambda wc: [tile_manifest(s) for s in embed_store_ids(wc.source)],
-        variants=variant_manifest_paths,
     output:
         stores=directory(f"{RESULTS}/embeddings/{RUN}/stores"),
         manifest=f"{RESULTS}/embeddings/{RUN}/manifest.csv",
@@ -92,8 +96,6 @@ rule embed_run:
         cfg=config["embed"],
         meta=run_meta,
         stores=lambda wc: [tile_store(s) for s in embed_store_ids(wc.source)],
-        variants=variant_store_paths,
-        variant_list=lambda wc: [list(v) for v in variant_store_list()],
     script:
         "../scripts/embed.py"
 
@@ -107,7 +109,6 @@ rule finetune_run:
     output:
         heads=f"{RESULTS}/models/{RUN}/heads.pt",
         metrics=f"{RESULTS}/models/{RUN}/finetune.csv",
-        predictions=f"{RESULTS}/predictions/{RUN}.csv",
     log:
         log_path("finetune", RUN),
     benchmark:
@@ -127,9 +128,40 @@ rule finetune_run:
         val_stores=lambda wc: source_stores(wc.source, VAL_SPLIT),
         train_paths=lambda wc: [tile_store(s) for s in source_stores(wc.source, TRAIN_SPLIT)],
         val_paths=lambda wc: [tile_store(s) for s in source_stores(wc.source, VAL_SPLIT)],
-        test_split="test",
     script:
         "../scripts/finetune.py"
+
+
+rule predict_store:
+    input:
+        encoders=lambda wc: [f"{run_dir(wc.method, s, k)}/encoder.pt" for s, k in METHOD_RUNS[wc.method]],
+        heads=lambda wc: [f"{run_dir(wc.method, s, k)}/heads.pt" for s, k in METHOD_RUNS[wc.method]],
+        store=f"{RESULTS}/tiles/{{store}}.json",
+        variants=lambda wc: [f"{RESULTS}/variants/{wc.store}/{m}/{t}.json" for m, t in store_variants(wc.store)],
+    output:
+        embeddings=directory(store_embed_dir("{method}", "{store}")),
+        manifest=store_embed_manifest_path("{method}", "{store}"),
+        predictions=store_prediction_path("{method}", "{store}"),
+    log:
+        log_path("predict", "{method}/{store}"),
+    benchmark:
+        bench_path("predict", "{method}/{store}")
+    wildcard_constraints:
+        method=_alternatives(METHODS),
+        store=_alternatives(TEST_STORE_IDS) if TEST_STORE_IDS else "__none__",
+    conda:
+        ENV_GPU
+    threads: stage_threads("embed")
+    resources:
+        **stage_resources("embed"),
+    params:
+        cfg=config["embed"],
+        runs=lambda wc: method_run_metas(wc.method),
+        store=lambda wc: tile_store(wc.store),
+        variants=lambda wc: [[m, t, f"{RESULTS}/variants/{wc.store}/{m}/{t}.zarr"] for m, t in store_variants(wc.store)],
+        test_split="test",
+    script:
+        "../scripts/predict_store.py"
 
 
 TARGET_FUNCS.append(train_targets)

@@ -31,15 +31,17 @@ pl.write_csv_atomic(pl.restain_curve(preds, method, cfg, sources), sm.output.res
 pl.write_csv_atomic(pl.learning_table(map(pl.read_train_summary, sm.input.summaries), method, sources),
                     sm.output.learning)
 
-# Embeddings: per source, its seeds' raw test stores and their variants (as listed by each run's
-# manifest), loaded one source at a time.
-manifests = dict(zip(runs, sm.input.manifests))
+# Embeddings: per source, its seeds' raw test stores and their variants (as listed by the per-store
+# manifests of rule predict_store), loaded one source at a time.
+by_store = pd.concat([pd.read_csv(p, dtype=str) for p in sm.input.manifests], ignore_index=True)
+manifests = {(src, seed): by_store[(by_store["run_source"] == src) & (by_store["seed"].astype(int) == seed)]
+             for src, seed in runs}
 tile_groups = preds[pl.is_raw(preds)]
 batch = []
 for src in dict.fromkeys(s for s, _ in runs):
     embs = {}
     for seed in [k for s, k in runs if s == src]:
-        paths = pl.evaluation_embedding_paths(pd.read_csv(manifests[(src, seed)], dtype=str))
+        paths = pl.evaluation_embedding_paths(manifests[(src, seed)])
         embs[(src, seed)] = pl.attach_tile_groups(pl.load_embedding_set(paths, cfg.latent_max_tiles, cfg.seed),
                                                   tile_groups)
     log.info("%s/%s: embeddings of %d seeds", method, src, len(embs))
@@ -52,7 +54,7 @@ raw = preds[pl.is_raw(preds)]
 plots.roc_curves(raw[~pl.mark_seen(raw)], sm.output.roc, class_names=sm.params.class_names,
                  title=f"{method}: ROC per test center, sources that never saw it (pooled over seeds)")
 map_source, map_seed = runs[0]
-emb = pl.load_embedding_set(pl.evaluation_embedding_paths(pd.read_csv(manifests[runs[0]], dtype=str)),
+emb = pl.load_embedding_set(pl.evaluation_embedding_paths(manifests[runs[0]]),
                             cfg.latent_max_tiles, cfg.seed)
 f, m = pl.subsample_for_map(emb, cfg.map_max_points, cfg.seed)
 plots.embedding_map(f, m["center"], m["label"], sm.output.embedding_map, kind=cfg.embedding_map, seed=cfg.seed,

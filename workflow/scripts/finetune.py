@@ -1,6 +1,6 @@
 """Rule `finetune_run`: one run's heads — the common linear probe and, where the method has one, its
-own seed downstream — and their predictions on every test store and test variant
-(stainshift.train.finetune). Writes heads.pt, finetune.csv and {R}/predictions/{method}/{source}/seed{k}.csv."""
+own seed downstream (stainshift.train.finetune), chosen on the source's val stores. Writes heads.pt and
+finetune.csv; rule `predict_store` scores the test stores with them."""
 
 import logging
 
@@ -8,8 +8,7 @@ import pandas as pd
 import torch
 
 from stainshift.atomic import write_csv
-from stainshift.embeddings import write_predictions
-from stainshift.train.finetune import fit_native, fit_probe, predict_run, save_heads
+from stainshift.train.finetune import fit_native, fit_probe, save_heads
 from stainshift.train import load, select_device
 from stainshift.joblog import job_logging, job_name
 
@@ -40,6 +39,3 @@ if smk.params.downstream:
     table += [{"protocol": "native", "downstream": smk.params.downstream, **r} for r in rows]
 save_heads(smk.output.heads, heads)
 write_csv(smk.output.metrics, pd.DataFrame(table), index=False)
-frames = predict_run(heads, manifest, meta, device, test_split=smk.params.test_split)
-write_predictions(smk.output.predictions, frames)
-log.info("wrote %s (%d rows)", smk.output.predictions, sum(len(f) for f in frames))
