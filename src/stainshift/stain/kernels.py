@@ -16,7 +16,8 @@ Kernels (``u8`` = uint8 ``(P, 3)`` pixels, ``out`` = uint8 ``(P, 3)``):
   its fixed-iteration dictionary learning.
 * :func:`lab_f`, :func:`tissue_f_moments` — CIELAB's companded coordinates f and Reinhard's
   statistics over the tissue pixels (of the estimation subsample).
-* :func:`reinhard_map` — sRGB → f → affine map in f → XYZ → sRGB → background blend → uint8, one pass.
+* :func:`reinhard_map` — sRGB → f → affine map in f → XYZ → sRGB (encoding from a table) → background
+  blend → uint8, one pass.
 * :func:`linear_od_map` — Macenko's map, linear in OD: ``out_c = Π_k P[c, k, I_k]`` with a per-image
   power table ``P[c, k, v] = (v + 1)^{M_kc}`` (the OD transform ``OD' = OD M + b`` in exp form) →
   blend → uint8; no exp or log per pixel.
