@@ -77,7 +77,8 @@ def test_external_encoders_embed_like_the_in_memory_model(study) -> None:
         run = work / "results" / "models" / name / "center_a" / "seed0"
         saved = torch.load(run / "encoder.pt", weights_only=True)
         assert saved["spec"]["sha256"] == file_sha256(files[name]) and saved["state_dict"] == {}
-        manifest = pd.read_csv(work / "results" / "embeddings" / name / "center_a" / "seed0" / "manifest.csv", dtype=str)
+        by_store = sorted((work / "results" / "embeddings" / name / "by_store").glob("*.csv"))
+        manifest = pd.concat([pd.read_csv(p, dtype=str) for p in by_store], ignore_index=True)
         row = manifest[(manifest["split"] == "test") & (manifest["variant_method"] == "raw")].iloc[0]
         with h5py.File(work / row["path"]) as fh:
             feats[name] = fh["features"][:]
@@ -89,7 +90,9 @@ def test_external_encoders_embed_like_the_in_memory_model(study) -> None:
 
 def test_frozen_probe_and_full_finetuning_predict_on_every_center(study) -> None:
     work, _, _ = study
-    preds = {n: read_predictions(work / "results" / "predictions" / n / "center_a" / "seed0.csv") for n in EXTERNALS}
+    preds = {n: pd.concat([read_predictions(p) for p in sorted((work / "results" / "predictions" / n).glob("*.csv"))],
+                          ignore_index=True) for n in EXTERNALS}
+    assert all(set(p["source"]) == {"center_a"} for p in preds.values())
     assert set(preds["ext_pt2"]["protocol"]) == {"probe"}
     assert set(preds["ext_ts"]["protocol"]) == {"probe", "native"}  # finetune: full
     assert set(preds["ext_tv"]["test"]) == {"center_a", "center_b", "center_c"}
