@@ -370,14 +370,6 @@ def variant_store_list():
     return list(func()) if callable(func) else []
 
 
-def variant_store_paths(wildcards=None):
-    return [f"{RESULTS}/variants/{s}/{m}/{t}.zarr" for s, m, t in variant_store_list()]
-
-
-def variant_manifest_paths(wildcards=None):
-    return [f"{RESULTS}/variants/{s}/{m}/{t}.json" for s, m, t in variant_store_list()]
-
-
 def embed_store_ids(source):
     """Stores a run's embed_run job embeds: the source's train and val stores (the probe and its model
     selection). Test stores are embedded per store (rule predict_store)."""

@@ -12,8 +12,8 @@
 #   predict_store    -> {R}/embeddings/{m}/by_store/{store}/{src}/seed{k}/… (HDF5 of the store and each
 #                       of its normalized variants, for every run of the method), {store}.csv (their
 #                       manifest), {R}/predictions/{m}/{store}.csv (every head of every run on them;
-#                       layout: stainshift.embeddings docstring). On SLURM the profile groups these
-#                       small jobs (workflow/profiles/slurm: groups / group-components).
+#                       layout: stainshift.embeddings docstring). On SLURM, batch these small jobs
+#                       with --groups / --group-components (docs/cluster.md, "Many small jobs").
 RUN = "{method}/{source}/seed{seed}"
 
 
