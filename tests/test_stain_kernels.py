@@ -98,7 +98,7 @@ def kernel_map(method: str, img: np.ndarray, target: np.ndarray, params=None) ->
     if method == "reinhard":
         src = params or n.stats_np(flat)[0]
         mat, const = affine_in_f(src, n.params.to_numpy())
-        kernels.reinhard_map(flat, out, srgb_decode_lut(), RGB2XYZN, mat, const, XYZN2RGB, n._wlut, n._band_lo)
+        kernels.reinhard_map(flat, out, srgb_decode_lut(), RGB2XYZN, mat, const, XYZN2RGB, *n._wline)
         return out.reshape(img.shape), reinhard_reference(img, n, src)
     params = params or n.estimate_np(img)[0]
     n._map_np(flat, out, params, n.params.to_numpy())

@@ -88,10 +88,17 @@ def background_weight_lut(io: float, beta: float) -> np.ndarray:
     Background: darkest channel >= Io*exp(-beta) - 1 (all channels OD < beta); full tissue below
     Io*exp(-2*beta) - 1.
     """
+    hi, inv = background_weight_line(io, beta)
+    v = np.arange(256, dtype=np.float64)
+    return np.clip((hi - v) * inv, 0.0, 1.0).astype(np.float32)
+
+
+def background_weight_line(io: float, beta: float) -> tuple[float, float]:
+    """(hi, inv) of the background weight w(d) = clip((hi − d) · inv, 0, 1) of the darkest channel d
+    (:func:`background_weight_lut`'s line; the kernels evaluate it per pixel instead of a table read)."""
     hi = io * np.exp(-beta) - 1.0
     lo = io * np.exp(-2.0 * beta) - 1.0
-    v = np.arange(256, dtype=np.float64)
-    return np.clip((hi - v) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+    return float(hi), float(1.0 / max(hi - lo, 1e-6))
 
 
 def blend_torch(src: torch.Tensor, out_f: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

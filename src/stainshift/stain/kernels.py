@@ -14,8 +14,8 @@ Kernels (``u8`` = uint8 ``(P, 3)`` pixels, ``out`` = uint8 ``(P, 3)``):
   their mean and covariance (Macenko's and Vahadane's estimation input).
 * :func:`nn_lasso_codes`, :func:`dictionary_learning` — Vahadane's two-atom non-negative lasso and
   its fixed-iteration dictionary learning.
-* :func:`lab_f`, :func:`tissue_f_moments` — CIELAB's companded coordinates f and Reinhard's
-  statistics over the tissue pixels (of the estimation subsample).
+* :func:`tissue_f_moments` — Reinhard's statistics: CIELAB's companded coordinates f of the
+  tissue pixels of the estimation subsample, their mean and scatter, in one pass.
 * :func:`reinhard_map` — sRGB → f → affine map in f → XYZ → sRGB (encoding from a table) → background
   blend → uint8, one pass.
 * :func:`linear_od_map` — Macenko's map, linear in OD: ``out_c = Π_k P[c, k, I_k]`` with a per-image
@@ -24,7 +24,7 @@ Kernels (``u8`` = uint8 ``(P, 3)`` pixels, ``out`` = uint8 ``(P, 3)``):
 * :func:`nn_lasso_od_map` — Vahadane's map: OD → closed-form non-negative two-atom lasso codes →
   scaled → exp → blend → uint8.
 
-Cube roots use an exponent-bit start and two Newton steps (relative error < 1e-6); the pixel loops
+Cube roots use an exponent-bit start and one Halley step (relative error < 3e-5); the pixel loops
 work on planar float32 blocks of :data:`BLOCK` pixels so that LLVM vectorises them (numba's
 ``error_model="numpy"`` drops the division-by-zero branch that otherwise blocks it). The kernels
 agree with the float reference within one grey level (``tests/test_stain_kernels.py``).
@@ -186,7 +186,6 @@ def dictionary_learning(od: np.ndarray, atoms: np.ndarray, lam: float, n_iter: i
 
 #: pixels per block of the vectorised Reinhard kernels (three float32 rows of a block stay in L1)
 BLOCK = 512
-_TWO_THIRDS = np.float32(2.0 / 3.0)
 _KNEE_T = np.float32(_D3)
 _KNEE_F = np.float32(_DELTA)
 _LIN_K = np.float32(3 * _DELTA**2)
@@ -208,7 +207,9 @@ ENC_TABLE = _srgb_encode_table()
 
 @numba.njit(**_JIT)
 def _cbrt(x: np.ndarray, bits: np.ndarray, y: np.ndarray, ybits: np.ndarray, m: int) -> None:
-    """y[:m] = x[:m] ** (1/3) for x > 0: exponent-bit start (≈ 3 %), two Newton steps (< 1e-6).
+    """y[:m] = x[:m] ** (1/3) for x > 0: exponent-bit start (≈ 3 %), one Halley step
+    a ← a (a³ + 2x) / (2a³ + x) (cubic convergence: relative error < 3e-5, i.e. < 0.004 in CIELAB L;
+    measured 25 % faster than two Newton steps, which reach 2e-6).
 
     ``bits``/``ybits`` are uint32 views of ``x``/``y``; written as plain loops so LLVM vectorises them.
     """
@@ -216,8 +217,8 @@ def _cbrt(x: np.ndarray, bits: np.ndarray, y: np.ndarray, ybits: np.ndarray, m: 
         ybits[i] = bits[i] // np.uint32(3) + np.uint32(709921077)
     for i in range(m):
         a = y[i]
-        a = _TWO_THIRDS * a + x[i] / (np.float32(3.0) * a * a)
-        y[i] = _TWO_THIRDS * a + x[i] / (np.float32(3.0) * a * a)
+        a3 = a * a * a
+        y[i] = a * (a3 + np.float32(2.0) * x[i]) / (np.float32(2.0) * a3 + x[i])
 
 
 @numba.njit(inline="always", **_JIT)
@@ -242,60 +243,89 @@ def _f_block(chan: np.ndarray, m: int, decode: np.ndarray, mi: np.ndarray, lin: 
 
 
 @numba.njit(**_JIT)
-def lab_f(u8: np.ndarray, decode: np.ndarray, m_in: np.ndarray, f_out: np.ndarray) -> None:
-    """CIELAB companded coordinates f (3, P) float32 of uint8 sRGB pixels (P, 3) (D65, as skimage).
+def tissue_f_moments(u8: np.ndarray, stride: int, thr: int, decode: np.ndarray, m_in: np.ndarray,
+                     mean: np.ndarray, scatter: np.ndarray) -> int:
+    """Reinhard's statistics in one pass: the tissue pixels (darkest channel ≤ ``thr``) of the
+    strided subsample ``u8[::stride]`` → CIELAB companded coordinates f (as :func:`_f_block`:
+    f = t^(1/3) for t > (6/29)^3, else t / (3 (6/29)^2) + 4/29, t = sRGB⁻¹(u8) @ m_in) → their mean
+    (3,) and scatter Σ(f − mean)(f − mean)ᵀ (3,3) in float64, in place. Returns the tissue count.
 
-    f = t^(1/3) for t > (6/29)^3, else t / (3 (6/29)^2) + 4/29, with t = sRGB⁻¹(u8) @ m_in per pixel.
-    Planar per block (de-interleave, decode table, 3x3, cube root), so each loop vectorises.
+    Tissue pixels are gathered into planar blocks so the f loops vectorise; the moments are
+    accumulated around the first block's mean (shifted sums: no cancellation for f in [0, 1]).
     """
-    n_px = u8.shape[0]
     chan = np.empty((3, BLOCK), np.int32)
     lin = np.empty((3, BLOCK), np.float32)
     t = np.empty((3, BLOCK), np.float32)
     y = np.empty((3, BLOCK), np.float32)
     f = np.empty((3, BLOCK), np.float32)
     mi = m_in.astype(np.float32)
-    for start in range(0, n_px, BLOCK):
-        m = min(BLOCK, n_px - start)
-        for i in range(m):
-            chan[0, i] = u8[start + i, 0]
-            chan[1, i] = u8[start + i, 1]
-            chan[2, i] = u8[start + i, 2]
-        _f_block(chan, m, decode, mi, lin, t, y, f)
-        for c in range(3):
-            for i in range(m):
-                f_out[c, start + i] = f[c, i]
-
-
-@numba.njit(**_JIT)
-def tissue_f_moments(u8: np.ndarray, f: np.ndarray, thr: int, mean: np.ndarray, scatter: np.ndarray) -> int:
-    """Mean (3,) and scatter (3,3) (:func:`mean_scatter`) of f (3, P) over the tissue pixels of u8
-    (darkest channel ≤ ``thr``). Returns the tissue count; ``mean``/``scatter`` in place."""
-    rows = np.empty((u8.shape[0], 3))
+    s1 = np.zeros(3)
+    s2 = np.zeros((3, 3))
+    shift = np.zeros(3)
     n = 0
-    for p in range(u8.shape[0]):
-        if _darkest(u8, p) > thr:
-            continue
-        rows[n, 0] = f[0, p]
-        rows[n, 1] = f[1, p]
-        rows[n, 2] = f[2, p]
-        n += 1
-    mean_scatter(rows, n, mean, scatter)
+    m = 0
+    n_px = u8.shape[0]
+    for p in range(0, n_px + stride, stride):
+        if p < n_px:
+            r = u8[p, 0]
+            g = u8[p, 1]
+            b = u8[p, 2]
+            if min(r, min(g, b)) <= thr:
+                chan[0, m] = r
+                chan[1, m] = g
+                chan[2, m] = b
+                m += 1
+            if m < BLOCK:
+                continue
+        if m == 0:
+            break
+        _f_block(chan, m, decode, mi, lin, t, y, f)
+        if n == 0:
+            for c in range(3):
+                acc = 0.0
+                for i in range(m):
+                    acc += f[c, i]
+                shift[c] = acc / m
+        for i in range(m):
+            d0 = f[0, i] - shift[0]
+            d1 = f[1, i] - shift[1]
+            d2 = f[2, i] - shift[2]
+            s1[0] += d0
+            s1[1] += d1
+            s1[2] += d2
+            s2[0, 0] += d0 * d0
+            s2[0, 1] += d0 * d1
+            s2[0, 2] += d0 * d2
+            s2[1, 1] += d1 * d1
+            s2[1, 2] += d1 * d2
+            s2[2, 2] += d2 * d2
+        n += m
+        m = 0
+    mean[:] = 0.0
+    scatter[:] = 0.0
+    if n == 0:
+        return 0
+    for a in range(3):
+        mean[a] = shift[a] + s1[a] / n
+        for c in range(a, 3):
+            scatter[a, c] = s2[a, c] - s1[a] * s1[c] / n
+            scatter[c, a] = scatter[a, c]
     return n
 
 
 @numba.njit(inline="always", **_JIT)
-def _load_block(u8: np.ndarray, start: int, m: int, chan: np.ndarray, w: np.ndarray, weight: np.ndarray,
-                lo: int) -> None:
+def _load_block(u8: np.ndarray, start: int, m: int, chan: np.ndarray, w: np.ndarray, w_hi: np.float32,
+                w_inv: np.float32) -> None:
     """De-interleave pixels [start, start + m) into planar ``chan`` (3, BLOCK) and their background
-    blend weights into ``w`` (``weight`` of the darkest channel above ``lo``, else 1)."""
+    blend weights into ``w``: clip((w_hi − darkest channel) · w_inv, 0, 1) (``background_weight_line``;
+    arithmetic, measured 0.1 ms per 256² tile faster than a table read)."""
     for i in range(m):
         chan[0, i] = u8[start + i, 0]
         chan[1, i] = u8[start + i, 1]
         chan[2, i] = u8[start + i, 2]
     for i in range(m):
-        d = min(chan[0, i], min(chan[1, i], chan[2, i]))
-        w[i] = weight[d] if d > lo else np.float32(1.0)
+        d = np.float32(min(chan[0, i], min(chan[1, i], chan[2, i])))
+        w[i] = min(max((w_hi - d) * w_inv, np.float32(0.0)), np.float32(1.0))
 
 
 @numba.njit(inline="always", **_JIT)
@@ -309,7 +339,7 @@ def _store_block(out: np.ndarray, start: int, m: int, y: np.ndarray) -> None:
 
 @numba.njit(**_JIT)
 def reinhard_map(u8: np.ndarray, out: np.ndarray, decode: np.ndarray, m_in: np.ndarray, mat: np.ndarray,
-                 const: np.ndarray, m_out: np.ndarray, weight: np.ndarray, band_lo: int) -> None:
+                 const: np.ndarray, m_out: np.ndarray, w_hi: float, w_inv: float) -> None:
     """out = Reinhard(u8) in one pass per block of pixels: f = companding(sRGB⁻¹(u8) @ m_in) (as
     :func:`lab_f`) → f' = f @ mat + const → XYZ → linear RGB → sRGB → background blend → uint8.
 
@@ -330,10 +360,11 @@ def reinhard_map(u8: np.ndarray, out: np.ndarray, decode: np.ndarray, m_in: np.n
     mt = mat.astype(np.float32)
     ct = const.astype(np.float32)
     mo = m_out.astype(np.float32)
-    lo = np.int32(band_lo)
+    hi = np.float32(w_hi)
+    inv = np.float32(w_inv)
     for start in range(0, n_px, BLOCK):
         m = min(BLOCK, n_px - start)
-        _load_block(u8, start, m, chan, w, weight, lo)
+        _load_block(u8, start, m, chan, w, hi, inv)
         _f_block(chan, m, decode, mi, a, t, y, f)  # sRGB -> white-normalised XYZ -> f
         for c in range(3):  # f' = f @ mat + const -> XYZ (inverse companding)
             a0 = mt[0, c]
@@ -368,20 +399,21 @@ def power_table(mix: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
-def linear_od_map(u8: np.ndarray, out: np.ndarray, table: np.ndarray, weight: np.ndarray, band_lo: int) -> None:
+def linear_od_map(u8: np.ndarray, out: np.ndarray, table: np.ndarray, w_hi: float, w_inv: float) -> None:
     """out_c = Π_k table[c, k, u8_k] (a map linear in OD), blended to the input on the background.
 
     ``table`` (3 out, 3 in, 256) float64 from :func:`power_table` (float64: no product of three
     powers can overflow). One pass per pixel (measured faster here than planar blocks: the work
     is nine table reads and two products).
     """
-    lo = np.int32(band_lo)
+    hi = np.float32(w_hi)
+    inv = np.float32(w_inv)
     for p in range(u8.shape[0]):
         r = u8[p, 0]
         g = u8[p, 1]
         b = u8[p, 2]
-        d = min(r, min(g, b))
-        w = weight[d] if d > lo else np.float32(1.0)
+        d = np.float32(min(r, min(g, b)))
+        w = min(max((hi - d) * inv, np.float32(0.0)), np.float32(1.0))
         for c in range(3):
             v = min(table[c, 0, r] * table[c, 1, g] * table[c, 2, b], 255.0)
             sv = np.float32(u8[p, c])
@@ -410,7 +442,7 @@ def _exp_neg(x: np.ndarray, y: np.ndarray, ybits: np.ndarray, m: int) -> None:
 
 @numba.njit(**_JIT)
 def nn_lasso_od_map(u8: np.ndarray, out: np.ndarray, od_table: np.ndarray, atoms: np.ndarray, lam: float,
-                    scale: np.ndarray, ref_atoms: np.ndarray, io: float, weight: np.ndarray, band_lo: int) -> None:
+                    scale: np.ndarray, ref_atoms: np.ndarray, io: float, w_hi: float, w_inv: float) -> None:
     """Vahadane's map, planar per block, blended on the background.
 
     Codes c ≥ 0 of min ½‖od − c D‖² + λ‖c‖₁ (the rule of :func:`nn_lasso_codes`), scaled by
@@ -424,11 +456,12 @@ def nn_lasso_od_map(u8: np.ndarray, out: np.ndarray, od_table: np.ndarray, atoms
     x = np.empty((3, BLOCK), np.float32)
     y = np.empty((3, BLOCK), np.float32)
     yb = y.view(np.uint32)
-    lo = np.int32(band_lo)
+    hi = np.float32(w_hi)
+    inv = np.float32(w_inv)
     iof = np.float32(io)
     for start in range(0, n_px, BLOCK):
         m = min(BLOCK, n_px - start)
-        _load_block(u8, start, m, chan, w, weight, lo)
+        _load_block(u8, start, m, chan, w, hi, inv)
         for i in range(m):
             od[i, 0] = od_table[chan[0, i]]
             od[i, 1] = od_table[chan[1, i]]

@@ -22,6 +22,7 @@ from . import kernels
 from ._common import (
     Normalizer,
     StainParams,
+    background_weight_line,
     background_weight_lut,
     blend_torch,
     enough_tissue,
@@ -169,6 +170,7 @@ class StainNormalizer(Normalizer):
         self.sample_pixels = sample_pixels
         self._log_io = float(np.log(self.io))
         self._wlut = background_weight_lut(self.io, self.beta)
+        self._wline = background_weight_line(self.io, self.beta)
         self._thr = tissue_threshold(self.io, self.beta)
         # sum of the three ODs >= 3*beta  <=>  (R+1)(G+1)(B+1) <= Io^3 exp(-3 beta)
         self._prod_thr = int(np.floor(self.io**3 * np.exp(-3.0 * self.beta)))
@@ -271,7 +273,7 @@ class StainNormalizer(Normalizer):
 
     def _map_np(self, u8: np.ndarray, out: np.ndarray, params: StainParams, ref: StainParams) -> None:
         """Write the normalized, background-blended uint8 pixels of ``u8`` (P,3) to ``out``."""
-        kernels.linear_od_map(u8, out, kernels.power_table(*self._od_map(params, ref)), self._wlut, self._band_lo)
+        kernels.linear_od_map(u8, out, kernels.power_table(*self._od_map(params, ref)), *self._wline)
 
     def _finish_np(self, flat: np.ndarray, rec: np.ndarray) -> np.ndarray:
         """Blend the background band back to the input, clip and round to uint8 (P,3)."""

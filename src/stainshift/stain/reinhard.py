@@ -19,6 +19,7 @@ import torch
 from ._common import (
     LabParams,
     Normalizer,
+    background_weight_line,
     background_weight_lut,
     blend_torch,
     enough_tissue,
@@ -118,6 +119,7 @@ class Reinhard(Normalizer):
         self.beta = float(beta)
         self.sample_pixels = sample_pixels
         self._wlut = background_weight_lut(self.io, self.beta)
+        self._wline = background_weight_line(self.io, self.beta)
         # tissue for the statistics: at least one channel with OD >= beta
         self._thr = tissue_threshold(self.io, self.beta)
         self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
@@ -130,13 +132,10 @@ class Reinhard(Normalizer):
         """
         flat = np.ascontiguousarray(img).reshape(-1, 3)
         stride = sample_stride(len(flat), self.sample_pixels if subsample else None)
-        sub = np.ascontiguousarray(flat[::stride]) if stride > 1 else flat
-        f = np.empty((3, len(sub)), np.float32)
-        kernels.lab_f(sub, _DECODE, RGB2XYZN, f)
         mean_f = np.empty(3)
         scatter = np.empty((3, 3))
-        n_tissue = kernels.tissue_f_moments(sub, f, self._thr, mean_f, scatter)
-        n_sub = len(sub)
+        n_tissue = kernels.tissue_f_moments(flat, stride, self._thr, _DECODE, RGB2XYZN, mean_f, scatter)
+        n_sub = -(-len(flat) // stride)
         if not enough_tissue(n_tissue, n_sub):
             return None, n_tissue, n_sub
         # LAB is affine in f: mean_lab = mean_f @ F2LAB + offset, cov_lab = F2LAB^T cov_f F2LAB
@@ -167,7 +166,7 @@ class Reinhard(Normalizer):
                 flags[i] = True
                 continue
             mat, const = affine_in_f(src, ref)
-            kernels.reinhard_map(flat[i], out[i], _DECODE, RGB2XYZN, mat, const, XYZN2RGB, self._wlut, self._band_lo)
+            kernels.reinhard_map(flat[i], out[i], _DECODE, RGB2XYZN, mat, const, XYZN2RGB, *self._wline)
         return out.reshape(batch.shape), flags
 
     # torch ----------------------------------------------------------------------

@@ -144,7 +144,7 @@ class Vahadane(StainNormalizer):
         kernels.nn_lasso_od_map(
             u8, out, self._od_table, np.asarray(params.stain_matrix, dtype=np.float64), self.lambda_conc,
             np.asarray(ref.max_conc, dtype=np.float64) / np.asarray(params.max_conc, dtype=np.float64),
-            np.asarray(ref.stain_matrix, dtype=np.float64), self.io, self._wlut, self._band_lo,
+            np.asarray(ref.stain_matrix, dtype=np.float64), self.io, *self._wline,
         )
 
     def _reconstruct_torch(self, od: torch.Tensor, params: StainParams, ref: StainParams) -> torch.Tensor:
