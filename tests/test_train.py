@@ -269,3 +269,23 @@ def test_class_weight_typo_fails_at_parse_time() -> None:
 
     with pytest.raises(ConfigError, match=r"pretrain.baseline.class_weight.*null or 'balanced'"):
         check_pretrain_config({"baseline": {"class_weight": "balance"}})
+
+
+def test_min_steps_raises_the_epochs_of_a_small_source(stores: list[str], tmp_path: Path) -> None:
+    """min_steps: 5 steps of one batch each → 5 epochs instead of 2; the summary records 5;
+    a min_steps already met leaves the epochs alone; a wrong value is refused at parse time."""
+    from stainshift.train.config import check_pretrain_config
+    from stainshift.train.loop import effective_epochs
+    from stainshift.validation import ConfigError
+
+    assert effective_epochs({"epochs": 2, "min_steps": 5}, 1) == 5
+    assert effective_epochs({"epochs": 2, "min_steps": 5}, 3) == 2
+    assert effective_epochs({"epochs": 2, "min_steps": None}, 1) == 2
+    cfg = method_config({"defaults": tiny_cfg(epochs=2, min_steps=5)}, "baseline")
+    ds = TileDataset(stores[:1], labelled_only=True)
+    cfg["batch_size"] = len(ds)  # one step per epoch
+    pretrain("baseline", stores[:1], cfg, tmp_path, progress=False)
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3, 4, 5]
+    assert json.loads((tmp_path / "train_summary.json").read_text())["epochs"] == 5
+    with pytest.raises(ConfigError, match="pretrain.baseline.min_steps"):
+        check_pretrain_config({"baseline": {"min_steps": 0}})

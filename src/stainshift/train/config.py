@@ -47,7 +47,7 @@ def method_config(pretrain_cfg: dict[str, Any], method: str) -> dict[str, Any]:
 
 
 #: settings the loop, data and encoder read for every method, beyond the methods' own defaults
-LOOP_KEYS = ("encoder", "epochs", "batch_size", "device", "num_workers", "resume", "deterministic",
+LOOP_KEYS = ("encoder", "epochs", "min_steps", "batch_size", "device", "num_workers", "resume", "deterministic",
              "find_unused_parameters", "num_classes", "init", "optimizers")
 
 
@@ -62,6 +62,8 @@ def method_settings(method: str) -> dict[str, Any]:
 
 def _type_problem(key: str, value: Any, default: Any) -> str | None:
     """Why ``value`` cannot stand where ``default`` is (None if it can)."""
+    if key == "min_steps" and value is not None:
+        return None if isinstance(value, int) and not isinstance(value, bool) and value > 0 else "null or a positive integer"
     if key == "class_weight" and value is not None:
         return None if value in ("none", "balanced") else "null or 'balanced'"
     if value is None or default is None:

@@ -85,7 +85,7 @@ def pretrain(method_name: str, stores: Sequence[str], cfg: dict[str, Any], out_d
         check = getattr(method, "learning_check", None)
         reasons = [str(r) for r in check(history)] if check is not None else []
         learning = {"status": "did_not_learn" if reasons else "ok", "reasons": reasons}
-        epochs = int(cfg["epochs"])
+        epochs = int(history[-1]["epoch"]) if history else int(cfg["epochs"])  # min_steps may raise it
         summary = {
             "method": method_name, **meta, "epochs": epochs, "tiles": len(dataset),
             "images_seen": int(sum(r.get("images", 0) for r in history)),
