@@ -11,10 +11,10 @@ One command (from the repo root):
 What it measures, in one run, every step in its own subprocess, ``--repeats`` rounds round-robin over
 the steps (slow drift of a shared machine is spread over all of them), medians reported:
 
-1. ``stage_w1`` / ``stage_w2`` / ``stage_w2_thread``: :func:`stainshift.tiling.tile_slide` exactly as
+1. ``stage_w1`` / ``stage_w2`` / ``stage_w2_process``: :func:`stainshift.tiling.tile_slide` exactly as
    ``../shared/tools/peer_tiling_bench.py`` runs it (its ``stainshift`` configuration: level 0,
    patch = ``--patch`` at the slide's mpp, all tissue tiles, min_tissue_fraction 0.5, JPEG q90 zarr
-   store, ``workers`` 1 / 2) -- the same whole-call figure: **kept tiles / wall seconds of the
+   store, ``workers`` 1 / 2 with the default thread pool / 2 with ``parallel: process``) -- the same whole-call figure: **kept tiles / wall seconds of the
    tile_slide call** (imports excluded, everything inside the call included);
 2. ``bare_w1`` / ``bare_w2``: the harness's bare loop (``openslide.OpenSlide.read_region`` ->
    ``.convert("RGB")`` -> numpy) over exactly the tiles the stage kept, 1 process / a 2-process pool
@@ -276,12 +276,12 @@ def main() -> None:
                     "loadavg_start": os.getloadavg()}
     store = str(args.out / "bench_stage_w1.zarr")
     steps = {
-        "stage_w1": ["stage", str(slide), store, "1", "process", str(args.patch), tm],
+        "stage_w1": ["stage", str(slide), store, "1", "thread", str(args.patch), tm],
         "bare_w1": ["bare", str(slide), store, "1"],
-        "stage_w2": ["stage", str(slide), str(args.out / "bench_stage_w2.zarr"), "2", "process", str(args.patch), tm],
+        "stage_w2": ["stage", str(slide), str(args.out / "bench_stage_w2.zarr"), "2", "thread", str(args.patch), tm],
         "bare_w2": ["bare", str(slide), store, "2"],
-        "stage_w2_thread": ["stage", str(slide), str(args.out / "bench_stage_w2t.zarr"), "2", "thread",
-                            str(args.patch), tm],
+        "stage_w2_process": ["stage", str(slide), str(args.out / "bench_stage_w2p.zarr"), "2", "process",
+                             str(args.patch), tm],
     }
     runs: dict[str, list[dict]] = {k: [] for k in steps}
     for rep in range(args.repeats):
@@ -308,7 +308,7 @@ def main() -> None:
     report["ratios"] = {
         "stage_w1 / bare_w1": rate["stage_w1"] / rate["bare_w1"],
         "stage_w2 / stage_w1": rate["stage_w2"] / rate["stage_w1"],
-        "stage_w2_thread / stage_w1": rate["stage_w2_thread"] / rate["stage_w1"],
+        "stage_w2_process / stage_w1": rate["stage_w2_process"] / rate["stage_w1"],
         "bare_w2 / bare_w1": rate["bare_w2"] / rate["bare_w1"],
         "stage_w2 / bare_w2": rate["stage_w2"] / rate["bare_w2"],
     }
@@ -329,10 +329,10 @@ def main() -> None:
     for k, v in report["ratios"].items():
         print(f"ratio {k:<32}{v:6.2f}")
     print("\nper-stage split of tile_slide (seconds; ms per kept tile; read/check/encode summed over workers):")
-    print(f"{'stage':<10}" + "".join(f"{k:>22}" for k in ("stage_w1", "stage_w2", "stage_w2_thread")))
+    print(f"{'stage':<10}" + "".join(f"{k:>22}" for k in ("stage_w1", "stage_w2", "stage_w2_process")))
     for st in STAGE_KEYS:
         cells = []
-        for k in ("stage_w1", "stage_w2", "stage_w2_thread"):
+        for k in ("stage_w1", "stage_w2", "stage_w2_process"):
             v = report[k]["stages"].get(st, 0.0)
             cells.append(f"{v:>10.3f} s {1000 * v / max(1, report[k]['n_kept']):>6.2f} ms")
         print(f"{st:<10}" + "".join(f"{c:>22}" for c in cells))
