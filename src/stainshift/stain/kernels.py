@@ -60,6 +60,17 @@ def is_tissue(r: int, g: int, b: int, rule: int, thr: int, prod_thr: int) -> boo
     return r <= thr or g <= thr or b <= thr
 
 
+@numba.njit(inline="always", **_JIT)
+def _add_outer(s: np.ndarray, d0: float, d1: float, d2: float) -> None:
+    """s += d dᵀ on the upper triangle of the 3x3 ``s`` (the callers mirror it)."""
+    s[0, 0] += d0 * d0
+    s[0, 1] += d0 * d1
+    s[0, 2] += d0 * d2
+    s[1, 1] += d1 * d1
+    s[1, 2] += d1 * d2
+    s[2, 2] += d2 * d2
+
+
 @numba.njit(**_JIT)
 def mean_scatter(x: np.ndarray, n: int, mean: np.ndarray, scatter: np.ndarray) -> None:
     """Mean (3,) and scatter Σ(x − mean)(x − mean)ᵀ (3,3) of the rows x[:n] (float64, two passes)."""
@@ -76,12 +87,7 @@ def mean_scatter(x: np.ndarray, n: int, mean: np.ndarray, scatter: np.ndarray) -
         d0 = x[i, 0] - mean[0]
         d1 = x[i, 1] - mean[1]
         d2 = x[i, 2] - mean[2]
-        scatter[0, 0] += d0 * d0
-        scatter[0, 1] += d0 * d1
-        scatter[0, 2] += d0 * d2
-        scatter[1, 1] += d1 * d1
-        scatter[1, 2] += d1 * d2
-        scatter[2, 2] += d2 * d2
+        _add_outer(scatter, d0, d1, d2)
     scatter[1, 0] = scatter[0, 1]
     scatter[2, 0] = scatter[0, 2]
     scatter[2, 1] = scatter[1, 2]
@@ -293,12 +299,7 @@ def tissue_f_moments(u8: np.ndarray, stride: int, thr: int, decode: np.ndarray, 
             s1[0] += d0
             s1[1] += d1
             s1[2] += d2
-            s2[0, 0] += d0 * d0
-            s2[0, 1] += d0 * d1
-            s2[0, 2] += d0 * d2
-            s2[1, 1] += d1 * d1
-            s2[1, 2] += d1 * d2
-            s2[2, 2] += d2 * d2
+            _add_outer(s2, d0, d1, d2)
         n += m
         m = 0
     mean[:] = 0.0
