@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from stainshift.stain import get_normalizer, kernels
-from stainshift.stain._common import percentiles_np
+from stainshift.stain._common import background_weight_lut, percentiles_np
 from stainshift.stain.macenko import TISSUE_RULES, Macenko
 from stainshift.stain.reinhard import (
     LAB2F,
@@ -55,7 +55,7 @@ def real_tiles(data: Path, n: int = 6, size: int = 128) -> np.ndarray:
 def blend_round(src: np.ndarray, rec: np.ndarray, normalizer) -> np.ndarray:
     """Reference background blend + rounding (float64) of the normalizers' convention."""
     darkest = src.min(axis=-1)
-    w = np.where(darkest > normalizer._band_lo, normalizer._wlut[darkest], 1.0)[..., None]
+    w = background_weight_lut(normalizer.io, normalizer.beta)[darkest][..., None]
     rec = np.clip(rec, 0.0, 255.0)
     out = src + w * (rec - src.astype(np.float64))
     return np.floor(np.clip(out, 0, 255) + 0.5).astype(np.uint8)

@@ -20,7 +20,6 @@ from ._common import (
     LabParams,
     Normalizer,
     background_weight_line,
-    background_weight_lut,
     blend_torch,
     enough_tissue,
     min_tissue_torch,
@@ -118,11 +117,9 @@ class Reinhard(Normalizer):
         self.io = float(io)
         self.beta = float(beta)
         self.sample_pixels = sample_pixels
-        self._wlut = background_weight_lut(self.io, self.beta)
         self._wline = background_weight_line(self.io, self.beta)
         # tissue for the statistics: at least one channel with OD >= beta
         self._thr = tissue_threshold(self.io, self.beta)
-        self._band_lo = int(np.nonzero(self._wlut >= 1.0)[0].max()) if (self._wlut >= 1.0).any() else -1
 
     # numpy ----------------------------------------------------------------------
     def stats_np(self, img: np.ndarray, subsample: bool = True) -> tuple[LabParams | None, int, int]:
