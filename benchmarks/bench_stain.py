@@ -223,8 +223,8 @@ def main() -> None:
             sec, n_done = time_round(fn)
             rates[name].append(n_done / sec)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    med = {k: done[k] / seconds[k] for k in names}
-    med.update({k: statistics.median(rates[k]) for k in batched})
+    rate = {k: done[k] / seconds[k] for k in names}
+    rate.update({k: statistics.median(rates[k]) for k in batched})
     impls = {**per_tile, **batched}
     print("\npatches/s/core: per-tile rows = tiles / seconds summed over the rounds (turns of --chunk tiles);"
           " batch rows = median round")
@@ -232,9 +232,9 @@ def main() -> None:
     rows = []
     for name, (method, _) in impls.items():
         goal = GOALS[method]
-        ok = "" if not name.startswith("stainshift") else f"{med[name] / goal:7.2f}x"
-        print(f"{name:40s} {med[name]:15.1f} {ok:>8s}")
-        rows.append({"impl": name, "method": method, "patches_per_s": med[name], "rounds": rates[name]})
+        ok = "" if not name.startswith("stainshift") else f"{rate[name] / goal:7.2f}x"
+        print(f"{name:40s} {rate[name]:15.1f} {ok:>8s}")
+        rows.append({"impl": name, "method": method, "patches_per_s": rate[name], "rounds": rates[name]})
 
     if not args.no_peers:
         print("\nratios (same run):")
@@ -249,7 +249,7 @@ def main() -> None:
             ("stainshift vahadane numpy, batch", "staintools vahadane (capped)"),
         ]
         for a, b in pairs:
-            print(f"  {a:38s} / {b:30s} = {med[a] / med[b]:8.1f}x")
+            print(f"  {a:38s} / {b:30s} = {rate[a] / rate[b]:8.1f}x")
         parity = Macenko(tissue_rule="all").fit(target).transform(tiles)
         diff = np.abs(parity.astype(int) - peer_outputs["torchstain macenko numpy"].astype(int))
         print(f"\nparity: stainshift Macenko(tissue_rule='all') vs torchstain numpy: mean |diff| {diff.mean():.2f} "
