@@ -6,6 +6,8 @@ The CI_MINI demo (tests/cluster_helpers.py: every stage, one pretraining method)
 slurm workflow profile, the GPU rule (pretrain, gpus: 1) must land on the `gpu` partition with a GPU
 allocated, every CPU rule on `cpu`, and the results must equal a local run's: tile stores array by
 array, metrics CSVs value by value, models tensor by tensor (cluster_helpers.compare_results).
+The run uses docs/cluster.md's grouping recipe for the many small `predict_store` jobs
+(PREDICT_GROUP): they must reach SLURM as one sbatch job.
 
 Skipped (with the reason) when not root, when `STAINSHIFT_SKIP_SLURM` is set, or when SLURM is not
 installed and cannot be installed with apt-get. CI runs as root on the same machine kind, so it runs.
@@ -34,6 +36,8 @@ SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 CI_STATUS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
              "--seconds-between-status-checks", "2"]
 SLURM_RUN_TIMEOUT_S = 1800
+# docs/cluster.md, "Many small jobs": every predict_store job of the run in one group job
+PREDICT_GROUP = ["--groups", "predict_store=predict", "--group-components", "predict=16"]
 TIMINGS: dict[str, float] = {}
 
 
@@ -86,6 +90,7 @@ def _scontrol_jobs(workdir: Path) -> list[dict[str, str]]:
     for line in out.splitlines():
         fields = dict(re.findall(r"(\S+?)=(\S*)", line))
         if fields.get("WorkDir") == str(workdir):
+            # a single job's comment is rule_<rule>[_wildcards_<values>], a group job's rule_<group>_<rules>
             m = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", fields.get("Comment", ""))
             fields["rule"] = m.group(1) if m else "?"
             jobs.append(fields)
@@ -99,7 +104,7 @@ def test_demo_through_slurm_equals_local_run(slurm_cluster, tmp_path_factory):
                       "gpu": {"partition": "gpu"}},
     }).resolve()
     cmd, env = snakemake_cmd(work, "--workflow-profile", str(SLURM_PROFILE), "--jobs", "4", *CI_STATUS,
-                             "--slurm-keep-successful-logs")
+                             *PREDICT_GROUP, "--slurm-keep-successful-logs")
     # SIGINT, not SIGTERM: only SIGINT makes Snakemake scancel its jobs and exit (slurm-local.md gotcha 2)
     cmd = ["timeout", "-s", "INT", "-k", "60", str(SLURM_RUN_TIMEOUT_S), *cmd]
     t0 = time.monotonic()
@@ -115,8 +120,12 @@ def test_demo_through_slurm_equals_local_run(slurm_cluster, tmp_path_factory):
     assert jobs, "scontrol knows no job of this run"
     assert all(j["JobState"] == "COMPLETED" for j in jobs), [(j["JobId"], j["rule"], j["JobState"]) for j in jobs]
     rules = {j["rule"] for j in jobs}
-    for stage in ("synth", "tile_slide", "pretrain_run", "evaluate_method"):
-        assert stage in rules or stage not in _defined_rules(proc), f"no SLURM job of rule {stage}: {sorted(rules)}"
+    stages = {"synth", "tile_slide", "pretrain_run", "evaluate_method"}
+    assert stages | {"predict_store"} <= _defined_rules(proc), sorted(_defined_rules(proc))
+    assert stages <= rules, f"no SLURM job of rules {sorted(stages - rules)}: {sorted(rules)}"
+    # the grouping recipe: every predict_store job (one per test store) inside one sbatch job
+    assert "predict_predict_store" in rules and "predict_store" not in rules, sorted(rules)
+    assert sum(j["rule"] == "predict_predict_store" for j in jobs) == 1, sorted(j["rule"] for j in jobs)
     for j in jobs:
         if j["rule"] == "pretrain_run":
             assert j["Partition"] == "gpu", j
@@ -139,7 +148,7 @@ def test_demo_through_slurm_equals_local_run(slurm_cluster, tmp_path_factory):
 def _defined_rules(proc: subprocess.CompletedProcess) -> set[str]:
     """Rules named in the run's job-stats table (what the DAG contained)."""
     rules = set()
-    for line in proc.stdout.splitlines():
+    for line in (proc.stdout + proc.stderr).splitlines():  # Snakemake logs the table to stderr
         m = re.fullmatch(r"\s*(\w+)\s+(\d+)\s*", line)
         if m and m.group(1) not in ("total", "all"):
             rules.add(m.group(1))
