@@ -9,9 +9,13 @@ tiatoolbox images cut into 256^2 crops with >= 50 % tissue): "fit + transform" =
 tile's own stain parameters (stain vectors + max concentrations, or LAB statistics) and map it to
 a fixed target (fitted once, untimed) — what torchstain's ``normalize(I)`` and StainTools'
 ``transform(I)`` do per image. stainshift is timed per tile (a batch of 1) and on the whole batch
-in one call. All numbers are single-threaded (OMP/OpenBLAS/MKL = 1, ``torch.set_num_threads(1)``,
-``cv2.setNumThreads(1)`` for StainTools),
-so patches/s is per core. The per-tile implementations (ours and every peer) take turns, in one process,
+in one call. All numbers are single-core: the process is pinned to one CPU (``--cpu``, Linux
+``sched_setaffinity``) before any library starts threads, besides OMP/OpenBLAS/MKL = 1,
+``torch.set_num_threads(1)`` and ``cv2.setNumThreads(1)``, so patches/s is per core. The pin matters:
+StainTools calls SPAMS with ``numThreads=-1`` (every core the process may use); unpinned, its
+Macenko/Vahadane ran on two cores (CPU time / wall 1.8-2.0) and its idle OpenMP workers spun while
+the next implementation was timed (ours right after it read CPU/wall 1.15 and lost 20-30 %). The
+table's ``cpu/wall`` column (process CPU time / wall time per implementation) shows it is 1.00. The per-tile implementations (ours and every peer) take turns, in one process,
 on chunks of 8 tiles (``--chunk``; the order rotating per chunk), and each rate is tiles / seconds
 summed over all rounds: on a shared machine a burst of load from other jobs lands on all of them
 alike, so the ratios compare like with like (per-round rates swing 2-4x there). A chunk, not a single
@@ -38,6 +42,19 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ[_var] = "1"
+
+
+def pin_to_one_cpu(cpu: int | None) -> int | None:
+    """Restrict this process (and every thread it starts later) to one CPU; returns it (None: not Linux)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[-1] if cpu is None else cpu
+    if chosen not in allowed:
+        raise SystemExit(f"--cpu {chosen}: not one of this process's CPUs {allowed}")
+    os.sched_setaffinity(0, {chosen})
+    return chosen
+
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -111,11 +128,11 @@ def load_tiles(n: int, size: int = 256):
     return np.stack([tiles[i] for i in idx]), target
 
 
-def time_round(fn: Callable[[], int]) -> tuple[float, int]:
-    """(seconds, tiles done) for one call of ``fn`` (which returns how many tiles it did)."""
-    t0 = time.perf_counter()
+def time_round(fn: Callable[[], int]) -> tuple[float, float, int]:
+    """(wall seconds, process CPU seconds, tiles done) for one call of ``fn`` (which returns how many tiles it did)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     done = fn()
-    return time.perf_counter() - t0, done
+    return time.perf_counter() - t0, time.process_time() - c0, done
 
 
 def main() -> None:
@@ -126,7 +143,9 @@ def main() -> None:
     ap.add_argument("--cap-seconds", type=float, default=15.0, help="time cap per StainTools SPAMS method")
     ap.add_argument("--no-peers", action="store_true", help="time stainshift only")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--cpu", type=int, help="the CPU to pin the benchmark to (default: the last one allowed)")
     args = ap.parse_args()
+    pinned = pin_to_one_cpu(args.cpu)  # before numpy/torch/OpenMP start any thread pool
 
     if not args.no_peers and not peers_importable():
         if os.environ.get("STAINSHIFT_BENCH_REEXEC"):
@@ -145,7 +164,8 @@ def main() -> None:
     tiles, target = load_tiles(args.tiles)
     n = len(tiles)
     print(f"{n} tiles {tiles.shape[1]}x{tiles.shape[2]} from {DATA}; target torchstain/target.jpg {target.shape}")
-    print(f"python {sys.executable}; numpy {np.__version__}; torch {torch.__version__}; 1 thread")
+    print(f"python {sys.executable}; numpy {np.__version__}; torch {torch.__version__}; 1 thread; "
+          f"pinned to CPU {pinned}")
 
     # per-tile implementations: called on one tile; batch implementations: on the whole stack
     per_tile: dict[str, tuple[str, Callable[[np.ndarray], object]]] = {}
@@ -197,7 +217,8 @@ def main() -> None:
     # of load from other jobs on a shared machine hits all of them alike: each rate is tiles done /
     # seconds summed over every round. Capped ones stop for the round after --cap-seconds.
     names = list(per_tile)
-    seconds = dict.fromkeys(names, 0.0)
+    seconds = dict.fromkeys([*names, *batched], 0.0)
+    cpu_seconds = dict.fromkeys([*names, *batched], 0.0)
     done = dict.fromkeys(names, 0)
     rates: dict[str, list[float]] = {k: [] for k in [*names, *batched]}
     for r in range(args.rounds):
@@ -210,31 +231,36 @@ def main() -> None:
                 if name in capped_names and round_s[name] > args.cap_seconds:
                     continue
                 fn = per_tile[name][1]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for t in chunk:
                     fn(t)
                 round_s[name] += time.perf_counter() - t0
+                cpu_seconds[name] += time.process_time() - c0
                 round_n[name] += len(chunk)
         for name in names:
             seconds[name] += round_s[name]
             done[name] += round_n[name]
             rates[name].append(round_n[name] / round_s[name])
         for name, (_, fn) in batched.items():
-            sec, n_done = time_round(fn)
+            sec, cpu_sec, n_done = time_round(fn)
             rates[name].append(n_done / sec)
+            seconds[name] += sec
+            cpu_seconds[name] += cpu_sec
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     rate = {k: done[k] / seconds[k] for k in names}
     rate.update({k: statistics.median(rates[k]) for k in batched})
     impls = {**per_tile, **batched}
     print("\npatches/s/core: per-tile rows = tiles / seconds summed over the rounds (turns of --chunk tiles);"
           " batch rows = median round")
-    print(f"{'implementation':40s} {'patches/s/core':>15s} {'vs goal':>8s}")
+    print(f"{'implementation':40s} {'patches/s/core':>15s} {'vs goal':>8s} {'cpu/wall':>9s}")
     rows = []
     for name, (method, _) in impls.items():
         goal = GOALS[method]
         ok = "" if not name.startswith("stainshift") else f"{rate[name] / goal:7.2f}x"
-        print(f"{name:40s} {rate[name]:15.1f} {ok:>8s}")
-        rows.append({"impl": name, "method": method, "patches_per_s": rate[name], "rounds": rates[name]})
+        cpu_per_wall = cpu_seconds[name] / seconds[name]
+        print(f"{name:40s} {rate[name]:15.1f} {ok:>8s} {cpu_per_wall:9.2f}")
+        rows.append({"impl": name, "method": method, "patches_per_s": rate[name], "rounds": rates[name],
+                     "cpu_per_wall": cpu_per_wall})
 
     if not args.no_peers:
         print("\nratios (same run):")
