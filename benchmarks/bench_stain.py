@@ -8,21 +8,26 @@ What is timed, per 256x256 real H&E tile from ../shared/data (TCGA tiles, torchs
 tiatoolbox images cut into 256^2 crops with >= 50 % tissue): "fit + transform" = estimate the
 tile's own stain parameters (stain vectors + max concentrations, or LAB statistics) and map it to
 a fixed target (fitted once, untimed) — what torchstain's ``normalize(I)`` and StainTools'
-``transform(I)`` do per image. stainshift is timed per tile (a batch of 1) and on the whole batch
-in one call. All numbers are single-core: the process is pinned to one CPU (``--cpu``, Linux
+``transform(I)`` do per image. stainshift is timed per tile (a batch of 1) and on batches of
+``--chunk`` tiles (numpy stacks and CPU tensors).
+
+All numbers are single-core: the process is pinned to one CPU (``--cpu``, Linux
 ``sched_setaffinity``) before any library starts threads, besides OMP/OpenBLAS/MKL = 1,
 ``torch.set_num_threads(1)`` and ``cv2.setNumThreads(1)``, so patches/s is per core. The pin matters:
 StainTools calls SPAMS with ``numThreads=-1`` (every core the process may use); unpinned, its
 Macenko/Vahadane ran on two cores (CPU time / wall 1.8-2.0) and its idle OpenMP workers spun while
 the next implementation was timed (ours right after it read CPU/wall 1.15 and lost 20-30 %). The
-table's ``cpu/wall`` column (process CPU time / wall time per implementation) shows it is 1.00. The per-tile implementations (ours and every peer) take turns, in one process,
-on chunks of 8 tiles (``--chunk``; the order rotating per chunk), and each rate is tiles / seconds
+table's ``cpu/wall`` column (process CPU time / wall time per implementation) shows it is 1.00.
+
+Every implementation (ours, per tile and batched, and every peer) takes turns, in one process, on
+chunks of 8 tiles (``--chunk``; the order rotating per chunk), and each rate is tiles / seconds
 summed over all rounds: on a shared machine a burst of load from other jobs lands on all of them
-alike, so the ratios compare like with like (per-round rates swing 2-4x there). A chunk, not a single
+alike, so the ratios compare like with like (per-round rates swing 2-4x there; timed one after the
+other, torch-CPU and numpy batches of the same kernels differed by up to 18 %). A chunk, not a single
 tile, per turn: one tile per turn measures cold caches after the other libraries' code (ours then
-ran 1.6x slower than in a loop), not the loop a normalizing job runs. Batch calls are timed once per round
-(median round). Every implementation is called once, untimed, before the rounds (numba's first call
-loads the compiled kernels; torch's sets up its ops).
+ran 1.6x slower than in a loop), not the loop a normalizing job runs. Every implementation is
+called once, untimed, before the rounds (numba's first call loads the compiled kernels; torch's
+sets up its ops: untimed, that one-off inflated our per-tile Reinhard time by 40-50 %).
 StainTools Vahadane/Macenko call SPAMS per tile and are time-capped (``--cap-seconds``).
 
 Benchmark-only extras (not project dependencies): torchstain, staintools, spams-bin (SPAMS
@@ -60,7 +65,6 @@ def pin_to_one_cpu(cpu: int | None) -> int | None:
 import argparse  # noqa: E402
 import json  # noqa: E402
 import site  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -129,13 +133,6 @@ def load_tiles(n: int, size: int = 256):
     return np.stack([tiles[i] for i in idx]), target
 
 
-def time_round(fn: Callable[[], int]) -> tuple[float, float, int]:
-    """(wall seconds, process CPU seconds, tiles done) for one call of ``fn`` (which returns how many tiles it did)."""
-    t0, c0 = time.perf_counter(), time.process_time()
-    done = fn()
-    return time.perf_counter() - t0, time.process_time() - c0, done
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiles", type=int, default=48)
@@ -170,14 +167,14 @@ def main() -> None:
 
     # per-tile implementations: called on one tile; batch implementations: on the whole stack
     per_tile: dict[str, tuple[str, Callable[[np.ndarray], object]]] = {}
-    batched: dict[str, tuple[str, Callable[[], int]]] = {}
+    batched: dict[str, tuple[str, Callable[[int, int], object]]] = {}
     capped_names: set[str] = set()
     ours = {m: get_normalizer(m).fit(target) for m in GOALS}
     tt = torch.from_numpy(tiles.copy())
     for m, norm in ours.items():
         per_tile[f"stainshift {m} numpy, per tile"] = (m, lambda t, norm=norm: norm.transform(t[None]))
-        batched[f"stainshift {m} numpy, batch"] = (m, lambda norm=norm: len(norm.transform(tiles)))
-        batched[f"stainshift {m} torch-cpu, batch"] = (m, lambda norm=norm: len(norm.transform(tt)))
+        batched[f"stainshift {m} numpy, batch"] = (m, lambda s, e, norm=norm: norm.transform(tiles[s:e]))
+        batched[f"stainshift {m} torch-cpu, batch"] = (m, lambda s, e, norm=norm: norm.transform(tt[s:e]))
 
     peer_outputs = {}
     if not args.no_peers:
@@ -214,52 +211,47 @@ def main() -> None:
             "torchstain macenko numpy": np.stack([ts_np.normalize(I=t, stains=False)[0] for t in tiles]),
         }
 
-    # Per-tile implementations take turns on chunks of --chunk tiles (the order rotating per chunk), so a burst
-    # of load from other jobs on a shared machine hits all of them alike: each rate is tiles done /
-    # seconds summed over every round. Capped ones stop for the round after --cap-seconds.
+    # Every implementation — per tile and batched — takes turns on chunks of --chunk tiles (the order
+    # rotating per chunk), so a burst of load from other jobs on a shared machine hits all of them alike:
+    # each rate is tiles done / seconds summed over every round. Capped ones stop for the round after
+    # --cap-seconds. Batched ones get the chunk as one batch (a stack, or a CPU tensor for torch-cpu).
     # One untimed call of every implementation first: numba loads its compiled kernels from the cache
     # (or compiles them) on the first call and torch sets up its ops — a one-off cost per process that
     # a normalizing job pays once, not per tile. Untimed, it inflated our per-tile Reinhard time by 40-50 %.
-    for _, fn in per_tile.values():
-        fn(tiles[0])
-    for _, fn in batched.values():
-        fn()
-    names = list(per_tile)
-    seconds = dict.fromkeys([*names, *batched], 0.0)
-    cpu_seconds = dict.fromkeys([*names, *batched], 0.0)
+    turns: dict[str, Callable[[int, int], object]] = {
+        **{name: (lambda s, e, fn=fn: [fn(t) for t in tiles[s:e]]) for name, (_, fn) in per_tile.items()},
+        **{name: fn for name, (_, fn) in batched.items()},
+    }
+    for fn in turns.values():
+        fn(0, 1)
+    names = list(turns)
+    seconds = dict.fromkeys(names, 0.0)
+    cpu_seconds = dict.fromkeys(names, 0.0)
     done = dict.fromkeys(names, 0)
-    rates: dict[str, list[float]] = {k: [] for k in [*names, *batched]}
+    rates: dict[str, list[float]] = {k: [] for k in names}
     for r in range(args.rounds):
         round_s = dict.fromkeys(names, 0.0)
         round_n = dict.fromkeys(names, 0)
         for i, start in enumerate(range(0, n, args.chunk)):
-            chunk = tiles[start : start + args.chunk]
+            stop = min(n, start + args.chunk)
             k = (i + r) % len(names)
             for name in names[k:] + names[:k]:
                 if name in capped_names and round_s[name] > args.cap_seconds:
                     continue
-                fn = per_tile[name][1]
                 t0, c0 = time.perf_counter(), time.process_time()
-                for t in chunk:
-                    fn(t)
+                turns[name](start, stop)
                 round_s[name] += time.perf_counter() - t0
                 cpu_seconds[name] += time.process_time() - c0
-                round_n[name] += len(chunk)
+                round_n[name] += stop - start
         for name in names:
             seconds[name] += round_s[name]
             done[name] += round_n[name]
             rates[name].append(round_n[name] / round_s[name])
-        for name, (_, fn) in batched.items():
-            sec, cpu_sec, n_done = time_round(fn)
-            rates[name].append(n_done / sec)
-            seconds[name] += sec
-            cpu_seconds[name] += cpu_sec
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     rate = {k: done[k] / seconds[k] for k in names}
-    rate.update({k: statistics.median(rates[k]) for k in batched})
     impls = {**per_tile, **batched}
-    print("\npatches/s/core: per-tile rows = tiles / seconds summed over the rounds (turns of --chunk tiles);"
-          " batch rows = median round")
+    print("\npatches/s/core = tiles / seconds summed over the rounds (turns of --chunk tiles; batch rows: one call"
+          " per turn)")
     print(f"{'implementation':40s} {'patches/s/core':>15s} {'vs goal':>8s} {'cpu/wall':>9s}")
     rows = []
     for name, (method, _) in impls.items():
