@@ -9,7 +9,8 @@ tiatoolbox images cut into 256^2 crops with >= 50 % tissue): "fit + transform" =
 tile's own stain parameters (stain vectors + max concentrations, or LAB statistics) and map it to
 a fixed target (fitted once, untimed) — what torchstain's ``normalize(I)`` and StainTools'
 ``transform(I)`` do per image. stainshift is timed per tile (a batch of 1) and on batches of
-``--chunk`` tiles (numpy stacks and CPU tensors).
+``--chunk`` tiles (numpy stacks and CPU tensors; CUDA tensors too where torch sees a GPU — those rows
+are per GPU, fed by the one pinned core, and synchronised after each batch).
 
 All numbers are single-core: the process is pinned to one CPU (``--cpu``, Linux
 ``sched_setaffinity``) before any library starts threads, besides OMP/OpenBLAS/MKL = 1,
@@ -175,6 +176,16 @@ def main() -> None:
         per_tile[f"stainshift {m} numpy, per tile"] = (m, lambda t, norm=norm: norm.transform(t[None]))
         batched[f"stainshift {m} numpy, batch"] = (m, lambda s, e, norm=norm: norm.transform(tiles[s:e]))
         batched[f"stainshift {m} torch-cpu, batch"] = (m, lambda s, e, norm=norm: norm.transform(tt[s:e]))
+    if torch.cuda.is_available():  # the CUDA path (batched torch ops) where a GPU exists; synchronised per turn
+        tc = tt.cuda()
+
+        def on_cuda(start: int, stop: int, norm) -> torch.Tensor:
+            out = norm.transform(tc[start:stop])
+            torch.cuda.synchronize()
+            return out
+
+        for m, norm in ours.items():
+            batched[f"stainshift {m} torch-cuda, batch"] = (m, lambda s, e, norm=norm: on_cuda(s, e, norm))
 
     peer_outputs = {}
     if not args.no_peers:
@@ -274,6 +285,8 @@ def main() -> None:
             ("stainshift vahadane numpy, per tile", "staintools vahadane (capped)"),
             ("stainshift vahadane numpy, batch", "staintools vahadane (capped)"),
         ]
+        pairs += [(f"stainshift {m} torch-cuda, batch", f"stainshift {m} numpy, batch") for m in GOALS
+                  if f"stainshift {m} torch-cuda, batch" in rate]
         for a, b in pairs:
             print(f"  {a:38s} / {b:30s} = {rate[a] / rate[b]:8.1f}x")
         parity = Macenko(tissue_rule="all").fit(target).transform(tiles)
