@@ -353,8 +353,9 @@ def reinhard_map(u8: np.ndarray, out: np.ndarray, decode: np.ndarray, m_in: np.n
     :func:`_f_block`) → f' = f @ mat + const → XYZ → linear RGB → sRGB → background blend → uint8.
 
     The sRGB encoding is read from :data:`ENC_TABLE` (nearest of ENC_STEPS + 1 entries: no
-    power per pixel). Planar float32 rows per block (in L1), so every loop but the de-interleave and
-    the table read vectorises; nothing per pixel is written to memory but the output.
+    power per pixel). Planar float32 rows per block (in L1), so every loop but the table reads
+    vectorises (the de-interleave into shuffles, :func:`_load_block`); nothing per pixel is written
+    to memory but the output.
     """
     n_px = u8.shape[0]
     chan = np.empty((3, BLOCK), np.uint8)
