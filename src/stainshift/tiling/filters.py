@@ -191,7 +191,10 @@ def box_fractions(mask: np.ndarray, coords0: np.ndarray, size0: float, ds: float
     h, w = mask.shape
     dt = np.int32 if mask.size < 2**31 else np.int64
     sat = np.zeros((h + 1, w + 1), dtype=dt)
-    np.cumsum(np.cumsum(mask, axis=0, dtype=dt), axis=1, out=sat[1:, 1:])
+    inner = sat[1:, 1:]
+    inner[...] = mask  # cast once, then sum in place: np.cumsum(bool, dtype=...) casts per element (3x slower)
+    np.cumsum(inner, axis=0, out=inner)
+    np.cumsum(inner, axis=1, out=inner)
     x0 = np.floor(coords0[:, 0] / ds).astype(np.int64)
     y0 = np.floor(coords0[:, 1] / ds).astype(np.int64)
     side = max(1, int(round(size0 / ds)))
