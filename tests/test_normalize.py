@@ -261,7 +261,8 @@ def test_random_targets_come_from_training_domains_only() -> None:
 
 
 def test_restain_store_is_seeded_scaled_and_keeps_the_layout(tmp_path, stores) -> None:
-    from stainshift.stain.variants import RESTAIN, restain_level, restain_range, restain_store, restain_strength
+    from stainshift.stain.targets import RESTAIN, restain_level, restain_strength
+    from stainshift.stain.variants import restain_range, restain_store
 
     assert restain_range(1.0) == (0.5, 2.0) and restain_range(0.0) == (1.0, 1.0)
     assert restain_level(0.25) == "s0.25" and restain_strength("s0.25") == 0.25

@@ -128,6 +128,34 @@ def test_fusion_method_not_pretrained_is_skipped_with_a_note(tmp_path: Path) -> 
     assert "finetune.fusion ['sassl'] not in pretrain.methods ['baseline']" in proc.stderr
 
 
+def test_parsing_the_workflow_imports_neither_torch_nor_numba(tmp_path: Path) -> None:
+    """Every Snakemake start parses the Snakefile (on a cluster: every job). Its checks read the
+    torch-free method settings and normalize plan; importing torch, numba and the model code there
+    cost 3.5 s and 250 MB per start (6.5 -> 3.5 s for a dry run of the demo here)."""
+    work = make_workdir(tmp_path)
+    proc = run_snakemake(work, "--dry-run", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert {"stainshift.train.config", "stainshift.stain.targets", "stainshift.validation"} <= imported
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "numba", "kornia", "monai"))
+    assert not heavy, f"the parse imported {heavy[:5]} ..."
+
+
+def test_every_builtin_method_is_registered_with_its_settings() -> None:
+    from stainshift.methods import Method, available_methods, get_method_class, register_method
+    from stainshift.train.config import METHOD_SETTINGS, builtin_methods, settings_of
+
+    assert set(builtin_methods()) <= set(available_methods())
+    for name in builtin_methods():
+        cls = get_method_class(name)
+        assert cls.settings is METHOD_SETTINGS[name] and cls.supervised == settings_of(name).supervised
+    # the workflow's native downstream (end-to-end classifier) follows these flags
+    assert [m for m in builtin_methods() if settings_of(m).supervised] == ["baseline", "stain_embed", "stain_embed_c"]
+    with pytest.raises(ValueError, match="method 'simclr' is built in: its class must set settings"):
+        register_method("simclr")(type("NotSimCLR", (Method,), {}))
+    with pytest.raises(KeyError, match="unknown method 'simclrr'; built-in: baseline, lmc"):
+        settings_of("simclrr")
+
+
 def test_method_settings_are_checked_by_name_and_type() -> None:
     from stainshift.train import check_pretrain_config
 

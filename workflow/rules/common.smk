@@ -15,7 +15,7 @@ SCHEMAS = Path(workflow.basedir) / "schemas"
 # (which also fills schema defaults).
 validate_config(config, SCHEMAS / "config.schema.yaml")
 validate(config, SCHEMAS / "config.schema.yaml")
-from stainshift.train import check_pretrain_config
+from stainshift.train.config import check_pretrain_config, settings_of
 
 check_pretrain_config(config["pretrain"])  # unknown / mistyped method settings, by key
 
@@ -232,12 +232,17 @@ def tile_targets():
 # the source's centers' train/val stores (stainshift.protocol; DESIGN.md "Evaluation protocol").
 from stainshift.protocol import join_centers, parse_sources
 
-from stainshift.external import check_entries
-from stainshift.methods import available_methods
+from stainshift.train.config import builtin_methods
 
 TRAINED_METHODS = list(config["pretrain"]["methods"])
-# external encoders (stainshift.external): loaded from a file by rule import_encoder, then evaluated as methods
-EXTERNAL = check_entries(config.get("external") or [], reserved=available_methods())
+# external encoders (stainshift.external): loaded from a file by rule import_encoder, then evaluated as methods.
+# That module imports torch (≈ 2 s), so only a config that lists external encoders pays for it at parse time.
+if config.get("external"):
+    from stainshift.external import check_entries
+
+    EXTERNAL = check_entries(config["external"], reserved=builtin_methods())
+else:
+    EXTERNAL = {}
 METHODS = TRAINED_METHODS + list(EXTERNAL)
 if not METHODS:
     raise ValueError("nothing to evaluate: pretrain.methods is empty and the config lists no external encoders")
@@ -299,13 +304,11 @@ def native_downstream(method):
     ``full`` (an external encoder with ``finetune: full``: encoder + head fine-tuned),
     or None (the seed's downstream is the frozen-feature probe itself: simclr 001, lmc 003; a
     frozen external encoder)."""
-    from stainshift.methods import get_method_class
-
     if method in EXTERNAL:
         return "full" if EXTERNAL[method]["finetune"] == "full" else None
     if method in FUSION_METHODS:
         return "fusion"
-    if get_method_class(method).supervised:
+    if settings_of(method).supervised:
         return "end_to_end"
     return None
 
@@ -399,7 +402,7 @@ def method_run_metas(method):
 
 
 def pretrain_config_json(wildcards):
-    from stainshift.train import method_config
+    from stainshift.train.config import method_config
 
     cfg = method_config(config["pretrain"], wildcards.method)
     cfg["seed"] = int(wildcards.seed)

@@ -43,8 +43,10 @@ images (they normalise internally).
   step so the rules can be checked.
 - ``native_classifier() -> nn.Module | None``: the method's own end-to-end-trained classifier
   (seed 000's models: :class:`stainshift.models.Classifier` with the method's head), else None.
-- ``seed_defaults``: the seed paper's parameters (DESIGN.md "Methods"); the config overlays them
-  (:func:`stainshift.train.method_config`: seed_defaults ← ``pretrain.defaults`` ← ``pretrain.<name>``).
+- ``settings``: a built-in method's entry of :data:`stainshift.train.config.METHOD_SETTINGS` — the
+  seed paper's parameters (DESIGN.md "Methods") and ``supervised``; the config overlays the
+  parameters (:func:`stainshift.train.method_config`: seed_defaults ← ``pretrain.defaults`` ←
+  ``pretrain.<name>``). They live there, torch-free, because the workflow reads them at parse time.
 
 Register with ``@register_method("name")``; ``build_method(name, cfg, num_classes)`` instantiates.
 
@@ -62,6 +64,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from stainshift.train.config import METHOD_SETTINGS, OPTIMIZER_KEYS, MethodSettings
+
 _REGISTRY: dict[str, type["Method"]] = {}
 
 
@@ -69,6 +73,8 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
     """Class decorator: register a :class:`Method` subclass under ``name``."""
 
     def deco(cls: type[Method]) -> type[Method]:
+        if name in METHOD_SETTINGS and cls.settings is not METHOD_SETTINGS[name]:
+            raise ValueError(f"method '{name}' is built in: its class must set settings = METHOD_SETTINGS['{name}']")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method '{name}' is already registered by {_REGISTRY[name].__qualname__}")
         cls.name = name
@@ -175,17 +181,17 @@ class Method(nn.Module):
     """Base class of pretraining methods (see the module docstring for the full contract)."""
 
     name: ClassVar[str] = "method"
-    supervised: ClassVar[bool] = False
+    #: a built-in method's entry of :data:`stainshift.train.config.METHOD_SETTINGS` (its seed
+    #: defaults and ``supervised``, kept torch-free for the workflow's parse time)
+    settings: ClassVar[MethodSettings] = MethodSettings()
+    supervised: ClassVar[bool] = False  # set from ``settings`` by __init_subclass__
     slide_balanced: ClassVar[bool] = False
     automatic_optimization: ClassVar[bool] = True
-    #: settings shared by every method unless overridden (loop keys, see stainshift.train.fit)
-    base_defaults: ClassVar[dict[str, Any]] = {
-        "image_size": None, "grad_clip": None, "amp": True, "amp_dtype": "float16", "channels_last": True,
-        "sync_bn": True, "tiles_per_slide": 2, "num_workers": 4, "cache_mb": 512, "seed": 0, "schedule": "constant",
-        "warmup_epochs": 0,
-    }
-    #: the seed paper's parameters for this method (override in subclasses)
-    seed_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "settings" in cls.__dict__:
+            cls.supervised = cls.settings.supervised
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
         super().__init__()
@@ -322,11 +328,6 @@ def check_decrease(history: list[dict[str, Any]], key: str, fraction: float) -> 
 # ---------------------------------------------------------------------------------------------
 # optimizers and schedules
 # ---------------------------------------------------------------------------------------------
-OPTIMIZER_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "schedule", "warmup_epochs",
-                  "final_lr", "anneal_fraction", "milestones", "gamma", "lr_scale_batch", "batch_size",
-                  "trust_coefficient")
-
-
 def optimizer_config(cfg: dict[str, Any], name: str = "main") -> dict[str, Any]:
     """The optimizer settings of optimizer ``name``: method-level keys overlaid by ``cfg['optimizers'][name]``."""
     base = {k: cfg[k] for k in OPTIMIZER_KEYS if k in cfg}

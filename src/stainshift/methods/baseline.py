@@ -12,6 +12,7 @@ from stainshift.methods.base import (CE_CHANCE_FRACTION, Method, StepContext, ch
                                      register_method)
 from stainshift.methods.losses import embedding_spread, label_entropy
 from stainshift.models import Classifier, build_encoder, build_head
+from stainshift.train.config import METHOD_SETTINGS
 
 
 @register_method("baseline")
@@ -24,14 +25,7 @@ class Baseline(Method):
     ``loss``, ``ce_chance`` (label entropy of the batch), ``acc``, ``emb_std``.
     """
 
-    supervised = True
-    # seed 000 (same encoder, optimizer and augmentations as its stain-embedding model)
-    seed_defaults = {
-        "encoder": {"arch": "resnet18_narrow"}, "epochs": 60, "batch_size": 20, "optimizer": "adam",
-        "lr": 1e-4, "schedule": "step", "milestones": [35], "gamma": 0.1, "weight_decay": 0.0,
-        "views": {"p": 0.5, "rotation": 20.0, "noise_std": 0.08, "crop_min": 0.9}, "label_smoothing": 0.0,
-        "class_weight": None,
-    }
+    settings = METHOD_SETTINGS["baseline"]  # seed defaults, supervised: stainshift.train.config
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -9,6 +9,7 @@ from stainshift.augment import build_views
 from stainshift.methods.base import Method, StepContext, check_chance, check_decrease, register_method
 from stainshift.methods.losses import barlow_twins_terms, embedding_spread, gather
 from stainshift.models import build_encoder, mlp
+from stainshift.train.config import METHOD_SETTINGS
 
 #: the Barlow Twins loss must end below this fraction of its first epoch's value
 BT_DECREASE_FRACTION = 0.8
@@ -30,14 +31,7 @@ class LMC(Method):
     with ``loss_on_chance`` = d, ``loss_off`` (λ × redundancy term), ``emb_std``, ``proj_std``.
     """
 
-    # seed 003: ViT-tiny (12 blocks, 3 heads, dim 192), AdamW wd 0.01, batch 32, warm-up → 1e-4 →
-    # anneal to 1e-7, λ 0.005, α, β ~ U[0.5, 2] (no other augmentation stated), 256 px patches.
-    seed_defaults = {
-        "encoder": {"arch": "vit_tiny", "patch": 16}, "epochs": 100, "batch_size": 32, "optimizer": "adamw",
-        "lr": 1e-4, "weight_decay": 0.01, "schedule": "wsa", "warmup_epochs": 10, "anneal_fraction": 0.2,
-        "final_lr": 1e-7, "lambd": 0.005, "proj_hidden": 2048, "proj_dim": 2048, "proj_layers": 2,
-        "proj_bn": True, "views": {"alpha_range": [0.5, 2.0], "beta_range": [0.5, 2.0], "flip_p": 0.0, "rot90": False},
-    }
+    settings = METHOD_SETTINGS["lmc"]  # seed defaults, supervised: stainshift.train.config
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
         super().__init__(cfg, num_classes)

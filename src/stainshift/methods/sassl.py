@@ -69,6 +69,7 @@ from stainshift.methods.losses import (ADV_MODES, AFFINITY_SATURATION, affinity_
                                        negative_cosine, nt_xent, nt_xent_chance, pair_means, relation_matrix,
                                        slide_codes)
 from stainshift.models import build_encoder, mlp
+from stainshift.train.config import METHOD_SETTINGS
 
 __all__ = [
     "StainDiscriminator",
@@ -400,22 +401,7 @@ class SASSL(Method):
 
     slide_balanced = True
     automatic_optimization = False
-    # seed 002 names the backbone (ResNet50), SimSiam as the default base, 100 balanced patches
-    # per WSI and same-slide pairs in every batch; it gives no optimizer settings, so the SSL side
-    # takes SimSiam's (SGD 0.05 × batch/256, momentum 0.9, wd 1e-4, cosine; batch 512) and D an
-    # Adam 1e-3 (our choice, a small MLP discriminator).
-    seed_defaults = {
-        "encoder": {"arch": "resnet50"}, "epochs": 100, "batch_size": 512, "tiles_per_slide": 4,
-        "optimizer": "sgd", "lr": 0.05, "lr_scale_batch": True, "momentum": 0.9, "weight_decay": 1e-4,
-        "schedule": "cosine",
-        "optimizers": {"disc": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant",
-                                "lr_scale_batch": False}},
-        "views": {"crop_scale": [0.2, 1.0], "jitter": "light", "jitter_p": 0.8, "grayscale_p": 0.2,
-                  "blur_p": 0.5},
-        "ssl_base": "simsiam", "proj_dim": 2048, "pred_dim": 512, "tau": None, "momentum_ema": 0.99,
-        "queue_size": 4096, "disc_hidden": None, "disc_depth": 2, "adv_weight": 1.0, "adv_mode": "paper",
-        "affinity": "cosine", "d_steps": 1,
-    }
+    settings = METHOD_SETTINGS["sassl"]  # seed defaults, supervised: stainshift.train.config
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -9,6 +9,7 @@ from stainshift.augment import build_views
 from stainshift.methods.base import CONTRASTIVE_CHANCE_MARGIN, Method, StepContext, check_chance, register_method
 from stainshift.methods.losses import embedding_spread, gather, nt_xent, nt_xent_chance, positive_accuracy
 from stainshift.models import build_encoder, mlp
+from stainshift.train.config import METHOD_SETTINGS
 
 
 @register_method("simclr")
@@ -25,16 +26,7 @@ class SimCLR(Method):
     and ``proj_std`` (projections), see :func:`stainshift.methods.losses.embedding_spread`.
     """
 
-    # seed 001: ResNet18, batch 256–512, LARS lr 0.3×bs/256, wd 1e-6, τ 0.1; crop of 15–100 % of the
-    # area, rot90, flips, heavy jitter (its Table 2 best), blur p 0.5. Warm-up 10 epochs + cosine as in
-    # Chen et al. 2020a (seed 001 states neither).
-    seed_defaults = {
-        "encoder": {"arch": "resnet18"}, "epochs": 100, "batch_size": 256, "optimizer": "lars", "lr": 0.3,
-        "lr_scale_batch": True, "weight_decay": 1e-6, "momentum": 0.9, "schedule": "cosine",
-        "warmup_epochs": 10, "temperature": 0.1, "proj_dim": 128, "proj_hidden": None, "proj_bn": False,
-        "views": {"crop_scale": [0.15, 1.0], "jitter": "heavy", "jitter_p": 0.8, "blur_p": 0.5,
-                  "blur_sigma": [0.1, 2.0], "blur_kernel_frac": 0.1, "flip_p": 0.5, "rot90": True},
-    }
+    settings = METHOD_SETTINGS["simclr"]  # seed defaults, supervised: stainshift.train.config
 
     def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -56,6 +56,7 @@ from stainshift.methods.losses import (embedding_spread, gather, label_entropy, 
                                        latent_embedding_loss, latent_positive_accuracy, nt_xent, nt_xent_chance,
                                        paired_ce_loss, positive_accuracy)
 from stainshift.models import Classifier, build_encoder, build_head
+from stainshift.train.config import METHOD_SETTINGS
 
 __all__ = [
     "LayerTap",
@@ -223,17 +224,7 @@ class _StainEmbedBase(Method):
     (flattened f^l), ``norm_s`` (normalization seconds), ``norm_failed``.
     """
 
-    supervised = True
-    # seed 000, Sec. II and III-A (see the module docstring); the ℓ_c reduction is our reading
-    seed_defaults = {
-        "encoder": {"arch": "resnet18_narrow"}, "epochs": 60, "batch_size": 20, "optimizer": "adam",
-        "betas": [0.9, 0.999], "lr": 1e-4, "schedule": "step", "milestones": [35], "gamma": 0.1,
-        "weight_decay": 0.0, "views": {"p": 0.5, "rotation": 20.0, "noise_std": 0.08, "crop_min": 0.9},
-        "head_hidden": 512, "tau": 0.70, "w_c": 1.0, "w_e": 1.0, "embed_layer": "encoder.stages.3",
-        "num_negatives": None, "contrastive_reduction": "mean",
-        "stain_methods": ["macenko", "reinhard", "vahadane"], "stain_probs": None, "stain_backend": "auto",
-        "class_weight": None,
-    }
+    settings = METHOD_SETTINGS["stain_embed"]  # seed defaults, supervised: stainshift.train.config
 
     def __init__(self, cfg: dict, num_classes: int) -> None:
         super().__init__(cfg, num_classes)

@@ -24,7 +24,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import write_json
-from ._common import check_uint8_rgb
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,8 @@ def plan_targets(methods: Sequence[str], k: int) -> list[tuple[str, str]]:
 
 def tissue_share(img: np.ndarray, io: float = 240.0, beta: float = 0.15) -> float:
     """Share of pixels whose summed OD is >= 3*beta (the estimation rule of the stain methods)."""
+    from ._common import check_uint8_rgb  # imports torch: not at module level (the workflow parses with this module)
+
     check_uint8_rgb(img, "target")
     flat = np.asarray(img).reshape(-1, 3).astype(np.int64) + 1
     prod = flat[:, 0] * flat[:, 1] * flat[:, 2]
@@ -63,7 +64,7 @@ def tissue_share(img: np.ndarray, io: float = 240.0, beta: float = 0.15) -> floa
 
 def check_target(img: np.ndarray, method: str, min_tissue: float = MIN_TARGET_TISSUE, name: str = "target") -> None:
     """Raise ValueError (naming ``name``) if ``img`` is mostly background or ``method`` cannot fit it."""
-    from . import get_normalizer
+    from .normalizers import get_normalizer
 
     share = tissue_share(img)
     if share < min_tissue:
@@ -242,6 +243,19 @@ __all__ = [
 ]
 
 
+RESTAIN = "restain"  # stain_method of a re-stained variant store (stainshift.stain.variants.restain_store)
+
+
+def restain_level(strength: float) -> str:
+    """The target id of a re-staining strength: ``s0.5``."""
+    return f"s{float(strength):g}"
+
+
+def restain_strength(level: str) -> float:
+    """Inverse of :func:`restain_level`."""
+    return float(str(level).removeprefix("s"))
+
+
 class NormalizePlan:
     """What the `normalize` stage makes, from config['normalize'] and the table of patch stores alone.
 
@@ -274,15 +288,11 @@ class NormalizePlan:
 
     def restain_levels(self) -> list[str]:
         """Target ids of the re-stained variants (``normalize.restain.strengths``; stain.variants)."""
-        from .variants import restain_level
-
         return [restain_level(x) for x in (self.cfg.get("restain") or {}).get("strengths", [])]
 
     def variant_stores(self) -> list[tuple[str, str, str]]:
         """(store, stain_method, target id) of every variant store, normalized then re-stained (read
         by rules/train.smk)."""
-        from .variants import RESTAIN
-
         return ([(s, m, t) for s in self.store_ids() for t, m in self.plan]
                 + [(s, RESTAIN, t) for s in self.store_ids() for t in self.restain_levels()])
 
@@ -337,8 +347,6 @@ class NormalizePlan:
 
     def restain_paths(self, store: str = "{store}", suffix: str = ".zarr") -> list[str]:
         """The re-stained variant stores of ``store``, one per strength."""
-        from .variants import RESTAIN
-
         return [f"{self.results}/variants/{store}/{RESTAIN}/{t}{suffix}" for t in self.restain_levels()]
 
     def final_files(self) -> list[str]:

@@ -21,8 +21,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
-from . import get_normalizer
-from .targets import load_target
+from .normalizers import get_normalizer
+from .targets import RESTAIN, load_target, restain_level
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +96,6 @@ def normalize_store(
         log.info("%s -> %s (%s, target %s): %d tiles, %d fallback", store_path, out_paths[tid], method, tid,
                  n, counter["fallback"])
     return fallbacks
-
-
-RESTAIN = "restain"  # stain_method of a re-stained variant store
-
-
-def restain_level(strength: float) -> str:
-    """The target id of a re-staining strength: ``s0.5``."""
-    return f"s{float(strength):g}"
-
-
-def restain_strength(level: str) -> float:
-    """Inverse of :func:`restain_level`."""
-    return float(str(level).removeprefix("s"))
 
 
 def restain_range(strength: float) -> tuple[float, float]:

@@ -12,44 +12,24 @@ module             what it owns
 ``predict``        :func:`encode_images`: features of uint8 tiles
 =================  ===========================================================================
 
-The names below are the package's public API (``from stainshift.train import pretrain``).
+The names below are the package's public API (``from stainshift.train import pretrain``). They are
+loaded on first use (``lazy_loader``): the workflow imports :mod:`stainshift.train.config` at parse
+time, and that must not import torch (see that module).
 """
+
 from __future__ import annotations
 
-from stainshift.train.checkpoint import (
-    atomic_save,
-    load,
-    load_encoder,
-    package_digest,
-    run_fingerprint,
-    save_encoder,
-    write_json,
-)
-from stainshift.train.config import check_pretrain_config, deep_merge, method_config, method_settings
-from stainshift.train.loop import NonFiniteLossError, fit
-from stainshift.train.predict import encode_images
-from stainshift.train.pretrain import DidNotLearnError, pretrain
-from stainshift.train.runtime import dist_info, init_distributed, seed_everything, select_device
+import lazy_loader
 
-__all__ = [
-    "DidNotLearnError",
-    "NonFiniteLossError",
-    "atomic_save",
-    "check_pretrain_config",
-    "deep_merge",
-    "dist_info",
-    "encode_images",
-    "fit",
-    "init_distributed",
-    "load",
-    "load_encoder",
-    "method_config",
-    "method_settings",
-    "package_digest",
-    "pretrain",
-    "run_fingerprint",
-    "save_encoder",
-    "seed_everything",
-    "select_device",
-    "write_json",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "checkpoint": ["atomic_save", "load", "load_encoder", "package_digest", "run_fingerprint", "save_encoder",
+                       "write_json"],
+        "config": ["check_pretrain_config", "deep_merge", "method_config", "method_settings"],
+        "loop": ["NonFiniteLossError", "fit"],
+        "predict": ["encode_images"],
+        "pretrain": ["DidNotLearnError", "pretrain"],
+        "runtime": ["dist_info", "init_distributed", "seed_everything", "select_device"],
+    },
+)

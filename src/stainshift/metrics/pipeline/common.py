@@ -13,7 +13,7 @@ import pandas as pd
 
 from stainshift.atomic import write_csv
 
-from ...stain.variants import RESTAIN
+from ...stain.targets import RESTAIN
 from .. import cross_center as cc
 from .. import variants as va
 

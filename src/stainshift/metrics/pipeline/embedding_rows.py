@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ...stain.variants import RESTAIN
+from ...stain.targets import RESTAIN
 from .. import batch_effect as be
 from .. import bootstrap as bs
 from .. import robustness as rob

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ...stain.variants import restain_strength
+from ...stain.targets import restain_strength
 from .. import bootstrap as bs
 from .. import variants as va
 from .common import HEADLINE_SOURCE, PROTOCOLS, EvalConfig, _nanmean, frame, is_raw, is_restain, row
