@@ -13,6 +13,11 @@ largest process of the run (GNU ``time -f %M``); the growth exponent is the leas
 log(wall) on log(slides). The dry run (``snakemake -n``) at ``--dry-slides`` slides over the four
 synthetic centers times the DAG build and its memory; nothing runs.
 
+Start-up (what every cluster job pays before its rule runs: Snakemake parses the Snakefile in each
+job): ``snakemake -n`` on the smallest study before it runs, against ``python -c "import
+snakemake.cli"`` (Snakemake's own import, the floor) timed in the same run, ``--start-repeats``
+times each, medians; and the heavy modules (torch, numba, kornia, monai) the parse imported.
+
 Re-run table (on the smallest study, after its full run): ``snakemake -n`` after (a) adding one
 test slide to the sheet and (b) changing one evaluation parameter — the jobs Snakemake would run,
 per rule, so one sees which stages a change reaches.
@@ -100,6 +105,37 @@ def planned_jobs(text: str) -> Counter:
     return counts
 
 
+HEAVY = ("torch", "numba", "kornia", "monai")
+
+
+def start_up(work: Path, repeats: int, cores: int) -> dict:
+    """Median seconds and peak RSS of a dry run in ``work`` and of importing snakemake.cli; the heavy
+    modules the parse imported (``PYTHONPROFILEIMPORTTIME``)."""
+    dry, floor = [], []
+    rss_dry = rss_floor = 0.0
+    for _ in range(repeats):
+        _, wall, rss = snakemake(work, "-n", cores=cores)
+        dry.append(wall)
+        rss_dry = max(rss_dry, rss)
+        rss_file = work / ".peak_rss_floor_kb"
+        t0 = time.perf_counter()
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), sys.executable, "-c", "import snakemake.cli"],
+                       check=True)
+        floor.append(time.perf_counter() - t0)
+        rss_floor = max(rss_floor, int(rss_file.read_text().split()[-1]) / 1024)
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+                           "--directory", str(work), "--cores", str(cores), "-n"], capture_output=True, text=True,
+                          env=env)
+    imported = {ln.rsplit("|", 1)[1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    heavy = sorted({m.split(".")[0] for m in imported} & set(HEAVY))
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return {"dry_run_s": round(med(dry), 2), "dry_run_rss_mb": round(rss_dry), "snakemake_import_s": round(med(floor), 2),
+            "snakemake_import_rss_mb": round(rss_floor), "ratio": round(med(dry) / med(floor), 2),
+            "heavy_imports": heavy, "repeats": repeats}
+
+
 def slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of log(y) on log(x)."""
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
@@ -113,13 +149,14 @@ def main() -> None:
     parser.add_argument("--dry-slides", type=int, default=1000, help="slides of the dry run (0 = none)")
     parser.add_argument("--methods", nargs="+", default=["baseline", "simclr"])
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--start-repeats", type=int, default=3, help="dry runs timed for the start-up row (0 = none)")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out")
     parser.add_argument("--keep", action="store_true", help="keep the working folders")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# bench_scale  {platform.node()}  load {os.getloadavg()[0]:.2f}  cores {args.cores}  "
           f"methods {args.methods}", flush=True)
-    report: dict = {"sizes": [], "rerun": {}, "dry": None, "methods": args.methods, "cores": args.cores}
+    report: dict = {"sizes": [], "rerun": {}, "dry": None, "start": None, "methods": args.methods, "cores": args.cores}
     root = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     first_work = None
     for n in sorted(args.sizes):
@@ -127,6 +164,8 @@ def main() -> None:
             raise SystemExit(f"--sizes: {n} is not 3 centers x >= 3 slides")
         work = root / f"n{n}"
         write_study(work, CENTERS3, n // 3, args.methods)
+        if first_work is None and args.start_repeats:
+            report["start"] = {"slides": n, **start_up(work, args.start_repeats, args.cores)}
         proc, wall, rss = snakemake(work, cores=args.cores)
         jobs = sum(planned_jobs(proc.stdout + proc.stderr).values())
         report["sizes"].append({"slides": n, "wall_s": round(wall, 1), "jobs": jobs, "peak_rss_mb": round(rss)})
@@ -184,6 +223,12 @@ def _print(report: dict) -> None:
         for change, jobs in report["rerun"].items():
             per_rule = ", ".join(f"{r} {c}" for r, c in sorted(jobs.items()))
             print(f"| {change} | {sum(jobs.values())}: {per_rule} |")
+    if report["start"]:
+        st = report["start"]
+        print(f"\nstart-up ({st['slides']}-slide study, medians of {st['repeats']}): dry run {st['dry_run_s']} s, "
+              f"{st['dry_run_rss_mb']} MB; import snakemake.cli {st['snakemake_import_s']} s, "
+              f"{st['snakemake_import_rss_mb']} MB; ratio {st['ratio']}; heavy modules imported by the parse: "
+              f"{', '.join(st['heavy_imports']) or 'none'}")
     if report["dry"]:
         d = report["dry"]
         print(f"\ndry run at {d['slides']} slides: DAG of {d['jobs']} jobs built in {d['wall_s']} s, "

@@ -67,6 +67,11 @@ def scale_rows(report: dict | None) -> list[tuple[str, float | None, str, bool |
     sizes = report["sizes"]
     b = slope([s["slides"] for s in sizes], [s["wall_s"] for s in sizes])
     rows = [("workflow growth exponent (wall ~ slides^b)", b, "<= 1.1", b <= 1.1)]
+    if report.get("start"):
+        st = report["start"]
+        rows.append((f"start-up: dry run / import snakemake ({st['dry_run_s']} s)", st["ratio"], "(reported)", None))
+        rows.append(("start-up: heavy modules the parse imports", len(st["heavy_imports"]), "0 (no torch)",
+                     not st["heavy_imports"]))
     if report.get("dry"):
         d = report["dry"]
         rows.append((f"dry run at {d['slides']} slides: DAG seconds ({d['jobs']} jobs)", d["wall_s"], "(reported)", None))
