@@ -70,7 +70,7 @@ def scale_rows(report: dict | None) -> list[tuple[str, float | None, str, bool |
     if report.get("start"):
         st = report["start"]
         rows.append((f"start-up: dry run / import snakemake ({st['dry_run_s']} s)", st["ratio"], "(reported)", None))
-        rows.append(("start-up: heavy modules the parse imports", len(st["heavy_imports"]), "0 (no torch)",
+        rows.append(("start-up: heavy modules the parse imports", len(st["heavy_imports"]), "none",
                      not st["heavy_imports"]))
     if report.get("dry"):
         d = report["dry"]
