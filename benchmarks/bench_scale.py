@@ -16,7 +16,7 @@ synthetic centers times the DAG build and its memory; nothing runs.
 Start-up (what every cluster job pays before its rule runs: Snakemake parses the Snakefile in each
 job): ``snakemake -n`` on the smallest study before it runs, against ``python -c "import
 snakemake.cli"`` (Snakemake's own import, the floor) timed in the same run, ``--start-repeats``
-times each, medians; and the heavy modules (torch, numba, kornia, monai) the parse imported.
+times each, medians; and the heavy modules (torch, numba, kornia, monai, zarr) the parse imported.
 
 Re-run table (on the smallest study, after its full run): ``snakemake -n`` after (a) adding one
 test slide to the sheet and (b) changing one evaluation parameter — the jobs Snakemake would run,
@@ -105,7 +105,7 @@ def planned_jobs(text: str) -> Counter:
     return counts
 
 
-HEAVY = ("torch", "numba", "kornia", "monai")
+HEAVY = ("torch", "numba", "kornia", "monai", "zarr")
 
 
 def start_up(work: Path, repeats: int, cores: int) -> dict:

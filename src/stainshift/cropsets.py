@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from stainshift.store import StoreWriter
 
 __all__ = ["CropSetError", "CropSet", "load_crop_set", "plan_crop_stores", "write_crop_store", "import_crop_set"]
 
@@ -224,6 +223,8 @@ def write_crop_store(cs: CropSet, store_id: str, out: str | os.PathLike, *, code
                      jpeg_quality: int = 90, progress: bool = False) -> int:
     """Write the store ``store_id`` (= ``{set}-{domain}-{split}``) of a loaded crop set; returns N."""
     from tqdm.auto import tqdm
+
+    from stainshift.store import StoreWriter  # imports zarr: not at module level (the workflow's parse plans stores)
 
     try:
         set_name, domain, split = store_id.rsplit("-", 2)
